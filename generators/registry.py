@@ -1,0 +1,55 @@
+"""The engine registry: which engine kinds exist, their Config classes and components.
+
+Each engine package calls :func:`register` at import; :func:`engines` imports them all. The
+accelerator config (``gatesmith.config``), the accelerator top and the CLI find engines here, so
+adding an engine touches no shared file but ``_ENGINE_MODULES`` below.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+from dataclasses import dataclass
+
+__all__ = ["EngineSpec", "register", "engines", "engine_spec"]
+
+# Engine packages, imported on first use. One line per engine.
+_ENGINE_MODULES = [
+    "gatesmith.generators.systolic",
+]
+
+
+@dataclass(frozen=True)
+class EngineSpec:
+    kind: str  # the YAML key and CLI name, e.g. "systolic"
+    config_cls: type  # frozen dataclass; __post_init__ validates
+    build: Callable  # config -> engine Component (see generators/engine.py)
+    opcodes: dict  # name -> opcode (8-bit), unique across engines
+    doc: str = ""
+
+
+_REGISTRY: dict[str, EngineSpec] = {}
+
+
+def register(spec: EngineSpec) -> EngineSpec:
+    for other in _REGISTRY.values():
+        if other.kind == spec.kind:
+            continue
+        clash = set(other.opcodes.values()) & set(spec.opcodes.values())
+        if clash:
+            raise RuntimeError(f"engine {spec.kind} reuses opcodes {clash} of {other.kind}")
+    _REGISTRY[spec.kind] = spec
+    return spec
+
+
+def engines() -> dict[str, EngineSpec]:
+    for name in _ENGINE_MODULES:
+        importlib.import_module(name)
+    return dict(_REGISTRY)
+
+
+def engine_spec(kind: str) -> EngineSpec:
+    all_ = engines()
+    if kind not in all_:
+        raise ValueError(f"engine must be one of {', '.join(sorted(all_))}, not {kind!r}")
+    return all_[kind]
