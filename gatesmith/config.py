@@ -102,7 +102,7 @@ def config_to_dict(cfg) -> dict:
 
 
 def _default_engines():
-    from ..generators.systolic.config import SystolicConfig
+    from .generators.systolic.config import SystolicConfig
 
     return (SystolicConfig(),)
 
@@ -170,7 +170,7 @@ class AccelConfig:
 
     @classmethod
     def from_dict(cls, data: dict, path: str = "config") -> AccelConfig:
-        from ..generators.registry import engines as registered
+        from .generators.registry import engines as registered
 
         if not isinstance(data, dict):
             raise ConfigError(f"{path} must be a mapping, not {type(data).__name__}")
@@ -208,7 +208,7 @@ class AccelConfig:
 
 def load_config(cfg=None) -> AccelConfig:
     """An :class:`AccelConfig` from a path to YAML/JSON, a mapping, an engine Config, or itself."""
-    from ..generators.registry import engines as registered
+    from .generators.registry import engines as registered
 
     if cfg is None:
         return AccelConfig()
