@@ -1,0 +1,78 @@
+"""Bit-exact golden model of the LayerNorm engine (torch int64 ops, Python ints for the scalars).
+
+Per row of ``n`` inputs ``x`` (2**-f units), with ``G = mean_frac``, ``W`` the input width:
+
+* ``S = sum(x)``; ``mean = sign(S) * floor((2 |S| 2**G + n) / (2 n))`` (2**-(f+G) units, rounded
+  half away from zero);
+* ``y = x * 2**G - mean``; ``V = sum(y * y)``; ``var = floor(V / n) + round(eps * 2**(2(f+G)))``;
+* ``std = isqrt(var)`` by Newton (I-ViT): ``k0 = 2**ceil(bitlen(var) / 2)``,
+  ``k <- floor((k + floor(var / k)) / 2)`` while it decreases; ``std = max(std, 1)``;
+* ``R = floor(2**K / std)``, ``K = W + G + 16``; ``z = round(y * R / 2**(K - 16))`` (1.0 == 2**16);
+* ``out = sat(round(z * gamma / 2**(16 + gamma_frac - out_frac)) + beta)``.
+
+Rounding is half-up unless stated. Every division is an exact integer floor division, so the
+hardware's sequential divider reproduces it.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ...hdl.requant import rshift_round
+from .config import LayerNormConfig
+
+__all__ = ["layernorm_model", "isqrt_newton", "row_stats", "Z_FRAC", "k_shift"]
+
+Z_FRAC = 16
+
+
+def k_shift(cfg: LayerNormConfig) -> int:
+    return cfg.in_fmt.width + cfg.mean_frac + 16
+
+
+def eps_int(cfg: LayerNormConfig) -> int:
+    return round(cfg.eps * 2.0 ** (2 * (cfg.in_frac + cfg.mean_frac)))
+
+
+def isqrt_newton(v: int) -> tuple[int, int]:
+    """``(floor(sqrt(v)), iterations)`` by the Newton iteration the hardware runs."""
+    if v == 0:
+        return 0, 0
+    k = 1 << ((v.bit_length() + 1) // 2)
+    it = 0
+    while True:
+        it += 1
+        k1 = (k + v // k) >> 1
+        if k1 >= k:
+            return k, it
+        k = k1
+
+
+def row_stats(x: list[int], cfg: LayerNormConfig) -> tuple[int, int, int]:
+    """``(mean, std, R)`` of one row, as the hardware computes them."""
+    n, G = len(x), cfg.mean_frac
+    s = sum(x)
+    mag = ((abs(s) << (G + 1)) + n) // (2 * n)
+    mean = -mag if s < 0 else mag
+    v = sum(((xi << G) - mean) ** 2 for xi in x)
+    var = v // n + eps_int(cfg)
+    std = max(isqrt_newton(var)[0], 1)
+    return mean, std, (1 << k_shift(cfg)) // std
+
+
+def layernorm_model(x, gamma, beta, cfg: LayerNormConfig) -> torch.Tensor:
+    """Engine output for rows ``x`` ([rows, n] or [n]) with int16 ``gamma``/``beta`` ([n])."""
+    x = torch.as_tensor(x, dtype=torch.int64)
+    squeeze = x.dim() == 1
+    if squeeze:
+        x = x[None]
+    gamma = torch.as_tensor(gamma, dtype=torch.int64)
+    beta = torch.as_tensor(beta, dtype=torch.int64)
+    stats = [row_stats(r.tolist(), cfg) for r in x]
+    mean = torch.tensor([s[0] for s in stats], dtype=torch.int64)[:, None]
+    recip = torch.tensor([s[2] for s in stats], dtype=torch.int64)[:, None]
+    y = (x << cfg.mean_frac) - mean
+    z = rshift_round(y * recip, k_shift(cfg) - Z_FRAC)
+    out = rshift_round(z * gamma, Z_FRAC + cfg.gamma_frac - cfg.out_frac) + beta
+    out = cfg.out_fmt.saturate(out)
+    return out[0] if squeeze else out

@@ -1,0 +1,549 @@
+"""The systolic engine: array + scratchpad + accumulator + the GEMM sequencer.
+
+One GEMM instruction computes ``ACC[...] (+)= A @ B`` for operands already in the scratchpad, for
+any M, K, N up to 65535 (within the memories), in the dataflow the instruction names.
+
+Memories (all reachable through the engine's host window, see :meth:`SystolicEngine.windows`):
+
+* ``left``: ``spad_depth`` words of ``rows`` operands (element ``i`` feeds array row ``i``).
+* ``top``: ``spad_depth`` words of ``cols`` operands (element ``j`` feeds array column ``j``).
+* ``acc``: ``acc_depth`` rows of ``cols`` accumulators (column ``j`` in bank ``j``).
+
+Layouts the host writes (``host/systolic.py`` does this; the golden model states it too):
+
+* OS (output-stationary): ``left[lb + mt*K + k] = A[mt*R + i, k]`` over ``i``;
+  ``top[tb + nt*K + k] = B[k, nt*C + j]`` over ``j``; the result for ``(m, n)`` goes to
+  ``acc[ab + (n // C) * M + m][n % C]``.
+* WS (weight-stationary): ``top`` as for OS (B tiles are preloaded into the PEs, R rows at a time);
+  ``left[lb + kt*M + m] = A[m, kt*R + i]`` over ``i``; results as for OS.
+* IS (input-stationary): WS with the operands' roles swapped: the host stores ``A^T`` in ``top``
+  and ``B^T`` in ``left`` and passes ``M``/``N`` swapped, so ``acc`` holds ``C^T``.
+
+Elements past the matrix edge inside a word are zero (the host pads). Folds overlap: the next OS
+fold streams while the previous one drains; the next WS tile is preloaded (double-buffered weight
+registers) while the current one streams. Per fold the array is busy ``max(K, 2R-1)`` (OS) or
+``max(M, 2R-1)`` (WS) cycles; :func:`.model.cycles` gives the exact count.
+
+Instruction (128 bits): ``[7:0]`` opcode 0x10, ``[9:8]`` dataflow (0 os, 1 ws, 2 is),
+``[10]`` accumulate into ACC (else overwrite), ``[47:32]`` M, ``[63:48]`` N, ``[79:64]`` K,
+``[95:80]`` acc base row, ``[111:96]`` left base word, ``[127:112]`` top base word.
+Errors: BAD_DATAFLOW (not built), BAD_SHAPE (a zero dimension), OUT_OF_RANGE (an operand or
+result address past a memory's end; detected as the addresses are generated, reported at the
+end, and the results must not be used).
+"""
+
+from __future__ import annotations
+
+from amaranth import Cat, Const, Module, Mux, Signal
+from amaranth.lib import data, fifo, memory, wiring
+from amaranth.utils import ceil_log2
+
+from ..engine import ErrorCode, Window, engine_ports
+from .array import SystolicArray
+from .config import SystolicConfig
+
+__all__ = ["SystolicEngine", "GEMM_FIELDS", "DATAFLOW_CODES", "window_layout"]
+
+DATAFLOW_CODES = {"os": 0, "ws": 1, "is": 2}
+GEMM_FIELDS = {  # name -> (bit offset, width) in the 128-bit instruction
+    "dataflow": (8, 2),
+    "accumulate": (10, 1),
+    "m": (32, 16),
+    "n": (48, 16),
+    "k": (64, 16),
+    "acc_base": (80, 16),
+    "left_base": (96, 16),
+    "top_base": (112, 16),
+}
+_CW = 33  # width of address counters (products of two 16-bit fields fit)
+
+
+def _pow2(x: int) -> int:
+    return 1 << ceil_log2(max(1, x))
+
+
+def window_layout(cfg: SystolicConfig) -> dict[str, Window]:
+    """Host window regions of the engine (word offsets; see generators/engine.py)."""
+    w = cfg.fmt.width
+    left_words = -(-cfg.rows * w // 32)
+    top_words = -(-cfg.cols * w // 32)
+    acc_words = -(-cfg.acc_width // 32)
+    spans = {
+        "left": (cfg.spad_depth, _pow2(left_words), left_words * 32),
+        "top": (cfg.spad_depth, _pow2(top_words), top_words * 32),
+        "acc": (cfg.acc_depth, _pow2(cfg.cols * acc_words), cfg.cols * acc_words * 32),
+    }
+    region = max(_pow2(depth * stride) for depth, stride, _ in spans.values())
+    docs = {
+        "left": f"{cfg.rows} x {cfg.dtype} per word, element i in bits [{w}i, {w}(i+1))",
+        "top": f"{cfg.cols} x {cfg.dtype} per word, element j in bits [{w}j, {w}(j+1))",
+        "acc": f"{cfg.cols} accumulators per row, column j in words "
+        f"[{acc_words}j, {acc_words}(j+1)), int{cfg.acc_width} sign-extended",
+    }
+    return {
+        name: Window(
+            name=name,
+            offset=i * region,
+            depth=depth,
+            width=width,
+            stride=stride,
+            access="r" if name == "acc" else "rw",
+            doc=docs[name],
+        )
+        for i, (name, (depth, stride, width)) in enumerate(spans.items())
+    }
+
+
+class SystolicEngine(wiring.Component):
+    """The systolic engine for ``cfg`` (see the module docstring for the contract)."""
+
+    kind = "systolic"
+
+    def __init__(self, cfg: SystolicConfig):
+        self.cfg = cfg
+        self.layout = window_layout(cfg)
+        region = self.layout["top"].offset
+        if 3 * region > 1 << 22:
+            raise ValueError(
+                "spad_depth and acc_depth make the host window larger than 16 MiB; "
+                "use smaller memories"
+            )
+        super().__init__(engine_ports())
+
+    def windows(self) -> list[Window]:
+        return list(self.layout.values())
+
+    # -- helpers ---------------------------------------------------------------------------
+    def _unpack(self, word, count):
+        w = self.cfg.fmt.width
+        return [word[e * w : (e + 1) * w] for e in range(count)]
+
+    def elaborate(self, platform):
+        cfg = self.cfg
+        m = Module()
+        R, C, A = cfg.rows, cfg.cols, cfg.acc_width
+        lay = self.layout
+        m.submodules.array = arr = SystolicArray(cfg)
+
+        # ---- memories --------------------------------------------------------------------
+        m.submodules.left = left = memory.Memory(
+            shape=lay["left"].width, depth=cfg.spad_depth, init=[]
+        )
+        m.submodules.top = top = memory.Memory(shape=lay["top"].width, depth=cfg.spad_depth, init=[])
+        left_r, top_r = left.read_port(), top.read_port()
+        left_h, top_h = left.read_port(), top.read_port()
+        left_w, top_w = left.write_port(granularity=32), top.write_port(granularity=32)
+        banks, bank_rd, bank_wr, bank_h = [], [], [], []
+        for j in range(C):
+            mem = memory.Memory(shape=A, depth=cfg.acc_depth, init=[])
+            m.submodules[f"acc{j}"] = mem
+            wp = mem.write_port()
+            banks.append(mem)
+            bank_wr.append(wp)
+            bank_rd.append(mem.read_port(transparent_for=(wp,)))
+            bank_h.append(mem.read_port())
+
+        self._host_window(m, left_w, top_w, left_h, top_h, bank_h)
+
+        # ---- instruction latch -----------------------------------------------------------
+        f = {name: Signal(width, name=f"i_{name}") for name, (_, width) in GEMM_FIELDS.items()}
+        is_os = Signal()
+        m.d.comb += arr.mode_os.eq(is_os)
+
+        # ---- beat generation (address issue); data arrives one cycle later ---------------
+        a_en, a_addr, a_first, a_drain, a_valid = (
+            Signal(),
+            Signal(_CW),
+            Signal(),
+            Signal(),
+            Signal(),
+        )
+        b_en, b_addr, b_shift, b_zero = Signal(), Signal(_CW), Signal(), Signal()
+        oob = Signal()  # an address ran past a memory's end during this instruction
+        m.d.comb += [
+            left_r.addr.eq(a_addr),
+            left_r.en.eq(1),
+            top_r.addr.eq(b_addr),
+            top_r.en.eq(1),
+        ]
+        with m.If((a_en & (a_addr >= cfg.spad_depth)) | (b_en & (b_addr >= cfg.spad_depth))):
+            m.d.sync += oob.eq(1)
+        # align flags with the memory's read data
+        a_en1, a_first1, a_drain1, a_valid1 = Signal(), Signal(), Signal(), Signal()
+        b_en1, b_shift1, b_zero1 = Signal(), Signal(), Signal()
+        m.d.sync += [
+            a_en1.eq(a_en),
+            a_first1.eq(a_first),
+            a_drain1.eq(a_drain),
+            a_valid1.eq(a_valid),
+            b_en1.eq(b_en),
+            b_shift1.eq(b_shift),
+            b_zero1.eq(b_zero),
+        ]
+        a_elems = self._unpack(left_r.data, R)
+        b_elems = self._unpack(top_r.data, C)
+        for i in range(R):
+            m.d.comb += arr.a_data[i].eq(Mux(a_en1 & a_valid1, a_elems[i], 0))
+        for j in range(C):
+            m.d.comb += arr.b_data[j].eq(Mux(b_en1 & ~b_zero1, b_elems[j], 0))
+        m.d.comb += [
+            arr.a_valid.eq(a_en1 & a_valid1),
+            arr.a_first.eq(a_en1 & a_first1),
+            arr.a_drain.eq(a_en1 & a_drain1),
+            arr.b_shift.eq(b_en1 & b_shift1),
+        ]
+        m.d.comb += [
+            self.perf_macs.eq(Mux(a_en & a_valid, R * C, 0)),
+            self.perf_stall.eq(self.busy & ~(a_en & a_valid)),
+        ]
+
+        # ---- fold bookkeeping: one entry per fold, consumed as its results leave -----------
+        ab = f["acc_base"].shape().width
+        fold_layout = data.StructLayout({"base": _CW, "rows": 8, "acc": 1})
+        m.submodules.folds = folds = fifo.SyncFIFO(width=fold_layout.size, depth=4)
+        push = data.View(fold_layout, folds.w_data)
+        head = data.View(fold_layout, folds.r_data)
+        del ab
+
+        self._writeback(m, arr, folds, head, is_os, f, bank_rd, bank_wr, oob)
+
+        # ---- sequencer ----------------------------------------------------------------------
+        self._sequencer(
+            m, f, is_os, folds, push, oob,
+            (a_en, a_addr, a_first, a_drain, a_valid),
+            (b_en, b_addr, b_shift, b_zero),
+        )  # fmt: skip
+        return m
+
+    # ---- host window ---------------------------------------------------------------------------
+    def _host_window(self, m, left_w, top_w, left_h, top_h, bank_h):
+        cfg, lay, host = self.cfg, self.layout, self.host
+        region_bits = ceil_log2(lay["top"].offset)
+        region = host.addr[region_bits:]
+        sub = host.addr[:region_bits]
+        acc_words = -(-cfg.acc_width // 32)
+        rd_sel = Signal(2)
+        rd_piece = Signal(16)
+        rd_bad = Signal()
+        for idx, (name, wp, rp) in enumerate((("left", left_w, left_h), ("top", top_w, top_h))):
+            win = lay[name]
+            sbits = ceil_log2(win.stride)
+            entry, piece = sub[sbits:], sub[:sbits] if sbits else Const(0, 1)
+            m.d.comb += [rp.addr.eq(entry), wp.addr.eq(entry), wp.data.eq(host.w_data.replicate(len(wp.en)))]
+            with m.If(region == idx):
+                with m.If(host.w_en & (piece < win.width // 32) & (entry < win.depth)):
+                    m.d.comb += wp.en.eq(1 << piece)
+                m.d.comb += rp.en.eq(host.r_en)
+                with m.If((piece >= win.width // 32) | (entry >= win.depth)):
+                    m.d.comb += host.err.eq(1)
+        win = lay["acc"]
+        sbits = ceil_log2(win.stride)
+        entry, piece = sub[sbits:], sub[:sbits] if sbits else Const(0, 1)
+        for rp in bank_h:
+            m.d.comb += [rp.addr.eq(entry), rp.en.eq(host.r_en & (region == 2))]
+        with m.If(region == 2):
+            with m.If(host.w_en | (piece >= cfg.cols * acc_words) | (entry >= win.depth)):
+                m.d.comb += host.err.eq(1)
+        with m.If(region > 2):
+            m.d.comb += host.err.eq(1)
+        with m.If(host.r_en):
+            m.d.sync += [rd_sel.eq(region), rd_piece.eq(piece), rd_bad.eq(host.err)]
+        # read data, one cycle after r_en
+        with m.Switch(rd_sel):
+            for idx, rp in ((0, left_h), (1, top_h)):
+                with m.Case(idx):
+                    n = len(rp.data) // 32
+                    words = [rp.data[32 * k : 32 * (k + 1)] for k in range(n)]
+                    with m.Switch(rd_piece):
+                        for k, w in enumerate(words):
+                            with m.Case(k):
+                                m.d.comb += host.r_data.eq(w)
+            with m.Case(2):
+                with m.Switch(rd_piece):
+                    for j, rp in enumerate(bank_h):
+                        ext = rp.data.as_signed()
+                        for k in range(acc_words):
+                            with m.Case(j * acc_words + k):
+                                m.d.comb += host.r_data.eq(ext[32 * k : 32 * (k + 1)])
+        del rd_bad
+
+    # ---- result write-back -------------------------------------------------------------------
+    def _writeback(self, m, arr, folds, head, is_os, f, bank_rd, bank_wr, oob):
+        cfg = self.cfg
+        C = cfg.cols
+        ev0 = Mux(is_os, arr.top_valid[0], arr.bot_valid[0])
+        count = Signal(16)
+        tag_layout = data.StructLayout({"addr": _CW, "we": 1, "acc": 1})
+        tag0 = Signal(tag_layout)
+        last = Mux(is_os, count == cfg.rows - 1, count == f["m"] - 1)
+        m.d.comb += [
+            tag0.addr.eq(head.base + count),
+            tag0.we.eq(Mux(is_os, count < head.rows, 1)),
+            tag0.acc.eq(head.acc),
+        ]
+        with m.If(ev0 & folds.r_rdy):
+            m.d.sync += count.eq(Mux(last, 0, count + 1))
+            m.d.comb += folds.r_en.eq(last)
+        tags = [tag0]
+        for j in range(1, C):
+            t = Signal(tag_layout, name=f"tag{j}")
+            m.d.sync += t.eq(tags[-1])
+            tags.append(t)
+        for j in range(C):
+            ev = Mux(is_os, arr.top_valid[j], arr.bot_valid[j])
+            val = Mux(is_os, arr.top_data[j], arr.bot_data[j])
+            rd, wr = bank_rd[j], bank_wr[j]
+            s_v = Signal(name=f"wb{j}_v")
+            s_tag = Signal(tag_layout, name=f"wb{j}_tag")
+            s_val = Signal(cfg.acc_width, name=f"wb{j}_val")
+            m.d.comb += [rd.addr.eq(tags[j].addr), rd.en.eq(1)]
+            m.d.sync += [s_v.eq(ev), s_tag.eq(tags[j]), s_val.eq(val)]
+            old = Mux(s_tag.acc, rd.data, 0)
+            m.d.comb += [
+                wr.addr.eq(s_tag.addr),
+                wr.data.eq(old + s_val),
+                wr.en.eq(s_v & s_tag.we),
+            ]
+            with m.If(s_v & s_tag.we & (s_tag.addr >= cfg.acc_depth)):
+                m.d.sync += oob.eq(1)
+
+    # ---- sequencer ----------------------------------------------------------------------------
+    def _sequencer(self, m, f, is_os, folds, push, oob, a_port, b_port):
+        cfg = self.cfg
+        R, C = cfg.rows, cfg.cols
+        a_en, a_addr, a_first, a_drain, a_valid = a_port
+        b_en, b_addr, b_shift, b_zero = b_port
+        cmd = self.cmd
+        built = [DATAFLOW_CODES[d] for d in cfg.dataflows]
+
+        # OS state
+        k = Signal(16)
+        period = Signal(17)
+        rows_left = Signal(17)  # M - mt*R
+        n_left = Signal(17)  # N - nt*C
+        left_mt = Signal(_CW)  # left_base + mt*K
+        top_nt = Signal(_CW)  # top_base + nt*K
+        acc_mt = Signal(_CW)  # acc_base + mt*R
+        acc_nt = Signal(_CW)  # nt*M
+        any_fold = Signal()
+        # WS state: preloader
+        pl_r = Signal(8)
+        pl_busy, pl_ready, pl_more = Signal(), Signal(), Signal()
+        pl_tile = Signal(_CW)  # top_base + nt*K + kt*R
+        pl_ntb = Signal(_CW)  # top_base + nt*K
+        pl_k0 = Signal(17)  # kt*R
+        pl_nleft = Signal(17)
+        # WS state: streamer
+        st_m = Signal(16)
+        st_busy, st_more = Signal(), Signal()
+        st_left = Signal(_CW)  # left_base + kt*M
+        st_acc = Signal(_CW)  # acc_base + nt*M
+        st_k0 = Signal(17)
+        st_nleft = Signal(17)
+        since = Signal(8)
+        tail = Signal(8)
+
+        m.d.comb += self.busy.eq(1)
+        with m.FSM(name="seq"):
+            with m.State("IDLE"):
+                m.d.comb += [self.busy.eq(0), cmd.ready.eq(1)]
+                with m.If(cmd.valid):
+                    for name, (off, width) in GEMM_FIELDS.items():
+                        m.d.sync += f[name].eq(cmd.payload[off : off + width])
+                    m.d.sync += oob.eq(0)
+                    m.next = "CHECK"
+            with m.State("CHECK"):
+                ok_df = Signal()
+                m.d.comb += ok_df.eq(0)
+                for code in built:
+                    with m.If(f["dataflow"] == code):
+                        m.d.comb += ok_df.eq(1)
+                with m.If(~ok_df):
+                    m.d.comb += [self.done.eq(1), self.error.eq(ErrorCode.BAD_DATAFLOW)]
+                    m.next = "IDLE"
+                with m.Elif((f["m"] == 0) | (f["n"] == 0) | (f["k"] == 0)):
+                    m.d.comb += [self.done.eq(1), self.error.eq(ErrorCode.BAD_SHAPE)]
+                    m.next = "IDLE"
+                with m.Else():
+                    m.d.sync += [
+                        is_os.eq(f["dataflow"] == 0),
+                        # OS
+                        k.eq(0),
+                        period.eq(Mux(f["k"] > 2 * R - 1, f["k"], 2 * R - 1)),
+                        rows_left.eq(f["m"]),
+                        n_left.eq(f["n"]),
+                        left_mt.eq(f["left_base"]),
+                        top_nt.eq(f["top_base"]),
+                        acc_mt.eq(f["acc_base"]),
+                        acc_nt.eq(0),
+                        any_fold.eq(0),
+                        # WS
+                        pl_r.eq(0),
+                        pl_busy.eq(0),
+                        pl_ready.eq(0),
+                        pl_more.eq(1),
+                        pl_tile.eq(f["top_base"]),
+                        pl_ntb.eq(f["top_base"]),
+                        pl_k0.eq(0),
+                        pl_nleft.eq(f["n"]),
+                        st_m.eq(0),
+                        st_busy.eq(0),
+                        st_more.eq(1),
+                        st_left.eq(f["left_base"]),
+                        st_acc.eq(f["acc_base"]),
+                        st_k0.eq(0),
+                        st_nleft.eq(f["n"]),
+                        since.eq(255),
+                    ]
+                    if cfg.has_os:
+                        with m.If(f["dataflow"] == 0):
+                            m.next = "OS"
+                    if cfg.has_ws_path:
+                        with m.If(f["dataflow"] != 0):
+                            m.next = "WS"
+            if cfg.has_os:
+                with m.State("OS"):
+                    self._os_beats(m, f, folds, push, k, period, rows_left, n_left, left_mt,
+                                   top_nt, acc_mt, acc_nt, any_fold, a_port, b_port)  # fmt: skip
+            if cfg.has_ws_path:
+                with m.State("WS"):
+                    self._ws_beats(m, f, folds, push, locals())
+            if cfg.has_os:
+                with m.State("FLUSH"):
+                    # a drain token with no data: the last fold's results enter the drain chain
+                    m.d.comb += [a_en.eq(1), a_first.eq(1), a_drain.eq(1), a_valid.eq(0)]
+                    m.d.comb += [a_addr.eq(0), b_en.eq(0)]
+                    m.next = "TAIL"
+            with m.State("TAIL"):
+                with m.If(folds.level != 0):
+                    m.d.sync += tail.eq(0)
+                with m.Elif(tail == C + 3):
+                    m.d.comb += self.done.eq(1)
+                    m.d.comb += self.error.eq(Mux(oob, ErrorCode.OUT_OF_RANGE, 0))
+                    m.next = "IDLE"
+                with m.Else():
+                    m.d.sync += tail.eq(tail + 1)
+
+    def _os_beats(self, m, f, folds, push, k, period, rows_left, n_left, left_mt, top_nt,
+                  acc_mt, acc_nt, any_fold, a_port, b_port):  # fmt: skip
+        R, C = self.cfg.rows, self.cfg.cols
+        a_en, a_addr, a_first, a_drain, a_valid = a_port
+        b_en, b_addr, b_shift, b_zero = b_port
+        start = k == 0
+        can = ~start | folds.w_rdy
+        m.d.comb += [
+            a_addr.eq(left_mt + k),
+            b_addr.eq(top_nt + k),
+            push.base.eq(acc_mt + acc_nt),
+            push.rows.eq(Mux(rows_left > R, R, rows_left)),
+            push.acc.eq(f["accumulate"]),
+        ]
+        with m.If(can):
+            m.d.comb += [
+                a_en.eq(1),
+                a_valid.eq(k < f["k"]),
+                a_first.eq(start),
+                a_drain.eq(start & any_fold),
+                b_en.eq(k < f["k"]),
+                b_zero.eq(0),
+                folds.w_en.eq(start),
+            ]
+            m.d.sync += any_fold.eq(1)
+            with m.If(k == period - 1):
+                m.d.sync += k.eq(0)
+                last_n = n_left <= C
+                last_m = rows_left <= R
+                with m.If(~last_n):
+                    m.d.sync += [
+                        n_left.eq(n_left - C),
+                        top_nt.eq(top_nt + f["k"]),
+                        acc_nt.eq(acc_nt + f["m"]),
+                    ]
+                with m.Elif(~last_m):
+                    m.d.sync += [
+                        n_left.eq(f["n"]),
+                        top_nt.eq(f["top_base"]),
+                        acc_nt.eq(0),
+                        rows_left.eq(rows_left - R),
+                        left_mt.eq(left_mt + f["k"]),
+                        acc_mt.eq(acc_mt + R),
+                    ]
+                with m.Else():
+                    m.next = "FLUSH"
+            with m.Else():
+                m.d.sync += k.eq(k + 1)
+
+    def _ws_beats(self, m, f, folds, push, s):
+        R, C = self.cfg.rows, self.cfg.cols
+        a_en, a_addr, a_first, a_drain, a_valid = s["a_port"]
+        b_en, b_addr, b_shift, b_zero = s["b_port"]
+        pl_r, pl_busy, pl_ready, pl_more = s["pl_r"], s["pl_busy"], s["pl_ready"], s["pl_more"]
+        pl_tile, pl_ntb, pl_k0, pl_nleft = s["pl_tile"], s["pl_ntb"], s["pl_k0"], s["pl_nleft"]
+        st_m, st_busy, st_more = s["st_m"], s["st_busy"], s["st_more"]
+        st_left, st_acc, st_k0, st_nleft = s["st_left"], s["st_acc"], s["st_k0"], s["st_nleft"]
+        since = s["since"]
+        K, M = f["k"], f["m"]
+
+        with m.If(since != 255):
+            m.d.sync += since.eq(since + 1)
+
+        # Preloader: shifts the next R x C tile of B into the preload chain, bottom row first.
+        row_k = pl_k0 + (R - 1) - pl_r
+        m.d.comb += [b_addr.eq(pl_tile + (R - 1) - pl_r), b_zero.eq(row_k >= K), b_shift.eq(1)]
+        pl_go = Signal()
+        m.d.comb += pl_go.eq(pl_busy | (pl_more & ~pl_ready & (since >= R - 1)))
+        with m.If(pl_go):
+            m.d.comb += b_en.eq(1)
+            with m.If(b_zero):
+                m.d.comb += b_addr.eq(0)  # not read; keep the range check quiet
+            m.d.sync += pl_busy.eq(1)
+            with m.If(pl_r == R - 1):
+                m.d.sync += [pl_r.eq(0), pl_busy.eq(0), pl_ready.eq(1)]
+                last_k = pl_k0 + R >= K
+                last_n = pl_nleft <= C
+                with m.If(~last_k):
+                    m.d.sync += [pl_k0.eq(pl_k0 + R), pl_tile.eq(pl_tile + R)]
+                with m.Elif(~last_n):
+                    m.d.sync += [
+                        pl_k0.eq(0),
+                        pl_nleft.eq(pl_nleft - C),
+                        pl_ntb.eq(pl_ntb + K),
+                        pl_tile.eq(pl_ntb + K),
+                    ]
+                with m.Else():
+                    m.d.sync += pl_more.eq(0)
+            with m.Else():
+                m.d.sync += pl_r.eq(pl_r + 1)
+
+        # Streamer: M rows of A through the tile whose weights were just preloaded.
+        start = ~st_busy & st_more & pl_ready & folds.w_rdy
+        m.d.comb += [
+            a_addr.eq(st_left + st_m),
+            push.base.eq(st_acc),
+            push.rows.eq(0),
+            push.acc.eq(f["accumulate"] | (st_k0 != 0)),
+        ]
+        with m.If(start | st_busy):
+            m.d.comb += [a_en.eq(1), a_valid.eq(1), a_first.eq(st_m == 0), a_drain.eq(0)]
+        with m.If(start):
+            m.d.comb += folds.w_en.eq(1)
+            m.d.sync += [st_busy.eq(1), pl_ready.eq(0), since.eq(1)]
+        with m.If(start | st_busy):
+            with m.If(st_m == M - 1):
+                m.d.sync += [st_m.eq(0), st_busy.eq(0)]
+                last_k = st_k0 + R >= K
+                last_n = st_nleft <= C
+                with m.If(~last_k):
+                    m.d.sync += [st_k0.eq(st_k0 + R), st_left.eq(st_left + M)]
+                with m.Elif(~last_n):
+                    m.d.sync += [
+                        st_k0.eq(0),
+                        st_nleft.eq(st_nleft - C),
+                        st_left.eq(f["left_base"]),
+                        st_acc.eq(st_acc + M),
+                    ]
+                with m.Else():
+                    m.d.sync += st_more.eq(0)
+                    m.next = "TAIL"
+            with m.Else():
+                m.d.sync += st_m.eq(st_m + 1)
