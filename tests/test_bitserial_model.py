@@ -90,8 +90,8 @@ def test_bitmod_mixed_across_groups_exact():
         r, ps, err = M.matmul(cfg, ins, a, w, dts)
         assert err == ErrorCode.NONE
         gid = torch.arange(k) // 4
-        wv = torch.stack([M.datatype_grid(int(dts[i, gid[j]]), w_bits)[w[i, j]]
-                          for i in range(n) for j in range(k)]).view(n, k)
+        grids = [M.datatype_grid(int(dts[i, gid[j]]), w_bits) for i in range(n) for j in range(k)]
+        wv = torch.stack([gr[c & (len(gr) - 1)] for gr, c in zip(grids, w.flatten())]).view(n, k)
         av = M.decode_int(a, 6, "bipolar")
         torch.testing.assert_close(ps, _reference(av, wv, 4), rtol=0, atol=0)
         torch.testing.assert_close(r, av @ wv.T, rtol=0, atol=0)
@@ -106,7 +106,7 @@ def test_invalid_datatype_is_rejected():
     assert M.check(cfg, ins.replace(w_bits=5)) == ErrorCode.BAD_FIELD
     assert M.check(cfg, ins.replace(k=0)) == ErrorCode.BAD_SHAPE
     assert M.check(cfg, ins.replace(w_bits=9)) == ErrorCode.BAD_FIELD
-    assert M.check(cfg, ins.replace(r_base=255)) == ErrorCode.OUT_OF_RANGE
+    assert M.check(cfg, ins.replace(r_base=256)) == ErrorCode.OUT_OF_RANGE
 
 
 def test_accumulator_wraps():
