@@ -39,7 +39,7 @@ def test_random_gemms_all_dataflows(rows, cols, dtype, acc):
 
 def test_extremes_wrap_like_the_model():
     # every product at the format's extremes; a narrow accumulator overflows and wraps
-    cfg = SystolicConfig(rows=2, cols=2, acc_width=16, spad_depth=64, acc_depth=64)
+    cfg = SystolicConfig(rows=2, cols=2, acc_width=16, spad_depth=128, acc_depth=64)
     k = 40
     a = torch.full((3, k), -128)
     b = torch.full((k, 3), -128)
@@ -65,3 +65,10 @@ def test_ws_only_build():
     jobs = [(df, *rand_operands(cfg, 5, 7, 4, seed=9)) for df in ("ws", "is")]
     for (_, a, b), (res, _, err) in zip(jobs, run_gemms(cfg, jobs), strict=True):
         assert err == 0 and torch.equal(res, model.gemm(a, b, cfg))
+
+
+def test_operands_past_the_scratchpad_are_reported():
+    cfg = SystolicConfig(rows=2, cols=2, spad_depth=16, acc_depth=16)
+    a, b = rand_operands(cfg, 4, 9, 2, seed=5)  # OS needs 2 * 9 = 18 left words > 16
+    ((_, _, err),) = run_gemms(cfg, [("os", a, b)])
+    assert err == ErrorCode.OUT_OF_RANGE

@@ -5,9 +5,12 @@ Per row of ``n`` inputs ``x`` (2**-f units), with ``G = mean_frac``, ``W`` the i
 * ``S = sum(x)``; ``mean = sign(S) * floor((2 |S| 2**G + n) / (2 n))`` (2**-(f+G) units, rounded
   half away from zero);
 * ``y = x * 2**G - mean``; ``V = sum(y * y)``; ``var = floor(V / n) + round(eps * 2**(2(f+G)))``;
-* ``std = isqrt(var)`` by Newton (I-ViT): ``k0 = 2**ceil(bitlen(var) / 2)``,
-  ``k <- floor((k + floor(var / k)) / 2)`` while it decreases; ``std = max(std, 1)``;
-* ``R = floor(2**K / std)``, ``K = W + G + 16``; ``z = round(y * R / 2**(K - 16))`` (1.0 == 2**16);
+* ``a = max(0, (34 - bitlen(var)) >> 1)``: the variance is scaled by ``4**a`` so the square root
+  has >= 16 significant bits (I-ViT's integer std is coarse for small-variance rows);
+* ``std = isqrt(var * 4**a)`` by Newton (I-ViT): ``k0 = 2**ceil(bitlen / 2)``,
+  ``k <- floor((k + floor(v / k)) / 2)`` while it decreases; ``std = max(std, 1)``;
+* ``R = floor(2**(K + a) / std)``, ``K = W + G + 16``; ``z = round(y * R / 2**(K - 16))``
+  (1.0 == 2**16);
 * ``out = sat(round(z * gamma / 2**(16 + gamma_frac - out_frac)) + beta)``.
 
 Rounding is half-up unless stated. Every division is an exact integer floor division, so the
@@ -56,8 +59,13 @@ def row_stats(x: list[int], cfg: LayerNormConfig) -> tuple[int, int, int]:
     mean = -mag if s < 0 else mag
     v = sum(((xi << G) - mean) ** 2 for xi in x)
     var = v // n + eps_int(cfg)
-    std = max(isqrt_newton(var)[0], 1)
-    return mean, std, (1 << k_shift(cfg)) // std
+    a = var_scale(var)
+    std = max(isqrt_newton(var << (2 * a))[0], 1)
+    return mean, std, (1 << (k_shift(cfg) + a)) // std
+
+
+def var_scale(var: int) -> int:
+    return max(0, (34 - var.bit_length()) >> 1)
 
 
 def layernorm_model(x, gamma, beta, cfg: LayerNormConfig) -> torch.Tensor:

@@ -200,7 +200,7 @@ class SystolicEngine(wiring.Component):
         # ---- fold bookkeeping: one entry per fold, consumed as its results leave -----------
         ab = f["acc_base"].shape().width
         fold_layout = data.StructLayout({"base": _CW, "rows": 8, "acc": 1})
-        m.submodules.folds = folds = fifo.SyncFIFO(width=fold_layout.size, depth=4)
+        m.submodules.folds = folds = fifo.SyncFIFO(width=fold_layout.size, depth=8)
         push = data.View(fold_layout, folds.w_data)
         head = data.View(fold_layout, folds.r_data)
         del ab
