@@ -16,6 +16,7 @@ __all__ = ["EngineSpec", "register", "engines", "engine_spec"]
 # Engine packages, imported on first use. One line per engine.
 _ENGINE_MODULES = [
     "gatesmith.generators.systolic",
+    "gatesmith.generators.pim",
 ]
 
 

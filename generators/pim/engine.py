@@ -113,7 +113,7 @@ class PimEngine(wiring.Component):
         self.busy_sig = Signal()
         self.w_weights = Signal()
         self.w_vector = Signal()
-        bad_w = (self.h_bank_w >= cfg.banks) | (self.busy_sig & (not cfg.dual_row_buffer))
+        bad_w = (self.h_bank_w >= cfg.banks) | (self.busy_sig & Const(int(not cfg.dual_row_buffer)))
         err_w = Mux(host.r_en, 1, bad_w)
         err = Signal()
         m.d.comb += [
