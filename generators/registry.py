@@ -17,6 +17,7 @@ __all__ = ["EngineSpec", "register", "engines", "engine_spec"]
 _ENGINE_MODULES = [
     "gatesmith.generators.systolic",
     "gatesmith.generators.pim",
+    "gatesmith.generators.bitserial",
 ]
 
 

@@ -60,8 +60,8 @@ __all__ = [
 ]
 
 OPCODES = {"matmul": 0x30}
-OVERHEAD = 7  # accept/check + read + decode + planes + dequant + accumulate + write/done
-REJECT_CYCLES = 2
+OVERHEAD = 8  # check, range, start, read, decode, dequantise, accumulate+write, done
+REJECT_CYCLES = 4
 
 DT_INT = 0
 # id -> (name, code bits, magnitude grid indexed by the code's low bits, extra value)

@@ -1,0 +1,439 @@
+"""The bit-serial tensor engine: ``pes`` output channels x ``lanes``-wide dot products, weights
+consumed ``bits_per_cycle`` magnitude bit-planes per cycle, precision chosen per instruction.
+
+One MATMUL (``model.Instr``) computes ``R[m, n] = sum_g S[n, g] * sum_{k in g} Wv[n, k] Av[m, k]``
+exactly as :mod:`.model` states. Loop order: tiles of ``pes`` weight rows, then rows of A, then
+chunks of ``lanes`` along K. One *pass* (one chunk of one row against one tile) takes
+``ceil(planes / bits_per_cycle)`` cycles; passes run back to back.
+
+Pipeline (one pass enters per pass time; every stage keeps up with one-cycle passes):
+
+0. sequencer: counters, memory addresses; reads the weight, activation and group words on the
+   pass's first cycle (memories hold their read data until the next read).
+1. decode: codes -> sign and magnitude per weight (INT two's complement / bipolar-INT, or the
+   group's BitMoD FP3/FP4 grid), activations -> integers (masked past K); registered.
+2. planes: per PE, per cycle, ``sum_b sum_l bit_(j*bpc+b)(|w_l|) * (+/-a_l) << b`` (an AND-mux
+   and an adder tree, no multiplier), shifted by ``j*bpc`` into the group's exact partial sum.
+3. dequantisation: the group's partial sum times its 16-bit scale (one multiplier per PE).
+4. accumulate: adds the groups of a result (``acc_width`` bits, wrapping) and writes the tile's
+   ``pes`` results into the result memory.
+
+Latency: ``model.cycles`` (accept -> ``done``), held equal to the RTL by the tests.
+"""
+
+from __future__ import annotations
+
+from amaranth import Cat, Const, Module, Mux, Signal, Value
+from amaranth.hdl import signed, unsigned
+from amaranth.lib import wiring
+from amaranth.lib.memory import Memory
+
+from ..engine import ErrorCode, Window, engine_ports
+from .config import SCALE_BITS, BitserialConfig
+from .model import DATATYPES, FIELDS, psum_width
+
+__all__ = ["BitserialEngine"]
+
+
+def _log2(n: int) -> int:
+    return n.bit_length() - 1
+
+
+def _tree_sum(terms):
+    terms = list(terms)
+    while len(terms) > 1:
+        nxt = [terms[i] + terms[i + 1] for i in range(0, len(terms) - 1, 2)]
+        if len(terms) % 2:
+            nxt.append(terms[-1])
+        terms = nxt
+    return terms[0]
+
+
+def _regions(cfg: BitserialConfig):
+    """(name, depth, width, access, doc) of the host window's regions, in address order."""
+    return [
+        ("weights", cfg.w_depth, cfg.w_word_bits, "w",
+         "weight codes: entry t*ceil(K/lanes)+c, slot p*lanes+l of w_max_bits bits"),
+        ("acts", cfg.a_depth, cfg.a_word_bits, "w",
+         "activation codes: entry m*ceil(K/lanes)+c, slot l of a_max_bits bits"),
+        ("groups", cfg.g_depth, cfg.g_word_bits, "w",
+         "per PE: scale (bits 15:0) | datatype id << 16; entry t*ceil(K/group_size)+g"),
+        ("results", cfg.r_depth, cfg.r_word_bits, "r",
+         "per PE: 64-bit result (acc_width bits, sign-extended); entry t*M+m"),
+    ]
+
+
+def window_layout(cfg: BitserialConfig) -> list[Window]:
+    out, offset = [], 0
+    for name, depth, width, access, doc in _regions(cfg):
+        stride = cfg.stride_of(width)
+        span = depth * stride
+        offset = -(-offset // span) * span
+        out.append(Window(name, offset, depth, width, stride, access, doc))
+        offset += span
+    return out
+
+
+class BitserialEngine(wiring.Component):
+    """Bit-serial MATMUL engine for :class:`BitserialConfig` ``cfg`` (see the module docstring)."""
+
+    def __init__(self, cfg: BitserialConfig):
+        if not isinstance(cfg, BitserialConfig):
+            raise TypeError(f"cfg must be a BitserialConfig, not {type(cfg).__name__}")
+        self.cfg = cfg
+        super().__init__(engine_ports())
+
+    def windows(self) -> list[Window]:
+        return window_layout(self.cfg)
+
+    # ------------------------------------------------------------------------------------------
+    def elaborate(self, platform):
+        m = Module()
+        cfg = self.cfg
+        mems = {}
+        for win in self.windows():
+            mem = Memory(shape=unsigned(win.stride * 32), depth=win.depth, init=[])
+            m.submodules[f"mem_{win.name}"] = mem
+            mems[win.name] = (win, mem)
+        self._host_bus(m, mems)
+
+        ins = {name: Signal(width, name=f"i_{name}") for name, (_, width) in FIELDS.items()}
+        self._retire, self._dt_err = Signal(), Signal()
+        seq = self._sequencer(m, ins, mems)
+        dec = self._decode(m, ins, seq, mems)
+        grp = self._planes(m, dec)
+        self._dequant(m, ins, grp, mems)
+        return m
+
+    # ------------------------------------------------------------------------------------------
+    def _host_bus(self, m, mems):
+        """Host writes to weights/acts/groups (32-bit granular), reads of results."""
+        bus = self.host
+        hit_w, hit_r = Signal(), Signal()
+        for name, (win, mem) in mems.items():
+            sb, span_b = _log2(win.stride), _log2(win.depth * win.stride)
+            hit = bus.addr[span_b:] == (win.offset >> span_b)
+            index, sub = bus.addr[sb:span_b], bus.addr[:sb]
+            if "w" in win.access:
+                wp = mem.write_port(granularity=32)
+                m.d.comb += [
+                    wp.addr.eq(index),
+                    wp.data.eq(Cat(*[bus.w_data] * win.stride)),
+                    wp.en.eq(Mux(bus.w_en & hit, Const(1, win.stride) << sub, 0)),
+                ]
+                with m.If(hit):
+                    m.d.comb += hit_w.eq(1)
+            if "r" in win.access:
+                rp = mem.read_port()
+                sub_q = Signal(max(sb, 1))
+                m.d.comb += [rp.addr.eq(index), rp.en.eq(bus.r_en & hit)]
+                m.d.sync += sub_q.eq(sub)
+                m.d.comb += bus.r_data.eq(rp.data.word_select(sub_q, 32) if sb else rp.data[:32])
+                with m.If(hit):
+                    m.d.comb += hit_r.eq(1)
+        m.d.comb += bus.err.eq((bus.r_en & ~hit_r) | (bus.w_en & ~hit_w))
+
+    # ------------------------------------------------------------------------------------------
+    def _sequencer(self, m, ins, mems):
+        """Accept, check, then walk tiles x rows x chunks x plane-cycles (stage 0)."""
+        cfg = self.cfg
+        cmd = self.cmd
+        lg_l, lg_p, lg_g, lg_b = (_log2(cfg.lanes), _log2(cfg.pes), _log2(cfg.group_size),
+                                  _log2(cfg.bits_per_cycle))
+        w_bits = ins["w_bits_m1"] + 1
+        planes = Signal(4)
+        steps = Signal(4)  # cycles per pass
+        nt, kc, ng = Signal(15), Signal(17), Signal(17)
+        ends = {k: Signal(34, name=f"end_{k}") for k in ("w", "a", "g", "r")}
+        err = Signal(8)
+        m.d.comb += [
+            planes.eq(w_bits + (ins["mixed"] & (w_bits == 4))),
+            steps.eq((planes + cfg.bits_per_cycle - 1) >> lg_b),
+        ]
+
+        # bad fields and shapes need no arithmetic; ranges are checked one cycle later
+        enc_ok = Const(1)
+        for key in ("w_enc", "a_enc"):
+            ok = Const(0)
+            for i, e in enumerate(("twos", "bipolar")):
+                if e in cfg.encodings:
+                    ok = ok | (ins[key] == i)
+            enc_ok = enc_ok & ok
+        bad_field = ((w_bits > cfg.w_max_bits) | (ins["a_bits_m1"] + 1 > cfg.a_max_bits)
+                     | ~enc_ok)
+        if cfg.bitmod:
+            bad_field = bad_field | (ins["mixed"] & ~((w_bits == 3) | (w_bits == 4)))
+        else:
+            bad_field = bad_field | ins["mixed"]
+        bad_shape = (ins["m"] == 0) | (ins["n"] == 0) | (ins["k"] == 0)
+        uses_g = ins["mixed"] | ins["scaled"]
+        out_of_range = ((ends["w"] > cfg.w_depth) | (ends["a"] > cfg.a_depth)
+                        | (uses_g & (ends["g"] > cfg.g_depth)) | (ends["r"] > cfg.r_depth))
+
+        # counters of stage 0
+        t, mi, c, j = Signal(14), Signal(14), Signal(16), Signal(4)
+        w_row, a_row, g_row, r_addr = Signal(32), Signal(32), Signal(32), Signal(32)
+        krem, nrem = Signal(17), Signal(15)
+        running = Signal()
+        last_j = j == steps - 1
+        last_c = c == kc - 1
+        last_m = mi == ins["m"] - 1
+        last_t = t == nt - 1
+        cg_mask = cfg.chunks_per_group - 1
+        s0 = {
+            "valid": running,
+            "first_j": j == 0,
+            "last_j": last_j,
+            "shift": (j << lg_b)[:4],
+            "first_g": (c & cg_mask) == 0 if cg_mask else Const(1),
+            "last_g": ((c & cg_mask) == cg_mask) | last_c if cg_mask else Const(1),
+            "last_row": last_c,
+            "last_all": last_c & last_m & last_t,
+            "r_addr": r_addr,
+            "lanes_valid": Mux(krem < cfg.lanes, krem, cfg.lanes)[: lg_l + 1],
+            "pes_valid": Mux(nrem < cfg.pes, nrem, cfg.pes)[: lg_p + 1],
+        }
+        reads = {
+            "weights": w_row + c,
+            "acts": a_row + c,
+            "groups": g_row + (c >> (lg_g - lg_l)),
+        }
+        ports = {}
+        for name, addr in reads.items():
+            win, mem = mems[name]
+            rp = mem.read_port()
+            m.d.comb += [rp.addr.eq(addr), rp.en.eq(running & (j == 0))]
+            ports[name] = rp.data
+
+        m.d.sync += self.done.eq(0), self.error.eq(0)
+        with m.FSM():
+            with m.State("IDLE"):
+                m.d.comb += cmd.ready.eq(1)
+                with m.If(cmd.valid):
+                    for name, (off, width) in FIELDS.items():
+                        m.d.sync += ins[name].eq(cmd.payload[off : off + width])
+                    m.next = "CHECK"
+            with m.State("CHECK"):
+                m.d.comb += self.busy.eq(1)
+                m.d.sync += [
+                    nt.eq((ins["n"] + cfg.pes - 1) >> lg_p),
+                    kc.eq((ins["k"] + cfg.lanes - 1) >> lg_l),
+                    ng.eq((ins["k"] + cfg.group_size - 1) >> lg_g),
+                    err.eq(Mux(bad_shape, ErrorCode.BAD_SHAPE,
+                               Mux(bad_field, ErrorCode.BAD_FIELD, 0))),
+                ]
+                m.next = "RANGE"
+            with m.State("RANGE"):
+                m.d.comb += self.busy.eq(1)
+                m.d.sync += [
+                    ends["w"].eq(ins["w_base"] + nt * kc),
+                    ends["a"].eq(ins["a_base"] + ins["m"] * kc),
+                    ends["g"].eq(ins["g_base"] + nt * ng),
+                    ends["r"].eq(ins["r_base"] + nt * ins["m"]),
+                ]
+                m.next = "START"
+            with m.State("START"):
+                m.d.comb += self.busy.eq(1)
+                with m.If(err != 0):
+                    m.d.sync += [self.done.eq(1), self.error.eq(err)]
+                    m.next = "IDLE"
+                with m.Elif(out_of_range):
+                    m.d.sync += [self.done.eq(1), self.error.eq(ErrorCode.OUT_OF_RANGE)]
+                    m.next = "IDLE"
+                with m.Else():
+                    m.d.sync += [
+                        running.eq(1), t.eq(0), mi.eq(0), c.eq(0), j.eq(0),
+                        w_row.eq(ins["w_base"]), a_row.eq(ins["a_base"]),
+                        g_row.eq(ins["g_base"]), r_addr.eq(ins["r_base"]),
+                        krem.eq(ins["k"]), nrem.eq(ins["n"]),
+                    ]
+                    m.next = "RUN"
+            with m.State("RUN"):
+                m.d.comb += self.busy.eq(1)
+                with m.If(self._retire):
+                    m.d.sync += self.done.eq(1)
+                    m.d.sync += self.error.eq(Mux(self._dt_err, ErrorCode.BAD_FIELD, 0))
+                    m.next = "IDLE"
+
+        with m.If(running):
+            m.d.sync += j.eq(j + 1)
+            with m.If(last_j):
+                m.d.sync += [j.eq(0), c.eq(c + 1), krem.eq(krem - cfg.lanes)]
+                with m.If(last_c):
+                    m.d.sync += [c.eq(0), krem.eq(ins["k"]), mi.eq(mi + 1), a_row.eq(a_row + kc),
+                                 r_addr.eq(r_addr + 1)]
+                    with m.If(last_m):
+                        m.d.sync += [mi.eq(0), a_row.eq(ins["a_base"]), t.eq(t + 1),
+                                     w_row.eq(w_row + kc), g_row.eq(g_row + ng),
+                                     nrem.eq(nrem - cfg.pes)]
+                        with m.If(last_t):
+                            m.d.sync += running.eq(0)
+        return {"s0": s0, "ports": ports}
+
+    # ------------------------------------------------------------------------------------------
+    def _decode(self, m, ins, seq, mems):
+        """Stage 1: codes -> sign/magnitude weights, integer activations, scales (registered)."""
+        cfg = self.cfg
+        s1 = {k: Signal(Value.cast(v).shape(), name=f"s1_{k}") for k, v in seq["s0"].items()}
+        for k, v in seq["s0"].items():
+            m.d.sync += s1[k].eq(v)
+        load = s1["valid"] & s1["first_j"]
+        wd, ad, gd = (seq["ports"][n] for n in ("weights", "acts", "groups"))
+        w_bits, a_bits = ins["w_bits_m1"] + 1, ins["a_bits_m1"] + 1
+        a_w = cfg.a_max_bits + 1
+
+        act = []
+        for lane in range(cfg.lanes):
+            code = ad[lane * cfg.a_max_bits : (lane + 1) * cfg.a_max_bits]
+            v = Signal(signed(a_w), name=f"a_{lane}")
+            m.d.comb += v.eq(Mux(lane < s1["lanes_valid"], _decode_int(code, ins["a_bits_m1"], ins["a_enc"],
+                                                                       cfg.a_max_bits), 0))
+            act.append(v)
+
+        planes_w = cfg.max_planes
+        sa = [[Signal(signed(a_w), name=f"sa_{p}_{lane}") for lane in range(cfg.lanes)]
+              for p in range(cfg.pes)]
+        mag = [[Signal(planes_w, name=f"mag_{p}_{lane}") for lane in range(cfg.lanes)]
+               for p in range(cfg.pes)]
+        scale = [Signal(SCALE_BITS + 1, name=f"scale_{p}") for p in range(cfg.pes)]
+        dt_bad = []
+        for p in range(cfg.pes):
+            slot = gd[p * 32 : (p + 1) * 32]
+            dt = slot[16:20]
+            for lane in range(cfg.lanes):
+                i = p * cfg.lanes + lane
+                code = wd[i * cfg.w_max_bits : (i + 1) * cfg.w_max_bits]
+                v = Signal(signed(max(cfg.w_max_bits + 1, 6)), name=f"wv_{p}_{lane}")
+                m.d.comb += v.eq(_decode_int(code, ins["w_bits_m1"], ins["w_enc"], cfg.w_max_bits))
+                if cfg.bitmod:
+                    fp = _decode_bitmod(m, code, dt, w_bits)
+                    with m.If(ins["mixed"] & (dt != 0)):
+                        m.d.comb += v.eq(fp)
+                neg = v < 0
+                with m.If(load):
+                    m.d.sync += [
+                        mag[p][lane].eq(Mux(neg, -v, v)),
+                        sa[p][lane].eq(Mux(neg, -act[lane], act[lane])),
+                    ]
+            with m.If(load):
+                m.d.sync += scale[p].eq(Mux(ins["scaled"], slot[:SCALE_BITS], 1))
+            if cfg.bitmod:
+                ok = (dt == 0) | ((dt >= 1) & (dt <= 4)) | ((dt >= 5) & (dt <= 8) & (w_bits == 4))
+                dt_bad.append(ins["mixed"] & ~ok & (p < s1["pes_valid"]))
+        if dt_bad:
+            with m.If(load & Cat(*dt_bad).any()):
+                m.d.sync += self._dt_err.eq(1)
+        with m.If(self.cmd.valid & self.cmd.ready):
+            m.d.sync += self._dt_err.eq(0)
+        macs = Signal(16)
+        with m.If(load):
+            m.d.sync += macs.eq(s1["lanes_valid"] * s1["pes_valid"])
+        return {"s1": s1, "sa": sa, "mag": mag, "scale": scale, "macs": macs}
+
+    # ------------------------------------------------------------------------------------------
+    def _planes(self, m, dec):
+        """Stage 2: bit-plane sums into each PE's exact group partial sum."""
+        cfg = self.cfg
+        bpc = cfg.bits_per_cycle
+        s2 = {k: Signal(v.shape(), name=f"s2_{k}") for k, v in dec["s1"].items()}
+        for k, v in dec["s1"].items():
+            m.d.sync += s2[k].eq(v)
+        pw = psum_width(cfg)
+        out_valid = Signal()
+        gsum = [Signal(signed(pw), name=f"gsum_{p}") for p in range(cfg.pes)]
+        gscale = [Signal(SCALE_BITS + 1, name=f"gscale_{p}") for p in range(cfg.pes)]
+        flags = {k: Signal(s2[k].shape(), name=f"s3_{k}") for k in ("last_row", "last_all", "r_addr")}
+        computing = s2["valid"]
+        s1_load = dec["s1"]["valid"] & dec["s1"]["first_j"]
+        group_end = computing & s2["last_j"] & s2["last_g"]
+        for p in range(cfg.pes):
+            terms = []
+            for lane in range(cfg.lanes):
+                mag, sa = dec["mag"][p][lane], dec["sa"][p][lane]
+                for b in range(bpc):
+                    terms.append(Mux(mag[b], sa << b if b else sa, 0))
+            plane_sum = Signal(signed(cfg.a_max_bits + 2 + bpc + _log2(cfg.lanes)),
+                               name=f"plane_{p}")
+            m.d.comb += plane_sum.eq(_tree_sum(terms))
+            psum = Signal(signed(pw), name=f"psum_{p}")
+            nxt = Signal(signed(pw), name=f"psum_next_{p}")
+            first = s2["first_j"] & s2["first_g"]
+            m.d.comb += nxt.eq(Mux(first, 0, psum) + (plane_sum << s2["shift"]))
+            with m.If(computing):
+                m.d.sync += psum.eq(nxt)
+            # the shift register walks the magnitude planes bpc at a time
+            with m.If(computing & ~s1_load):
+                for lane in range(cfg.lanes):
+                    m.d.sync += dec["mag"][p][lane].eq(dec["mag"][p][lane] >> bpc)
+            with m.If(group_end):
+                m.d.sync += [gsum[p].eq(nxt), gscale[p].eq(dec["scale"][p])]
+        m.d.sync += out_valid.eq(group_end)
+        with m.If(group_end):
+            m.d.sync += [flags[k].eq(s2[k]) for k in flags]
+        m.d.comb += [
+            self.perf_macs.eq(Mux(computing & s2["last_j"], dec["macs"], 0)),
+            self.perf_stall.eq(self.busy & ~computing),
+        ]
+        return {"valid": out_valid, "gsum": gsum, "gscale": gscale, **flags}
+
+    # ------------------------------------------------------------------------------------------
+    def _dequant(self, m, ins, grp, mems):
+        """Stages 3-4: group sum x scale, accumulate the groups of a result, write the tile."""
+        cfg = self.cfg
+        pw = psum_width(cfg)
+        prod = [Signal(signed(pw + SCALE_BITS + 1), name=f"prod_{p}") for p in range(cfg.pes)]
+        v4 = Signal()
+        f4 = {k: Signal(grp[k].shape(), name=f"s4_{k}") for k in ("last_row", "last_all", "r_addr")}
+        m.d.sync += v4.eq(grp["valid"])
+        m.d.sync += [f4[k].eq(grp[k]) for k in f4]
+        for p in range(cfg.pes):
+            m.d.sync += prod[p].eq(grp["gsum"][p] * grp["gscale"][p].as_signed())
+        win, mem = mems["results"]
+        wp = mem.write_port()
+        acc = [Signal(signed(cfg.acc_width), name=f"acc_{p}") for p in range(cfg.pes)]
+        res = []
+        for p in range(cfg.pes):
+            total = Signal(signed(cfg.acc_width), name=f"total_{p}")
+            r64 = Signal(signed(64), name=f"res_{p}")  # sign-extended into the 64-bit slot
+            m.d.comb += [total.eq(acc[p] + prod[p]), r64.eq(total)]
+            with m.If(v4):
+                m.d.sync += acc[p].eq(Mux(f4["last_row"], 0, total))
+            res.append(r64)
+        m.d.comb += [
+            wp.addr.eq(f4["r_addr"]),
+            wp.data.eq(Cat(*res)),
+            wp.en.eq(v4 & f4["last_row"]),
+        ]
+        m.d.comb += self._retire.eq(v4 & f4["last_row"] & f4["last_all"])
+
+
+def _decode_int(code, bits_m1, enc, max_bits):
+    """``bits_m1 + 1`` low bits of ``code`` as a two's complement (enc=0) or bipolar (enc=1)
+    integer."""
+    bits = bits_m1 + 1
+    u = code & ((Const(1, max_bits + 1) << bits) - 1)[:max_bits]
+    twos = u - (u.bit_select(bits_m1, 1) << bits)
+    bip = (u << 1) - ((Const(1, max_bits + 1) << bits) - 1)
+    return Mux(enc, bip, twos)
+
+
+def _decode_bitmod(m, code, dt, w_bits):
+    """The value of a BitMoD code: FP3 (ids 1-4) or FP4 (ids 5-8); INT (id 0) in the caller."""
+    out = Signal(signed(7))
+    m.d.comb += out.eq(0)
+    for ident, (_, bits, mags, extra) in DATATYPES.items():
+        c = code[:bits]
+        idx, neg = c[: bits - 1], c[bits - 1]
+        mag = Signal(5, name=f"fpmag_{ident}")
+        with m.Switch(idx):
+            for i, v in enumerate(mags):
+                with m.Case(i):
+                    m.d.comb += mag.eq(v)
+        with m.If((dt == ident) & (w_bits >= bits)):
+            with m.If(c == (1 << (bits - 1))):
+                m.d.comb += out.eq(extra)
+            with m.Elif(neg):
+                m.d.comb += out.eq(-mag)
+            with m.Else():
+                m.d.comb += out.eq(mag)
+    return out
