@@ -1,4 +1,4 @@
-"""UART PHY (hdl/uart.py) in the Amaranth simulator: line waveforms, framing, backpressure, loopback.
+"""UART PHY (hdl/uart.py) in the Amaranth simulator: waveforms, framing, backpressure, loopback.
 
 The line is driven and decoded here by the test's own bit-level models (a sender that places each
 bit edge at ``round(i * period)`` cycles, so fractional periods model a baud mismatch, and a decoder
@@ -37,7 +37,7 @@ def run(dut, *benches, limit_cycles=200_000):
 
 
 class LineDriver:
-    """Drives a pin with a list of levels, one per bit, ``period`` cycles each (may be fractional)."""
+    """Drives a pin with one level per bit, ``period`` cycles each (``period`` may be fractional)."""
 
     def __init__(self, pin, levels, period, *, lead_cycles=5):
         self.pin, self.levels, self.period, self.lead = pin, levels, period, lead_cycles
@@ -115,7 +115,9 @@ def test_divisor_and_messages():
     assert uart_divisor(clock_hz=12_000_000, baud=115_200) == 104
     with pytest.raises(ValueError) as e:
         uart_divisor(clock_hz=12_000_000, baud=4_000_000)
-    assert str(e.value) == "baud must be at most clock_hz/4 = 3000000, not 4000000 (clock 12000000 Hz)"
+    assert str(e.value) == (
+        "baud must be at most clock_hz/4 = 3000000, not 4000000 (clock 12000000 Hz)"
+    )
     with pytest.raises(ValueError) as e:
         uart_divisor(clock_hz=12_000_000, baud=1_300_000)
     assert str(e.value) == (

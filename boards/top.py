@@ -1,0 +1,76 @@
+"""Board top: the UART PHY on the board's serial pins, in front of the accelerator's link top.
+
+::
+
+    uart.rx pin -> UART PHY .rx (bytes) -> link.rx     link.tx -> UART PHY .tx -> uart.tx pin
+                                           link.idle -> LED 0 (lit while the link is busy)
+
+The link top is any ``wiring.Component`` with the signature of
+``gatesmith.generators.accel.top.LinkTop``: ``rx: In(stream.Signature(8))``,
+``tx: Out(stream.Signature(8))``, ``idle: Out(1)`` (bytes of the host-link protocol). By default
+the board top builds ``LinkTop(cfg)``. The UART divisor comes from the board's oscillator
+(``board.clock_hz``) and ``cfg.baud``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from amaranth.hdl import Elaboratable, Module
+from amaranth.lib import io, stream, wiring
+from amaranth.lib.wiring import In, Out
+
+from ..errors import ConfigError
+from ..hdl.uart import UART
+from .registry import Board, get_board
+
+__all__ = ["BoardTop", "LINK_SIGNATURE", "default_link"]
+
+LINK_SIGNATURE = wiring.Signature(
+    {"rx": In(stream.Signature(8)), "tx": Out(stream.Signature(8)), "idle": Out(1)}
+)
+
+
+def default_link(cfg):
+    """The accelerator's link top for ``cfg`` (``gatesmith.generators.accel.top.LinkTop``)."""
+    from ..generators.accel.top import LinkTop
+
+    return LinkTop(cfg)
+
+
+class BoardTop(Elaboratable):
+    """The top-level design of a board build (see module docstring).
+
+    ``link`` makes the link top: a callable ``cfg -> Component`` (default :func:`default_link`).
+    Raises ConfigError when ``cfg.baud`` cannot be made from the board's clock.
+    """
+
+    def __init__(self, cfg, board: Board | str, *, link: Callable | None = None):
+        self.cfg = cfg
+        self.board = get_board(board)
+        try:
+            self.uart = UART(clock_hz=self.board.clock_hz, baud=cfg.baud)
+        except ValueError as e:
+            raise ConfigError(f"baud does not suit board {self.board.name}: {e}") from None
+        self.link = (link or default_link)(cfg)
+        members = getattr(getattr(self.link, "signature", None), "members", None)
+        if members != LINK_SIGNATURE.members:
+            raise TypeError(
+                f"link top must have the signature {LINK_SIGNATURE.members!r}, not {members!r}"
+            )
+
+    def elaborate(self, platform):
+        m = Module()
+        m.submodules.uart = uart = self.uart
+        m.submodules.link = link = self.link
+        wiring.connect(m, uart_rx=uart.rx, link_rx=link.rx)
+        wiring.connect(m, link_tx=link.tx, uart_tx=uart.tx)
+        if platform is not None:
+            pins = platform.request("uart", 0, dir="-")
+            m.submodules.rx_buffer = rx_buffer = io.Buffer("i", pins.rx)
+            m.submodules.tx_buffer = tx_buffer = io.Buffer("o", pins.tx)
+            m.d.comb += [uart.pins.rx.eq(rx_buffer.i), tx_buffer.o.eq(uart.pins.tx)]
+            led = platform.request("led", 0, dir="-")
+            m.submodules.led_buffer = led_buffer = io.Buffer("o", led)
+            m.d.comb += led_buffer.o.eq(~link.idle)
+        return m
