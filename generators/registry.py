@@ -18,6 +18,7 @@ _ENGINE_MODULES = [
     "gatesmith.generators.systolic",
     "gatesmith.generators.pim",
     "gatesmith.generators.bitserial",
+    "gatesmith.generators.gelu",
 ]
 
 

@@ -66,3 +66,369 @@ def pack_row_instr(opcode: int, *, src: int, dst: int, length: int, rows: int) -
             raise ValueError(f"{name} must fit in {width} bits, not {v}")
         value |= v << off
     return [(value >> (32 * i)) & 0xFFFF_FFFF for i in range(4)]
+
+
+# --------------------------------------------------------------------------------------------
+# Hardware
+# --------------------------------------------------------------------------------------------
+
+from dataclasses import dataclass  # noqa: E402
+
+from amaranth.hdl import Array, Cat, Const, Module, Mux, Signal, unsigned  # noqa: E402
+from amaranth.lib import wiring  # noqa: E402
+from amaranth.lib.memory import Memory  # noqa: E402
+
+__all__ += ["Region", "RowEngine", "RowContext", "SeqDivider", "delay", "restoring_div", "rom"]
+
+# Error codes of generators/engine.py's ErrorCode (hdl does not import generators).
+_BAD_SHAPE, _OUT_OF_RANGE = 0x11, 0x12
+
+
+def _pow2_ceil(n: int) -> int:
+    return 1 << max(0, (n - 1).bit_length())
+
+
+@dataclass(frozen=True)
+class Region:
+    """A memory of ``depth`` vector words of ``lanes`` elements of ``width`` bits.
+
+    ``role``: ``in`` (the engine reads rows from it), ``out`` (the engine writes rows into it) or
+    ``param`` (the engine reads it at the row's word index). ``access`` is the host's.
+    """
+
+    name: str
+    width: int
+    lanes: int
+    depth: int
+    role: str
+    access: str
+    doc: str = ""
+
+    @property
+    def bits(self) -> int:
+        return self.width * self.lanes
+
+    @property
+    def words(self) -> int:  # 32-bit host words per entry
+        return -(-self.bits // 32)
+
+    @property
+    def stride(self) -> int:
+        return _pow2_ceil(self.words)
+
+    @property
+    def mem_width(self) -> int:  # padded to whole host words, so the window has no holes
+        return self.bits if self.words == 1 else 32 * self.stride
+
+    @property
+    def size(self) -> int:
+        return _pow2_ceil(self.depth * self.stride)
+
+
+def layout_regions(regions: list[Region]) -> list[tuple[Region, int]]:
+    """Word offset of each region in the host window, aligned to its (power of two) size."""
+    out, offset = [], 0
+    for r in sorted(regions, key=lambda r: -r.size):
+        out.append((r, offset))
+        offset += r.size
+    return sorted(out, key=lambda t: regions.index(t[0]))
+
+
+def delay(m, sig, n: int, name: str = "d"):
+    """``sig`` delayed by ``n`` clock cycles (a chain of registers)."""
+    for i in range(n):
+        r = Signal.like(sig, name=f"{name}_{i}")
+        m.d.sync += r.eq(sig)
+        sig = r
+    return sig
+
+
+def rom(values: list[int], index, name: str = "rom"):
+    """Combinational lookup of a constant table (values >= 0); ``index`` past the end reads 0."""
+    w = max(1, max(values).bit_length())
+    return Array(Const(v, w) for v in values)[index]
+
+
+def restoring_div(m, num, den, qbits: int, *, stage_bits: int = 4, name: str = "div"):
+    """``floor(num / den)`` for unsigned values with quotient < 2**qbits, pipelined.
+
+    A register follows every ``stage_bits`` quotient bits; returns ``(quotient, latency)``.
+    Requires ``num >> qbits < den`` (checked by the caller's arithmetic, not here).
+    """
+    dw = len(den)
+    rem = Signal(dw + 1, name=f"{name}_rem_in")
+    m.d.comb += rem.eq(num >> qbits)
+    low = num
+    den_s, q = den, Const(0, qbits)
+    latency = 0
+    for i in reversed(range(qbits)):
+        trial = Cat(low[i], rem[:dw])  # (rem << 1) | bit i of num
+        ge = trial >= den_s
+        rem_n = Signal(dw + 1, name=f"{name}_rem{i}")
+        m.d.comb += rem_n.eq(Mux(ge, trial - den_s, trial))
+        q = q | (ge << i)
+        rem = rem_n
+        if (qbits - i) % stage_bits == 0 and i:
+            regs = [Signal.like(v, name=f"{name}_{n}{i}") for n, v in (("r", rem), ("l", low))]
+            qs = Signal(qbits, name=f"{name}_q{i}")
+            ds = Signal.like(den_s, name=f"{name}_d{i}")
+            m.d.sync += [regs[0].eq(rem), regs[1].eq(low), qs.eq(q), ds.eq(den_s)]
+            rem, low, q, den_s = regs[0], regs[1], qs, ds
+            latency += 1
+    return q, latency
+
+
+class SeqDivider(wiring.Component):
+    """Sequential restoring divider: ``quotient = floor(dividend / divisor)``.
+
+    Set ``dividend``, ``divisor`` and ``qbits`` (the quotient is known to be < 2**qbits, so
+    ``dividend >> qbits < divisor``) and pulse ``start``; ``done`` pulses ``qbits + 1`` cycles later
+    with ``quotient`` valid (held until the next start). One quotient bit per cycle.
+    """
+
+    def __init__(self, *, dividend_width: int, divisor_width: int):
+        self.nw, self.dw = dividend_width, divisor_width
+        super().__init__(
+            {
+                "start": wiring.In(1),
+                "dividend": wiring.In(dividend_width),
+                "divisor": wiring.In(divisor_width),
+                "qbits": wiring.In(range(dividend_width + 1)),
+                "quotient": wiring.Out(dividend_width),
+                "done": wiring.Out(1),
+            }
+        )
+
+    def elaborate(self, platform):
+        m = Module()
+        rem = Signal(self.dw + 1)
+        low = Signal(self.nw)
+        den = Signal(self.dw)
+        left = Signal(range(self.nw + 1))
+        busy = Signal()
+        m.d.sync += self.done.eq(0)
+        with m.If(self.start):
+            m.d.sync += [
+                rem.eq(self.dividend >> self.qbits),
+                low.eq(self.dividend << (self.nw - self.qbits)),
+                den.eq(self.divisor),
+                left.eq(self.qbits),
+                self.quotient.eq(0),
+                busy.eq(1),
+            ]
+        with m.Elif(busy):
+            trial = Cat(low[-1], rem[: self.dw])
+            ge = trial >= den
+            m.d.sync += [
+                rem.eq(Mux(ge, trial - den, trial)),
+                low.eq(low << 1),
+                self.quotient.eq(Cat(ge, self.quotient[:-1])),
+                left.eq(left - 1),
+            ]
+            with m.If(left == 1):
+                m.d.sync += [busy.eq(0), self.done.eq(1)]
+            with m.If(left == 0):
+                m.d.sync += [busy.eq(0), self.done.eq(1)]
+        return m
+
+
+class RowContext:
+    """What :meth:`RowEngine.elaborate_row` gets: row parameters, memory ports, the reader.
+
+    * ``start``: one-cycle pulse when a row begins; the subclass pulses ``row_done`` when its
+      results are all written.
+    * ``length``, ``wpr`` (vector words per row), ``src``/``dst`` (row base addresses).
+    * ``read(m)``: pulse ``read_start`` to stream the row's words from the input memory; one cycle
+      later ``rd_valid``, ``rd_data``, ``rd_idx``, ``rd_last``, ``rd_lanes`` (lane valid mask) and
+      ``params[name]`` (param memories' word at ``rd_idx``) are aligned.
+    * ``wr_addr``/``wr_data``/``wr_en``: the output memory's write port.
+    """
+
+
+class RowEngine(wiring.Component):
+    """Base of the row engines: memories, host window, instruction checks, the row loop.
+
+    Subclasses pass their signature members (``engine_ports()`` plus nothing else), the regions
+    (exactly one ``in`` and one ``out``) and implement ``elaborate_row(m, ctx)``.
+    """
+
+    def __init__(self, members: dict, *, lanes: int, max_len: int, regions: list[Region]):
+        self.lanes, self.max_len, self.regions = lanes, max_len, regions
+        super().__init__(members)
+
+    def region_layout(self):
+        return layout_regions(self.regions)
+
+    def elaborate_row(self, m, ctx: RowContext):  # pragma: no cover (abstract)
+        raise NotImplementedError
+
+    # -- host window ---------------------------------------------------------------------------
+    def _host(self, m, mems):
+        bus = self.host
+        sel_prev = Signal(range(len(mems) + 1))
+        sub_prev = Signal(8)
+        hit_any = []
+        rdatas = []
+        for i, ((r, off), mem) in enumerate(zip(self.region_layout(), mems, strict=True)):
+            sbits = (r.stride - 1).bit_length()
+            hit = (bus.addr >> (r.size - 1).bit_length()) == (off >> (r.size - 1).bit_length())
+            entry = (bus.addr - off)[sbits:]
+            sub = bus.addr[:sbits] if sbits else Const(0, 1)
+            ok = hit
+            hit_any.append(ok & ((r.access != "r") | ~bus.w_en))
+            rp = mem.read_port()
+            m.d.comb += [rp.addr.eq(entry), rp.en.eq(bus.r_en & ok)]
+            with m.If(bus.r_en & ok):
+                m.d.sync += [sel_prev.eq(i + 1), sub_prev.eq(sub)]
+            words = [rp.data[32 * k : 32 * (k + 1)] for k in range(r.stride)]
+            rdatas.append(Array(words)[sub_prev] if r.stride > 1 else words[0])
+            if r.access != "r":
+                wp = mem.write_port(**({} if r.words == 1 else {"granularity": 32}))
+                en = bus.w_en & ok
+                m.d.comb += [wp.addr.eq(entry), wp.data.eq(bus.w_data.replicate(r.stride))]
+                if r.stride == 1:
+                    m.d.comb += wp.en.eq(en)
+                else:
+                    n = r.stride
+                    m.d.comb += wp.en.eq((Const(1, n) << sub)[:n] & en.replicate(n))
+        m.d.comb += bus.err.eq(~Cat(*hit_any).any() & (bus.r_en | bus.w_en))
+        with m.Switch(sel_prev):
+            for i, rd in enumerate(rdatas):
+                with m.Case(i + 1):
+                    m.d.comb += bus.r_data.eq(rd)
+
+    # -- the engine ----------------------------------------------------------------------------
+    def elaborate(self, platform):
+        m = Module()
+        L = self.lanes
+        mems = []
+        for r in self.regions:
+            mem = Memory(shape=unsigned(r.mem_width), depth=r.depth, init=[])
+            m.submodules[f"mem_{r.name}"] = mem
+            mems.append(mem)
+        self._host(m, mems)
+        by_role = {r.role: (r, mem) for r, mem in zip(self.regions, mems, strict=True)}
+        r_in, mem_in = by_role["in"]
+        r_out, mem_out = by_role["out"]
+
+        # instruction fields
+        fields = {}
+        cmd_val = self.cmd.payload
+        for name, (off, w) in INSTR_FIELDS.items():
+            fields[name] = Signal(w, name=f"f_{name}")
+        wpr = Signal(range(self.max_len + 1))
+        last_lanes = Signal(range(L + 1))
+        ctx = RowContext()
+        ctx.length, ctx.wpr = fields["len"], wpr
+        ctx.src = Signal(range(max(r_in.depth, 2) * 2), name="row_src")
+        ctx.dst = Signal(range(max(r_out.depth, 2) * 2), name="row_dst")
+        ctx.start = Signal()
+        ctx.row_done = Signal()
+        rows_left = Signal(16)
+
+        # wpr = ceil(len / L) by a multiply with an exact reciprocal (checked here)
+        k = 20
+        recip = -(-(1 << k) // L)
+        assert all(((n + L - 1) * recip) >> k == -(-n // L) for n in range(4097))
+        need_in = Signal(40)
+        need_out = Signal(40)
+
+        with m.FSM(name="ctl"):
+            with m.State("IDLE"):
+                m.d.comb += self.cmd.ready.eq(1)
+                with m.If(self.cmd.valid):
+                    for name, (off, w) in INSTR_FIELDS.items():
+                        m.d.sync += fields[name].eq(cmd_val[off : off + w])
+                    m.next = "SIZE"
+            with m.State("SIZE"):
+                m.d.comb += self.busy.eq(1)
+                m.d.sync += wpr.eq(((fields["len"] + (L - 1)) * recip) >> k)
+                m.next = "CHECK"
+            with m.State("CHECK"):
+                m.d.comb += self.busy.eq(1)
+                m.d.sync += [
+                    need_in.eq(fields["src"] + fields["rows"] * wpr),
+                    need_out.eq(fields["dst"] + fields["rows"] * wpr),
+                    last_lanes.eq(fields["len"] - (wpr - 1) * L),
+                ]
+                m.next = "CHECK2"
+            with m.State("CHECK2"):
+                m.d.comb += self.busy.eq(1)
+                bad_shape = (fields["len"] == 0) | (fields["len"] > self.max_len)
+                bad_shape |= fields["rows"] == 0
+                for r in self.regions:
+                    if r.role == "param":
+                        bad_shape |= wpr > r.depth
+                oor = (need_in > r_in.depth) | (need_out > r_out.depth)
+                with m.If(bad_shape | oor):
+                    m.d.comb += [self.done.eq(1), self.error.eq(Mux(bad_shape, _BAD_SHAPE, _OUT_OF_RANGE))]
+                    m.next = "IDLE"
+                with m.Else():
+                    m.d.sync += [
+                        ctx.src.eq(fields["src"]),
+                        ctx.dst.eq(fields["dst"]),
+                        rows_left.eq(fields["rows"]),
+                    ]
+                    m.next = "ROW"
+            with m.State("ROW"):
+                m.d.comb += [self.busy.eq(1), ctx.start.eq(1)]
+                m.next = "WAIT"
+            with m.State("WAIT"):
+                m.d.comb += self.busy.eq(1)
+                with m.If(ctx.row_done):
+                    m.d.sync += [
+                        ctx.src.eq(ctx.src + wpr),
+                        ctx.dst.eq(ctx.dst + wpr),
+                        rows_left.eq(rows_left - 1),
+                    ]
+                    with m.If(rows_left == 1):
+                        m.d.comb += self.done.eq(1)
+                        m.next = "IDLE"
+                    with m.Else():
+                        m.next = "ROW"
+
+        # row reader over the input memory (and the param memories at the same word index)
+        rp = mem_in.read_port()
+        running = Signal()
+        idx = Signal(range(max(self.max_len, 2)))
+        ctx.read_start = Signal()
+        with m.If(ctx.read_start):
+            m.d.sync += [running.eq(1), idx.eq(0)]
+        with m.Elif(running):
+            m.d.sync += idx.eq(idx + 1)
+            with m.If(idx == wpr - 1):
+                m.d.sync += running.eq(0)
+        m.d.comb += [rp.addr.eq(ctx.src + idx), rp.en.eq(running)]
+        ctx.rd_valid = Signal()
+        ctx.rd_idx = Signal.like(idx)
+        ctx.rd_last = Signal()
+        m.d.sync += [
+            ctx.rd_valid.eq(running),
+            ctx.rd_idx.eq(idx),
+            ctx.rd_last.eq(running & (idx == wpr - 1)),
+        ]
+        ctx.rd_data = [rp.data[r_in.width * i : r_in.width * (i + 1)].as_signed() for i in range(L)]
+        ctx.rd_lanes = Signal(L)
+        for i in range(L):
+            m.d.comb += ctx.rd_lanes[i].eq(ctx.rd_valid & ((ctx.rd_idx != wpr - 1) | (i < last_lanes)))
+        ctx.params = {}
+        for r, mem in zip(self.regions, mems, strict=True):
+            if r.role == "param":
+                pp = mem.read_port()
+                m.d.comb += [pp.addr.eq(idx), pp.en.eq(running)]
+                ctx.params[r.name] = [
+                    pp.data[r.width * i : r.width * (i + 1)].as_signed() for i in range(L)
+                ]
+        wp = mem_out.write_port()
+        ctx.wr_idx = Signal.like(idx)
+        ctx.wr_en = Signal()
+        ctx.wr_data = [Signal(r_out.width, name=f"wr_data{i}") for i in range(L)]
+        m.d.comb += [
+            wp.addr.eq(ctx.dst + ctx.wr_idx),
+            wp.en.eq(ctx.wr_en),
+            wp.data.eq(Cat(*ctx.wr_data)),
+        ]
+        m.d.comb += self.perf_macs.eq(sum((ctx.rd_lanes[i] for i in range(L)), Const(0, 5)))
+        m.d.comb += self.perf_stall.eq(self.busy & ~ctx.rd_valid)
+        self.elaborate_row(m, ctx)
+        return m

@@ -1,0 +1,161 @@
+"""The GELU engine: ``lanes`` elementwise GELU pipelines over rows of an input memory.
+
+Error bounds (max abs error against ``F.gelu(approximate="none")`` in float64, exhaustive over the
+input format, output not saturated; ``tests/test_nonlinear_models.py`` holds them):
+
+====================  ==================  ==========  ===========
+method                input -> output      rom         shiftgelu
+====================  ==================  ==========  ===========
+int8  (f=4)           int16 (f=12)        1.3e-4      4.5e-2
+int8  (f=5)           int8  (f=4)         3.2e-2      6.5e-2
+int16 (f=12)          int16 (f=12)        2.5e-4      3.0e-2
+int16 (f=11)          int16 (f=11)        3.5e-4      3.0e-2
+====================  ==================  ==========  ===========
+
+Timing: one vector word (``lanes`` elements) per cycle; a row of ``n`` elements takes
+``ceil(n / lanes) + latency + 3`` cycles (``cycles()``, held by a test) (``latency`` is 4 for
+``rom``, 8 for ``shiftgelu``), plus 4 cycles of instruction checks per instruction.
+"""
+
+from __future__ import annotations
+
+from amaranth.hdl import Cat, Const, Mux, Signal, signed, unsigned
+
+from ...hdl.nonlinear_common import Region, RowEngine, delay, restoring_div, rom
+from ..engine import Window, engine_ports
+from .config import GeluConfig
+from .model import E_BITS, ROM_ENTRIES, ROM_FRAC, ROM_STEP_BITS, SHIFT_N, SIG_BITS, rom_table
+
+__all__ = ["GeluEngine"]
+
+
+def _reg(m, value, shape, name):
+    r = Signal(shape, name=name)
+    m.d.sync += r.eq(value)
+    return r
+
+
+def _rshift_round(v, s: int):
+    return (v + (1 << (s - 1))) >> s if s > 0 else v << (-s)
+
+
+def _sat(v, fmt):
+    return Mux(v > fmt.max, fmt.max, Mux(v < fmt.min, fmt.min, v))
+
+
+class GeluEngine(RowEngine):
+    """GELU over rows: instruction ``gelu`` (0x21) with src, dst, len, rows (see
+    ``hdl/nonlinear_common.py``). Regions: ``in`` (rw, ``in_dtype`` elements), ``out`` (r)."""
+
+    def __init__(self, config: GeluConfig):
+        if not isinstance(config, GeluConfig):
+            raise TypeError(f"config must be a GeluConfig, not {config!r}")
+        self.config = cfg = config
+        regions = [
+            Region("in", cfg.in_fmt.width, cfg.lanes, cfg.depth, "in", "rw", "input rows"),
+            Region("out", cfg.out_fmt.width, cfg.lanes, cfg.depth, "out", "r", "GELU(x) rows"),
+        ]
+        super().__init__(engine_ports(), lanes=cfg.lanes, max_len=cfg.max_len, regions=regions)
+
+    @property
+    def latency(self) -> int:
+        return 4 if self.config.method == "rom" else 4 + self._div_latency
+
+    _div_latency = 4  # restoring_div of 16 quotient bits, a register every 4
+
+    def cycles(self, length: int, rows: int) -> int:
+        """Cycles from the instruction's acceptance to its ``done`` pulse (the cycle model)."""
+        return 3 + rows * (-(-length // self.config.lanes) + self.latency + 3)
+
+    def windows(self) -> list[Window]:
+        return [
+            Window(r.name, off, r.depth, r.bits, r.stride, r.access, r.doc)
+            for r, off in self.region_layout()
+        ]
+
+    def elaborate_row(self, m, ctx):
+        cfg = self.config
+        m.d.comb += ctx.read_start.eq(ctx.start)
+        outs = []
+        for lane, x in enumerate(ctx.rd_data):
+            fn = self._lane_rom if cfg.method == "rom" else self._lane_shift
+            y, lat = fn(m, x, f"l{lane}")
+            outs.append(y)
+        assert lat == self.latency, (lat, self.latency)
+        valid = delay(m, ctx.rd_valid, lat, "v")
+        last = delay(m, ctx.rd_last, lat, "last")
+        lanes = delay(m, ctx.rd_lanes, lat, "lanes")
+        widx = delay(m, ctx.rd_idx, lat, "widx")
+        m.d.comb += [ctx.wr_en.eq(valid), ctx.wr_idx.eq(widx)]
+        for i, y in enumerate(outs):
+            m.d.comb += ctx.wr_data[i].eq(Mux(lanes[i], y, 0))
+        done = _reg(m, valid & last, 1, "row_done_q")
+        m.d.comb += ctx.row_done.eq(done)
+
+    def _lane_rom(self, m, x, p):
+        cfg = self.config
+        f, of, w = cfg.in_frac, cfg.out_frac, cfg.in_fmt.width
+        table = rom_table()
+        # stage 1: |x|, ReLU(x), table index and interpolation fraction
+        t = Mux(x < 0, -x, x)[:w]
+        relu = _reg(m, Mux(x < 0, 0, x), unsigned(w), f"{p}_relu")
+        if f >= ROM_STEP_BITS:
+            sh = f - ROM_STEP_BITS
+            kk = t >> sh
+            u = _reg(m, t[:sh] if sh else Const(0, 1), unsigned(max(sh, 1)), f"{p}_u")
+        else:
+            sh = 0
+            kk = t << (ROM_STEP_BITS - f)
+            u = _reg(m, 0, 1, f"{p}_u")
+        k = _reg(m, Mux(kk > ROM_ENTRIES, ROM_ENTRIES, kk), range(ROM_ENTRIES + 1), f"{p}_k")
+        # stage 2: the two table entries
+        a = _reg(m, rom(table, k), unsigned(ROM_FRAC), f"{p}_a")
+        b = _reg(m, rom(table, k + 1), unsigned(ROM_FRAC), f"{p}_b")
+        u2 = _reg(m, u, len(u), f"{p}_u2")
+        relu2 = _reg(m, relu, len(relu), f"{p}_relu2")
+        # stage 3: linear interpolation
+        diff = b.as_signed() - a.as_signed() if False else b - a
+        interp = a + _rshift_round(diff.as_signed() * u2, sh) if sh else a
+        delta = _reg(m, interp, signed(ROM_FRAC + 2), f"{p}_delta")
+        relu3 = _reg(m, relu2, len(relu), f"{p}_relu3")
+        # stage 4: ReLU(x) - delta, rounded to the output format and saturated
+        yv = (relu3 << (ROM_FRAC - f)).as_signed() - delta
+        y = _reg(m, _sat(_rshift_round(yv, ROM_FRAC - of), cfg.out_fmt), cfg.out_fmt.shape, f"{p}_y")
+        return y, 4
+
+    def _lane_shift(self, m, x, p):
+        cfg = self.config
+        f, of, n = cfg.in_frac, cfg.out_frac, SHIFT_N
+        w = cfg.in_fmt.width
+        # stage 1: s = 1.703125 x by shift-adds; a = -|s|
+        s = x + (x >> 1) + (x >> 3) + (x >> 4) + (x >> 6)
+        sw = w + 2
+        s_pos = _reg(m, s >= 0, 1, f"{p}_spos")
+        a = _reg(m, Mux(s < 0, s, -s), signed(sw), f"{p}_a")
+        x1 = _reg(m, x, signed(w), f"{p}_x1")
+        # stage 2: I-ViT shift exp: x log2 e ~ a + a/2 - a/16, clamp, q and r
+        xl = a + (a >> 1) - (a >> 4)
+        xl = Mux(xl < -n * (1 << f), -n * (1 << f), xl)
+        negxl = Signal(unsigned(sw + 6), name=f"{p}_negxl")
+        m.d.comb += negxl.eq(-xl)
+        q = _reg(m, negxl >> f, range(n + 1), f"{p}_q")
+        r = _reg(m, -(negxl[:f] if f else Const(0, 1)).as_unsigned(), signed(f + 2), f"{p}_r")
+        x2 = _reg(m, x1, signed(w), f"{p}_x2")
+        # stage 3: e = ((r + 2**(f+1)) << (n - q)) >> 1, rescaled to 1.0 == 2**24
+        mant = (r + (2 << f)).as_unsigned()[: f + 2]
+        raw = (mant << (n - q).as_unsigned()[:5]) >> 1
+        e = _reg(m, _rshift_round(raw, f + n - E_BITS), unsigned(E_BITS + 1), f"{p}_e")
+        x3 = _reg(m, x2, signed(w), f"{p}_x3")
+        # stage 4..: sig_neg = floor(e * 2**16 / (e + 2**24)), pipelined restoring division
+        num = Cat(Const(0, SIG_BITS), e)
+        den = Signal(E_BITS + 2, name=f"{p}_den")
+        m.d.comb += den.eq(e + (1 << E_BITS))
+        sig_neg, dl = restoring_div(m, num, den, SIG_BITS, stage_bits=4, name=f"{p}_div")
+        sp = delay(m, delay(m, s_pos, 2, f"{p}_sp"), dl, f"{p}_spd")
+        xd = delay(m, x3, dl, f"{p}_xd")
+        sig = _reg(m, Mux(sp, (1 << SIG_BITS) - sig_neg, sig_neg), unsigned(SIG_BITS + 1), f"{p}_sig")
+        x4 = _reg(m, xd, signed(w), f"{p}_x4")
+        # last stage: x * sigmoid, rounded and saturated
+        prod = x4 * sig
+        y = _reg(m, _sat(_rshift_round(prod, f + SIG_BITS - of), cfg.out_fmt), cfg.out_fmt.shape, f"{p}_y")
+        return y, 5 + dl
