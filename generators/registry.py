@@ -19,6 +19,7 @@ _ENGINE_MODULES = [
     "gatesmith.generators.pim",
     "gatesmith.generators.bitserial",
     "gatesmith.generators.gelu",
+    "gatesmith.generators.softmax",
 ]
 
 

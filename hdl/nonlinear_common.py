@@ -210,7 +210,7 @@ class SeqDivider(wiring.Component):
         with m.If(self.start):
             m.d.sync += [
                 rem.eq(self.dividend >> self.qbits),
-                low.eq(self.dividend << (self.nw - self.qbits)),
+                low.eq(self.dividend << (self.nw - self.qbits).as_unsigned()[: len(self.qbits)]),
                 den.eq(self.divisor),
                 left.eq(self.qbits),
                 self.quotient.eq(0),

@@ -1,0 +1,244 @@
+"""The softmax engine: ``lanes`` exp pipelines with per-lane running statistics.
+
+Method ``online`` (two passes over the row): pass 1 streams the row once; each lane keeps a
+running max ``m`` and a running sum ``l`` rescaled on every new maximum; the lanes are combined
+(``L`` cycles through lane 0's exp pipeline), ``R = floor(2**46 / l)`` by a sequential divider
+(32 cycles), and pass 2 writes ``round(exp(x - M) * R / 2**31)``.
+
+Method ``shiftmax`` (I-ViT, three passes): a max pass, a shift-exp sum pass, the divider, and the
+output pass. No multiplier in the exp (shifts and adds only).
+
+Error bounds (max abs error of a probability against ``torch.softmax`` in float64, rows up to
+1000 long, normal / wide-range / ascending logits at int8 f=4, int16 f=8 and f=11;
+``tests/test_nonlinear_models.py`` holds them):
+
+* ``online``: 2.5e-4 (measured <= 1.6e-4).
+* ``shiftmax``: 4e-2 (measured <= 2.7e-2; the exp's log2(e) ~ 1.4375 shift-add and the n = 15
+  clamp dominate).
+* Row sums, both methods: ``|sum - 1| <= 1e-3 + n * 2**-16`` (each output rounds to 2**-15).
+
+Masked entries (the input format's minimum) give 0; a fully masked row gives all zeros.
+Output: uint16, 1.0 == 2**15.
+
+Timing (``cycles()``, held by a test): ``online`` row = ``2 * ceil(n / L) + L + 53`` cycles;
+``shiftmax`` row = ``3 * ceil(n / L) + 55``; plus 3 cycles of instruction checks.
+"""
+
+from __future__ import annotations
+
+from amaranth.hdl import Array, Cat, Const, Mux, Signal, signed, unsigned
+
+from ...hdl.nonlinear_common import Region, RowEngine, SeqDivider, delay, rom
+from ..engine import Window, engine_ports
+from .config import SoftmaxConfig
+from .model import DIV_SHIFT, E_ONE, LOG2E_Q20, OUT_SHIFT, T_FRAC, TAB_HI, TAB_LO
+
+__all__ = ["SoftmaxEngine"]
+
+EXP_LAT = 4
+L_WIDTH = 30  # running sums: <= 4096 * 2**16
+R_WIDTH = DIV_SHIFT - 16 + 1
+
+
+def _reg(m, value, shape, name):
+    r = Signal(shape, name=name)
+    m.d.sync += r.eq(value)
+    return r
+
+
+def _rsr(v, s: int):
+    """Round-half-up right shift by a constant (left shift when negative)."""
+    return (v + (1 << (s - 1))) >> s if s > 0 else v << (-s)
+
+
+def exp_online_rtl(m, d, f: int, p: str):
+    """``exp_online`` of generators/softmax/model.py; ``d`` unsigned; latency EXP_LAT."""
+    prod = _reg(m, d * LOG2E_Q20, unsigned(len(d) + 21), f"{p}_ep")
+    t = _rsr(prod, 20 + f - T_FRAC)
+    q_raw = t >> T_FRAC
+    q = _reg(m, Mux(q_raw > 31, 31, q_raw), range(32), f"{p}_q")
+    r = t[:T_FRAC]
+    th = _reg(m, rom(TAB_HI, r[6:]), unsigned(17), f"{p}_th")
+    tl = _reg(m, rom(TAB_LO, r[:6]), unsigned(17), f"{p}_tl")
+    pp = _reg(m, th * tl, unsigned(34), f"{p}_pp")
+    q2 = _reg(m, q, range(32), f"{p}_q2")
+    frac = _rsr(pp, 16)
+    half = (Const(1, 33) << q2) >> 1
+    return _reg(m, (frac + half) >> q2, unsigned(17), f"{p}_e")
+
+
+def exp_shift_rtl(m, d, f: int, p: str, n: int = 15):
+    """``exp_shift(-d)`` of generators/softmax/model.py; ``d`` unsigned; latency EXP_LAT."""
+    a = Signal(signed(len(d) + 1), name=f"{p}_a")
+    m.d.comb += a.eq(-d)
+    xl = a + (a >> 1) - (a >> 4)
+    xl = Mux(xl < -n * (1 << f), -n * (1 << f), xl)
+    negxl = _reg(m, -xl, unsigned(len(d) + 3), f"{p}_nx")
+    q = _reg(m, negxl >> f, range(n + 1), f"{p}_q")
+    r = _reg(m, -(negxl[:f] if f else Const(0, 1)).as_unsigned(), signed(f + 2), f"{p}_r")
+    mant = (r + (2 << f)).as_unsigned()[: f + 2]
+    raw = (mant << (n - q).as_unsigned()[:4]) >> 1
+    e = _reg(m, _rsr(raw, f + n - 16), unsigned(17), f"{p}_e0")
+    return _reg(m, e, unsigned(17), f"{p}_e")
+
+
+class SoftmaxEngine(RowEngine):
+    """Softmax over rows: instruction ``softmax`` (0x20) with src, dst, len, rows (see
+    ``hdl/nonlinear_common.py``). Regions: ``in`` (rw, ``in_dtype``), ``out`` (r, uint16)."""
+
+    def __init__(self, config: SoftmaxConfig):
+        if not isinstance(config, SoftmaxConfig):
+            raise TypeError(f"config must be a SoftmaxConfig, not {config!r}")
+        self.config = cfg = config
+        regions = [
+            Region("in", cfg.in_fmt.width, cfg.lanes, cfg.depth, "in", "rw", "logit rows"),
+            Region("out", 16, cfg.lanes, cfg.depth, "out", "r", "probabilities, 1.0 = 2**15"),
+        ]
+        super().__init__(engine_ports(), lanes=cfg.lanes, max_len=cfg.max_len, regions=regions)
+
+    def windows(self) -> list[Window]:
+        return [
+            Window(r.name, off, r.depth, r.bits, r.stride, r.access, r.doc)
+            for r, off in self.region_layout()
+        ]
+
+    def cycles(self, length: int, rows: int, masked_rows: int = 0) -> int:
+        """Cycles from the instruction's acceptance to its ``done`` pulse (the cycle model).
+
+        A fully masked row skips the divider (``R_WIDTH`` = 31 cycles fewer)."""
+        w, L = -(-length // self.config.lanes), self.config.lanes
+        per_row = 2 * w + L + 53 if self.config.method == "online" else 3 * w + 55
+        return 3 + rows * per_row - masked_rows * R_WIDTH
+
+    def elaborate_row(self, m, ctx):
+        cfg = self.config
+        L, f, fmt = cfg.lanes, cfg.in_frac, cfg.in_fmt
+        online = cfg.method == "online"
+        exp_fn = exp_online_rtl if online else exp_shift_rtl
+        W = fmt.width
+
+        mode = Signal(2)  # 0: running max (+ online sums), 1: sums (shiftmax), 2: output
+        M = Signal(signed(W))
+        any_valid = Signal()
+        recip = Signal(R_WIDTH)
+        m_l = [Signal(signed(W), name=f"m{i}") for i in range(L)]
+        has = [Signal(name=f"has{i}") for i in range(L)]
+        lsum = [Signal(L_WIDTH, name=f"l{i}") for i in range(L)]
+        l_tot = Signal(L_WIDTH)
+        feeding = Signal()
+        feed_i = Signal(range(L + 1))
+        reset_stats = Signal()
+
+        outs = []
+        for i, x in enumerate(ctx.rd_data):
+            v = ctx.rd_lanes[i] & (x != fmt.min)
+            new_max = v & (~has[i] | (x > m_l[i]))
+            d0 = Mux(mode == 0, Mux(new_max, x - m_l[i], m_l[i] - x), M - x)
+            d0 = Mux((mode == 0) & ~has[i], 0, d0)
+            with m.If(reset_stats):
+                m.d.sync += [has[i].eq(0), lsum[i].eq(0)]
+            with m.Elif((mode == 0) & v):
+                m.d.sync += [has[i].eq(1), m_l[i].eq(Mux(new_max, x, m_l[i]))]
+            if i == 0:  # lane 0's exp pipeline also combines the lanes (online)
+                dsel = Array(M - mm for mm in m_l)[feed_i]
+                d0 = Mux(feeding, dsel, d0)
+            d = _reg(m, d0, unsigned(W), f"d{i}")
+            flags = _reg(m, Cat(v, new_max, v & ~has[i]), 3, f"fl{i}")
+            e = exp_fn(m, d, f, f"x{i}")
+            fd = delay(m, flags, EXP_LAT, f"fd{i}")
+            fv, fnew, ffirst = fd[0], fd[1], fd[2]
+            # accumulate (pass 1 / the sum pass)
+            with m.If(fv & (mode == 0) & (online is True)):
+                upd = Mux(
+                    ffirst, E_ONE, Mux(fnew, _rsr(lsum[i] * e, 16) + E_ONE, lsum[i] + e)
+                )
+                m.d.sync += lsum[i].eq(upd)
+            with m.If(fv & (mode == 1)):
+                m.d.sync += lsum[i].eq(lsum[i] + e)
+            # output pass
+            prod = _reg(m, e * recip, unsigned(17 + R_WIDTH), f"op{i}")
+            pv = _reg(m, fv, 1, f"opv{i}")
+            o = _rsr(prod, OUT_SHIFT)
+            outs.append(Mux(pv, Mux(o > 0xFFFF, 0xFFFF, o), 0))
+            if i == 0:
+                e0 = e
+
+        # lane combine (online): l_tot += round(l_i * exp(M - m_i)), i from the feed
+        fi = delay(m, feed_i, 1 + EXP_LAT, "fi")
+        fval = delay(m, feeding, 1 + EXP_LAT, "fval")
+        fhas = Array(has)[fi]
+        with m.If(fval & fhas):
+            m.d.sync += l_tot.eq(l_tot + _rsr(Array(lsum)[fi] * e0, 16))
+        feed_last = delay(m, feeding & (feed_i == L - 1), 1 + EXP_LAT, "flast")
+
+        # tails of the passes
+        tail_stats = delay(m, ctx.rd_last, 1 + EXP_LAT, "tail_s")
+        tail_out = delay(m, ctx.rd_last, 2 + EXP_LAT, "tail_o")
+        wr_v = delay(m, ctx.rd_valid, 2 + EXP_LAT, "wr_v")
+        wr_idx = delay(m, ctx.rd_idx, 2 + EXP_LAT, "wr_idx")
+        m.d.comb += [ctx.wr_en.eq(wr_v & (mode == 2)), ctx.wr_idx.eq(wr_idx)]
+        for i, o in enumerate(outs):
+            m.d.comb += ctx.wr_data[i].eq(o)
+
+        div = SeqDivider(dividend_width=DIV_SHIFT + 1, divisor_width=L_WIDTH)
+        m.submodules.div = div
+        m.d.comb += [
+            div.dividend.eq(1 << DIV_SHIFT),
+            div.divisor.eq(l_tot),
+            div.qbits.eq(R_WIDTH),
+        ]
+        mx = Signal(signed(W))
+        anyv = Signal()
+        # max over the lanes that saw an unmasked element
+        cur, cur_has = m_l[0], has[0]
+        for i in range(1, L):
+            take = has[i] & (~cur_has | (m_l[i] > cur))
+            cur, cur_has = Mux(take, m_l[i], cur), cur_has | has[i]
+        m.d.comb += [mx.eq(cur), anyv.eq(cur_has)]
+
+        with m.FSM(name="softmax"):
+            with m.State("IDLE"):
+                with m.If(ctx.start):
+                    m.d.comb += [reset_stats.eq(1), ctx.read_start.eq(1)]
+                    m.d.sync += [mode.eq(0), l_tot.eq(0)]
+                    m.next = "PASS1"
+            with m.State("PASS1"):
+                with m.If(tail_stats):
+                    m.next = "MAX"
+            with m.State("MAX"):
+                m.d.sync += [M.eq(mx), any_valid.eq(anyv)]
+                if online:
+                    m.d.sync += [feeding.eq(1), feed_i.eq(0)]
+                    m.next = "FEED"
+                else:
+                    m.d.sync += mode.eq(1)
+                    m.d.comb += ctx.read_start.eq(1)
+                    m.next = "PASS_SUM"
+            if online:
+                with m.State("FEED"):
+                    m.d.sync += feed_i.eq(feed_i + 1)
+                    with m.If(feed_i == L - 1):
+                        m.d.sync += feeding.eq(0)
+                        m.next = "FEED_WAIT"
+                with m.State("FEED_WAIT"):
+                    with m.If(feed_last):
+                        m.next = "DIV"
+            else:
+                with m.State("PASS_SUM"):
+                    with m.If(tail_stats):
+                        m.next = "SUM"
+                with m.State("SUM"):
+                    m.d.sync += l_tot.eq(sum(lsum))
+                    m.next = "DIV"
+            with m.State("DIV"):
+                m.d.comb += div.start.eq(any_valid)
+                m.next = "DIV_WAIT"
+            with m.State("DIV_WAIT"):
+                with m.If(div.done | ~any_valid):
+                    m.d.sync += [recip.eq(Mux(any_valid, div.quotient, 0)), mode.eq(2)]
+                    m.d.comb += ctx.read_start.eq(1)
+                    m.next = "PASS_OUT"
+            with m.State("PASS_OUT"):
+                with m.If(tail_out):
+                    m.d.comb += ctx.row_done.eq(1)
+                    m.next = "IDLE"
