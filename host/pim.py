@@ -30,7 +30,8 @@ import numpy as np
 import torch
 
 from ..errors import UsageError
-from ..generators.pim.cycles import gemv_cycles
+from ..generators.engine import ErrorCode
+from ..generators.pim.cycles import schedule
 from ..generators.pim.isa import GemvInstr
 from ..generators.pim.model import pack_operands, unpack_results
 
@@ -119,12 +120,17 @@ def _plan_cycles(cfg, passes) -> int:
     total = 0
     for ps in passes:
         for _, instr in ps.instrs(cfg.result_depth):
-            total += gemv_cycles(cfg, instr, ps.xoff)
+            sch = schedule(cfg, instr, ps.xoff)
+            assert sch.error == ErrorCode.NONE, (instr, sch.error)
+            total += sch.done
     return total
 
 
 def plan_gemv(cfg, n: int, k: int, *, strategy: str = "auto", row: int = 0) -> Plan:
-    """The mapping of an ``n x k`` weight matrix onto ``cfg``'s banks (see module docstring)."""
+    """The mapping of an ``n x k`` weight matrix onto ``cfg``'s banks (see module docstring).
+
+    Rows ``row ..`` of every bank are used; plans that do not fit the banks are not considered.
+    """
     if strategy not in STRATEGIES:
         raise UsageError(f"strategy must be one of {', '.join(STRATEGIES)}, not {strategy!r}")
     if n < 1 or k < 1:
@@ -147,13 +153,22 @@ def plan_gemv(cfg, n: int, k: int, *, strategy: str = "auto", row: int = 0) -> P
             cands.append(("auto", [main, tail]))
     if strategy == "col" and all(None in passes for _, passes in cands):
         cands.append(("row", [_make_pass(cfg, k, 0, n, 1, row)]))  # nothing to split
-    best = None
+    best, need = None, None
     for name, passes in cands:
         if any(p is None for p in passes):
+            continue
+        rows = sum(p.rows for p in passes)
+        if row + rows > cfg.rows_per_bank:
+            need = rows if need is None else min(need, rows)
             continue
         cyc = _plan_cycles(cfg, passes)
         if best is None or cyc < best.cycles:
             best = Plan(n, k, tuple(passes), cyc, name)
+    if best is None:
+        raise UsageError(
+            f"w needs {need} rows per bank but only {cfg.rows_per_bank - row} of "
+            f"{cfg.rows_per_bank} are free"
+        )
     return best
 
 
@@ -250,11 +265,6 @@ def load_weights(dev, w: torch.Tensor, *, strategy: str = "auto") -> WeightHandl
     _check_int_tensor("w", w, cfg, 2)
     st = _dev_state(dev)
     plan = plan_gemv(cfg, w.shape[0], w.shape[1], strategy=strategy, row=st.next_row)
-    if st.next_row + plan.rows > cfg.rows_per_bank:
-        raise UsageError(
-            f"w needs {plan.rows} rows per bank but only {cfg.rows_per_bank - st.next_row} of "
-            f"{cfg.rows_per_bank} are free"
-        )
     img = bank_images(cfg, plan, w)
     base = dev.window_base("pim")
     for b in range(cfg.banks):
