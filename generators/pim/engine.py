@@ -54,6 +54,8 @@ class PimEngine(wiring.Component):
     pulse when the controller issues an activate / column command, for test benches.
     """
 
+    kind = "pim"
+
     def __init__(self, cfg):
         self.cfg = cfg
         self.trace_act = Signal()
