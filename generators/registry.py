@@ -20,6 +20,7 @@ _ENGINE_MODULES = [
     "gatesmith.generators.bitserial",
     "gatesmith.generators.gelu",
     "gatesmith.generators.softmax",
+    "gatesmith.generators.layernorm",
 ]
 
 

@@ -4,7 +4,8 @@ Per row of ``n`` inputs ``x`` (2**-f units), with ``G = mean_frac``, ``W`` the i
 
 * ``S = sum(x)``; ``mean = sign(S) * floor((2 |S| 2**G + n) / (2 n))`` (2**-(f+G) units, rounded
   half away from zero);
-* ``y = x * 2**G - mean``; ``V = sum(y * y)``; ``var = floor(V / n) + round(eps * 2**(2(f+G)))``;
+* ``y = x * 2**G - mean``; ``V = sum(y * y)``;
+  ``var = max(floor(V / n) + round(eps * 2**(2(f+G))), 1)`` (so ``R`` stays below ``2**K``);
 * ``a = max(0, (34 - bitlen(var)) >> 1)``: the variance is scaled by ``4**a`` so the square root
   has >= 16 significant bits (I-ViT's integer std is coarse for small-variance rows);
 * ``std = isqrt(var * 4**a)`` by Newton (I-ViT): ``k0 = 2**ceil(bitlen / 2)``,
@@ -58,7 +59,7 @@ def row_stats(x: list[int], cfg: LayerNormConfig) -> tuple[int, int, int]:
     mag = ((abs(s) << (G + 1)) + n) // (2 * n)
     mean = -mag if s < 0 else mag
     v = sum(((xi << G) - mean) ** 2 for xi in x)
-    var = v // n + eps_int(cfg)
+    var = max(v // n + eps_int(cfg), 1)
     a = var_scale(var)
     std = max(isqrt_newton(var << (2 * a))[0], 1)
     return mean, std, (1 << (k_shift(cfg) + a)) // std
