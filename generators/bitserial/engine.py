@@ -77,6 +77,8 @@ def window_layout(cfg: BitserialConfig) -> list[Window]:
 class BitserialEngine(wiring.Component):
     """Bit-serial MATMUL engine for :class:`BitserialConfig` ``cfg`` (see the module docstring)."""
 
+    kind = "bitserial"
+
     def __init__(self, cfg: BitserialConfig):
         if not isinstance(cfg, BitserialConfig):
             raise TypeError(f"cfg must be a BitserialConfig, not {type(cfg).__name__}")
