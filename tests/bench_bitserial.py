@@ -71,6 +71,9 @@ async def bitserial_case(dut):
         got.append(int(dut.host__r_data.value))
         await RisingEdge(dut.clk)
 
+    if os.environ.get("BITSERIAL_LOG"):
+        with open(os.environ["BITSERIAL_LOG"], "w") as f:
+            json.dump({"log": log, "macs": macs}, f)
     errors = [e for _, _, e in log]
     cycles = [d - a for a, d, _ in log]
     assert errors == case["errors"], (errors, case["errors"])

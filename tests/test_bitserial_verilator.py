@@ -43,14 +43,15 @@ def _instructions(g):
     return out
 
 
-def _build_case(cfg, g, path):
+def build_case(cfg, g, path, specs=None, *, reject=True, gaps=True):
+    """Write a case file for bench_bitserial: random operands for each instruction spec."""
     from gatesmith.generators.bitserial.engine import window_layout
 
     win = {w.name: w for w in window_layout(cfg)}
     mems = {w.name: np.zeros((w.depth, w.stride), np.uint32) for w in win.values()}
     bases = {"weights": 0, "acts": 0, "groups": 0, "results": 0}
     instrs, errors, cycles, macs = [], [], [], 0
-    for f in _instructions(g):
+    for f in specs or _instructions(g):
         ins = M.Instr(**f, w_base=bases["weights"], a_base=bases["acts"],
                       g_base=bases["groups"], r_base=bases["results"])
         a = torch.randint(0, 1 << ins.a_bits, (ins.m, ins.k), generator=g)
@@ -66,7 +67,8 @@ def _build_case(cfg, g, path):
             bases[name] += len(img)
         bases["results"] += -(-ins.n // cfg.pes) * ins.m
         instrs.append(ins)
-    instrs.insert(3, M.Instr(m=1, n=1, k=1, w_bits=3, mixed=True, r_base=cfg.r_depth))
+    if reject:
+        instrs.insert(3, M.Instr(m=1, n=1, k=1, w_bits=3, mixed=True, r_base=cfg.r_depth))
     for ins in instrs:
         errors.append(int(M.execute(cfg, ins, mems["weights"], mems["acts"], mems["groups"],
                                     mems["results"])))
@@ -79,7 +81,7 @@ def _build_case(cfg, g, path):
     reads = [r.offset + e * r.stride + s for e in range(bases["results"]) for s in range(r.stride)]
     expect = [int(mems["results"][e, s]) for e in range(bases["results"])
               for s in range(r.stride)]
-    gaps = [int(x) for x in torch.randint(0, 3, (len(instrs),), generator=g)]
+    gaps = [int(x) * gaps for x in torch.randint(0, 3, (len(instrs),), generator=g)]
     gaps[0] = 0
     path.write_text(json.dumps(dict(writes=writes, instrs=[i.words() for i in instrs],
                                     gaps=gaps, reads=reads, expect=expect, errors=errors,
@@ -92,7 +94,7 @@ def test_verilator_rtl_equals_model(name, tmp_path):
     cfg = _config(name)
     g = torch.Generator().manual_seed(SEED)
     print(f"seed {SEED}, config {cfg}")
-    _build_case(cfg, g, tmp_path / "case.json")
+    build_case(cfg, g, tmp_path / "case.json")
     run_cocotb(verilog_of(BitserialEngine(cfg), name="bitserial"), toplevel="bitserial",
                test_module="gatesmith.tests.bench_bitserial",
                env={"BITSERIAL_CASE": str(tmp_path / "case.json")})
