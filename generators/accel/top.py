@@ -167,7 +167,7 @@ class Accelerator(wiring.Component):
                                 assembling.word_select(word_idx, 32).eq(d),
                                 word_idx.eq(word_idx + 1),
                             ]
-                    with m.Elif(a[:12] == 0):
+                    with m.Elif(a[12:] == 0):
                         m.d.sync += bresp.eq(AXI_SLVERR)  # identity block is read-only
                     with m.Else():
                         m.d.sync += bresp.eq(AXI_DECERR)
@@ -223,7 +223,7 @@ class Accelerator(wiring.Component):
                             with m.Case(REG["CTRL"], REG["QUEUE"]):
                                 m.d.sync += rresp.eq(AXI_SLVERR)  # write-only
                             with m.Default():
-                                m.d.sync += rresp.eq(Mux(a[:12] == 0, AXI_OKAY, AXI_DECERR))
+                                m.d.sync += rresp.eq(Mux(a[12:] == 0, AXI_OKAY, AXI_DECERR))
                     m.next = "RDATA"
             with m.State("BRESP"):
                 m.d.comb += [axi.bvalid.eq(1), axi.bresp.eq(bresp)]

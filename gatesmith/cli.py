@@ -1,0 +1,268 @@
+"""``gatesmith``: generate Verilog, verify it, build bitstreams, run work on an accelerator.
+
+    gatesmith generate systolic --rows 8 --cols 8 --dtype int8 -o out/
+    gatesmith generate --config accel.yaml -o out/
+    gatesmith verify --config accel.yaml
+    gatesmith build --board ulx3s --config accel.yaml -o out/
+    gatesmith run --config accel.yaml --m 64 --k 64 --n 64
+
+Exit codes: 0 ok, 1 user or config error, 2 build error, 3 missing tool, 4 device error,
+130 interrupted. Tracebacks only with ``--debug``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import time
+
+import yaml
+
+from .errors import ConfigError, GatesmithError
+
+__all__ = ["main"]
+
+log = logging.getLogger("gatesmith")
+
+_SYSTOLIC_FLAGS = {
+    # flag -> (config field, type, help)
+    "rows": ("rows", int, "array rows, 1..64"),
+    "cols": ("cols", int, "array columns, 1..64"),
+    "dtype": ("dtype", str, "operand format: int4, int8, int16, uint4, uint8, uint16"),
+    "acc_width": ("acc_width", int, "accumulator bits (2 x operand bits .. 64)"),
+    "dataflows": ("dataflows", str, "built-in dataflows, comma-separated subset of os,ws,is"),
+    "accumulation": ("accumulation", str, "cpa or carry_save"),
+    "spad_depth": ("spad_depth", int, "words per operand memory (power of two)"),
+    "acc_depth": ("acc_depth", int, "accumulator rows (power of two)"),
+}
+
+
+def _console():
+    from rich.console import Console
+
+    return Console(stderr=True)
+
+
+def _add_config_args(p: argparse.ArgumentParser, *, engine_positional: bool = True) -> None:
+    if engine_positional:
+        p.add_argument("engine", nargs="?", help="engine kind to generate alone (e.g. systolic)")
+    p.add_argument("--config", "-c", help="accelerator config (YAML)")
+    g = p.add_argument_group("systolic engine (with the 'systolic' engine or no --config)")
+    for flag, (_, typ, hlp) in _SYSTOLIC_FLAGS.items():
+        g.add_argument(f"--{flag.replace('_', '-')}", dest=flag, type=typ, help=hlp)
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="FIELD=VALUE",
+        help="set an engine field (repeatable): --set lanes=4",
+    )
+    p.add_argument("--name", help="design name (Verilog module and file names)")
+
+
+def _config_from_args(args):
+    """An AccelConfig from --config and/or engine flags (flags override the file's engine)."""
+    from .config import AccelConfig, load_config
+    from .generators.registry import engines
+
+    engine = getattr(args, "engine", None)
+    fields = {}
+    for flag, (field, _, _) in _SYSTOLIC_FLAGS.items():
+        v = getattr(args, flag, None)
+        if v is not None:
+            fields[field] = v
+    for item in args.set:
+        if "=" not in item:
+            raise ConfigError(f"--set takes FIELD=VALUE, not {item!r}")
+        k, v = item.split("=", 1)
+        fields[k.strip().replace("-", "_")] = yaml.safe_load(v)
+    if args.config:
+        if engine:
+            raise ConfigError("give either an engine or --config, not both")
+        cfg = load_config(args.config)
+        if fields:
+            if len(cfg.engines) != 1:
+                raise ConfigError("engine flags need a config with exactly one engine")
+            kind = type(cfg.engines[0]).kind
+            d = cfg.to_dict()
+            d["engines"][kind].update(fields)
+            cfg = AccelConfig.from_dict(d)
+    else:
+        kind = engine or "systolic"
+        specs = engines()
+        if kind not in specs:
+            raise ConfigError(f"engine must be one of {', '.join(sorted(specs))}, not {kind!r}")
+        if kind != "systolic":
+            extra = set(fields) & {f for f, _, _ in _SYSTOLIC_FLAGS.values()}
+            bad = extra - {f.name for f in __import__("dataclasses").fields(specs[kind].config_cls)}
+            if bad:
+                raise ConfigError(f"--{sorted(bad)[0].replace('_', '-')} is not a {kind} field")
+        cfg = AccelConfig.from_dict({"engines": {kind: fields}})
+    if getattr(args, "name", None):
+        d = cfg.to_dict()
+        d["name"] = args.name
+        cfg = AccelConfig.from_dict(d)
+    return cfg
+
+
+# ---- subcommands ------------------------------------------------------------------------------
+def cmd_generate(args) -> int:
+    from .flows.verilog import generate
+
+    cfg = _config_from_args(args)
+    con = _console()
+    with con.status("generating") as st:
+        res = generate(cfg, args.output, lint_output=not args.no_lint,
+                       progress=lambda msg: st.update(msg))  # fmt: skip
+    for name, path in res.files.items():
+        print(path)
+    if res.lint_warnings:
+        for w in res.lint_warnings:
+            con.print(f"[yellow]{w}")
+        con.print(f"[red]lint: {len(res.lint_warnings)} warnings")
+        return 2
+    con.print(
+        f"[green]generated[/] {cfg.name} in {res.seconds:.1f} s "
+        f"({'lint clean' if not args.no_lint else 'lint skipped'}); "
+        f"content hash {res.manifest['content_hash'][:12]}"
+    )
+    return 0
+
+
+def cmd_verify(args) -> int:
+    from .flows.verify import verify
+
+    cfg = _config_from_args(args)
+    con = _console()
+    report = verify(cfg, seed=args.seed, count=args.count, console=con, cocotb=not args.no_cocotb)
+    return 0 if report.ok else 1
+
+
+def cmd_build(args) -> int:
+    from .flows.bitstream import build_bitstream, rich_progress
+
+    cfg = _config_from_args(args)
+    con = _console()
+    with rich_progress(console=con) as progress:
+        rep = build_bitstream(cfg, args.board, args.output, freq_mhz=args.freq, progress=progress)
+    print(rep.to_markdown())
+    return 0
+
+
+def cmd_run(args) -> int:
+    import torch
+
+    from . import host
+
+    cfg = _config_from_args(args)
+    con = _console()
+    g = torch.Generator().manual_seed(args.seed)
+    scfg = cfg.engine("systolic")
+    if scfg is None:
+        raise ConfigError("gatesmith run needs a config with a systolic engine")
+    fmt = scfg.fmt
+    dtype = {"int8": torch.int8, "uint8": torch.uint8, "int16": torch.int16}.get(fmt.name, torch.int16)
+    a = torch.randint(fmt.min, fmt.max + 1, (args.m, args.k), generator=g).to(dtype)
+    b = torch.randint(fmt.min, fmt.max + 1, (args.k, args.n), generator=g).to(dtype)
+    t0 = time.monotonic()
+    with con.status("starting the simulated board") as st:
+        dev = host.open("sim", config=cfg, progress=lambda m: st.update(m))
+    t_open = time.monotonic() - t0
+    with dev:
+        dev.reset_perf()
+        t1 = time.monotonic()
+        with con.status(f"running a {args.m}x{args.k}x{args.n} GEMM on the simulated accelerator"):
+            c = dev.matmul(a, b, dataflow=args.dataflow)
+        t_run = time.monotonic() - t1
+        perf = dev.perf()
+        stats = dict(dev.stats)
+    ref = a.long() @ b.long()
+    ok = torch.equal(c.long(), ref)
+    macs = args.m * args.k * args.n
+    ideal = macs / (scfg.rows * scfg.cols)
+    from rich.table import Table
+
+    t = Table(title=f"gatesmith run: {cfg.name} ({scfg.rows}x{scfg.cols} {scfg.dtype})")
+    t.add_column("what")
+    t.add_column("value", justify="right")
+    t.add_row("result == a.long() @ b.long()", "[green]yes" if ok else "[red]NO")
+    t.add_row("dataflow", args.dataflow or "default")
+    t.add_row("open (build or cached) s", f"{t_open:.2f}")
+    t.add_row("matmul wall s", f"{t_run:.2f}")
+    t.add_row("compute cycles (engine busy)", f"{perf['busy']:,}")
+    t.add_row("ideal cycles (MACs / PEs)", f"{ideal:,.0f}")
+    t.add_row("compute utilisation", f"{ideal / max(1, perf['busy']):.1%}")
+    t.add_row("total simulated cycles", f"{perf['cycles']:,}")
+    t.add_row("simulated cycles / s", f"{perf['cycles'] / max(t_run, 1e-9):,.0f}")
+    t.add_row("host-link bytes (sent + received)", f"{stats['bytes_sent'] + stats['bytes_received']:,}")
+    con.print(t)
+    return 0 if ok else 1
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="gatesmith", description=__doc__.split("\n")[0])
+    p.add_argument("-v", "--verbose", action="count", default=0)
+    p.add_argument("-q", "--quiet", action="store_true")
+    p.add_argument("--debug", action="store_true", help="show tracebacks")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+
+    g = sub.add_parser("generate", help="emit Verilog + manifest.json")
+    _add_config_args(g)
+    g.add_argument("-o", "--output", required=True, help="output directory")
+    g.add_argument("--no-lint", action="store_true", help="skip verilator --lint-only -Wall")
+    g.set_defaults(func=cmd_generate)
+
+    v = sub.add_parser("verify", help="run the cocotb benches and random regressions on Verilator")
+    _add_config_args(v)
+    v.add_argument("--seed", type=int, default=1)
+    v.add_argument("--count", type=int, default=8, help="random GEMMs per dataflow")
+    v.add_argument("--no-cocotb", action="store_true", help="skip the AXI4-Lite cocotb bench")
+    v.set_defaults(func=cmd_verify)
+
+    b = sub.add_parser("build", help="build a bitstream with yosys + nextpnr (yowasp)")
+    _add_config_args(b, engine_positional=False)
+    b.add_argument("--board", required=True, help="board: icebreaker or ulx3s")
+    b.add_argument("-o", "--output", required=True, help="output directory")
+    b.add_argument("--freq", type=float, help="clock to time against, MHz (default: config)")
+    b.set_defaults(func=cmd_build)
+
+    r = sub.add_parser("run", help="run a GEMM on the simulated accelerator and check it")
+    _add_config_args(r, engine_positional=False)
+    r.add_argument("--m", type=int, default=64)
+    r.add_argument("--k", type=int, default=64)
+    r.add_argument("--n", type=int, default=64)
+    r.add_argument("--dataflow", choices=("os", "ws", "is"))
+    r.add_argument("--seed", type=int, default=0)
+    r.set_defaults(func=cmd_run)
+    return p
+
+
+def main(argv=None) -> int:
+    p = _parser()
+    args = p.parse_args(argv)
+    logging.basicConfig(
+        level=logging.WARNING - 10 * args.verbose if not args.quiet else logging.ERROR,
+        format="%(levelname)s %(name)s: %(message)s",
+    )
+    if not args.command:
+        p.print_help()
+        return 1
+    for dim in ("m", "k", "n"):
+        if getattr(args, dim, 1) is not None and getattr(args, dim, 1) < 1:
+            print(f"error: --{dim} must be at least 1, not {getattr(args, dim)}", file=sys.stderr)
+            return 1
+    try:
+        return args.func(args)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except GatesmithError as e:
+        if args.debug:
+            raise
+        print(f"error: {e}", file=sys.stderr)
+        return e.exit_code
+
+
+if __name__ == "__main__":
+    sys.exit(main())
