@@ -30,7 +30,7 @@ from amaranth.lib.memory import Memory
 
 from ..engine import ErrorCode, Window, engine_ports
 from .config import SCALE_BITS, BitserialConfig
-from .model import DATATYPES, FIELDS, psum_width
+from .model import DATATYPES, FIELDS, OVERHEAD, REJECT_CYCLES, cycles, psum_width
 
 __all__ = ["BitserialEngine"]
 
@@ -87,6 +87,14 @@ class BitserialEngine(wiring.Component):
 
     def windows(self) -> list[Window]:
         return window_layout(self.cfg)
+
+    # Timing contract (the benches and the host rely on it; see model.cycles)
+    overhead_cycles = OVERHEAD  # fixed cycles per instruction beyond the passes
+    reject_cycles = REJECT_CYCLES  # accept -> done of a rejected instruction
+
+    def cycles(self, ins) -> int:
+        """Cycles from accepting ``ins`` (a model.Instr) to its ``done`` pulse."""
+        return cycles(self.cfg, ins)
 
     # ------------------------------------------------------------------------------------------
     def elaborate(self, platform):
