@@ -223,8 +223,7 @@ class SystolicEngine(wiring.Component):
         sub = host.addr[:region_bits]
         acc_words = -(-cfg.acc_width // 32)
         rd_sel = Signal(2)
-        rd_piece = Signal(16)
-        rd_bad = Signal()
+        rd_sub = Signal(region_bits)  # the read's address inside its region, for the data mux
         for idx, (name, wp, rp) in enumerate((("left", left_w, left_h), ("top", top_w, top_h))):
             win = lay[name]
             sbits = ceil_log2(win.stride)
@@ -247,25 +246,33 @@ class SystolicEngine(wiring.Component):
         with m.If(region > 2):
             m.d.comb += host.err.eq(1)
         with m.If(host.r_en):
-            m.d.sync += [rd_sel.eq(region), rd_piece.eq(piece), rd_bad.eq(host.err)]
+            m.d.sync += [rd_sel.eq(region), rd_sub.eq(sub)]
+
+        def piece_of(name):
+            return rd_sub[: ceil_log2(lay[name].stride)]
+
         # read data, one cycle after r_en
         with m.Switch(rd_sel):
-            for idx, rp in ((0, left_h), (1, top_h)):
+            for idx, name, rp in ((0, "left", left_h), (1, "top", top_h)):
                 with m.Case(idx):
                     n = len(rp.data) // 32
-                    words = [rp.data[32 * k : 32 * (k + 1)] for k in range(n)]
-                    with m.Switch(rd_piece):
+                    if n == 1:
+                        m.d.comb += host.r_data.eq(rp.data)
+                    else:
+                        with m.Switch(piece_of(name)):
+                            for k in range(n):
+                                with m.Case(k):
+                                    m.d.comb += host.r_data.eq(rp.data[32 * k : 32 * (k + 1)])
+            with m.Case(2):
+                words = [rp.data.as_signed()[32 * k : 32 * (k + 1)]
+                         for rp in bank_h for k in range(acc_words)]  # fmt: skip
+                if len(words) == 1:
+                    m.d.comb += host.r_data.eq(words[0])
+                else:
+                    with m.Switch(piece_of("acc")):
                         for k, w in enumerate(words):
                             with m.Case(k):
                                 m.d.comb += host.r_data.eq(w)
-            with m.Case(2):
-                with m.Switch(rd_piece):
-                    for j, rp in enumerate(bank_h):
-                        ext = rp.data.as_signed()
-                        for k in range(acc_words):
-                            with m.Case(j * acc_words + k):
-                                m.d.comb += host.r_data.eq(ext[32 * k : 32 * (k + 1)])
-        del rd_bad
 
     # ---- result write-back -------------------------------------------------------------------
     def _writeback(self, m, arr, folds, head, is_os, f, bank_rd, bank_wr, oob):
