@@ -1,5 +1,19 @@
 """Host API of the nonlinear engines: softmax, GELU and LayerNorm on an accelerator.
 
+Float functions quantise to the engine's input format, run the engine and return float tensors:
+
+* :func:`softmax` ``(dev, x, dim=-1)``: ``x`` is quantised to ``round(x * 2**in_frac)`` and
+  saturated to the input format's range excluding its minimum, which marks a masked entry
+  (``-inf`` in ``x``, or ``mask=True``). Result: probabilities, multiples of 2**-15.
+* :func:`gelu` ``(dev, x)``: ``round(x * 2**in_frac)``, saturated; result multiples of
+  ``2**-out_frac``, saturated to the output format.
+* :func:`layer_norm` ``(dev, x, normalized_shape, weight, bias)``: over the last dimension;
+  ``weight`` to int16 with ``gamma_frac`` fraction bits, ``bias`` to int16 with ``out_frac``; the
+  engine's ``eps`` is the config's.
+
+The ``*_int`` variants take and return the engines' integers for callers that manage scales. Rows
+longer than the engine's ``max_len`` and values that do not fit raise :class:`UsageError`.
+
 Layout in an engine's window (``generators/<engine>/engine.py``'s ``windows()``): rows are packed
 into vector words of ``lanes`` elements (element ``j`` of a row in word ``j // lanes``, lane
 ``j % lanes``; the row's last word padded), each vector word little-endian over ``stride`` 32-bit
@@ -8,9 +22,26 @@ host words. Row ``r`` of an instruction starts at word ``src + r * ceil(n / lane
 
 from __future__ import annotations
 
-import numpy as np
+import math
 
-__all__ = ["pack_rows", "unpack_rows"]
+import numpy as np
+import torch
+
+from ..errors import UsageError
+from ..hdl.nonlinear_common import pack_row_instr
+
+__all__ = [
+    "pack_rows",
+    "unpack_rows",
+    "softmax",
+    "softmax_int",
+    "gelu",
+    "gelu_int",
+    "layer_norm",
+    "layer_norm_int",
+]
+
+_OPCODES = {"softmax": 0x20, "gelu": 0x21, "layernorm": 0x22}
 
 
 def pack_rows(x, *, lanes: int, width: int, stride: int) -> np.ndarray:
@@ -57,3 +88,198 @@ def unpack_rows(words, *, rows: int, n: int, lanes: int, width: int, stride: int
     if signed:
         out = np.where(out >= 1 << (width - 1), out - (1 << width), out)
     return out
+
+
+# ---- device plumbing -----------------------------------------------------------------------
+
+
+def _engine(dev, kind: str):
+    cfg = dev.config.engine(kind)
+    if cfg is None:
+        have = ", ".join(type(e).kind for e in dev.config.engines)
+        raise UsageError(f"this accelerator has no {kind} engine (it has: {have})")
+    from ..generators.registry import engine_spec
+
+    eng = engine_spec(kind).build(cfg)
+    return cfg, {w.name: w for w in eng.windows()}
+
+
+def _write_region(dev, kind, win, rows, lanes):
+    width = win.width // lanes
+    words = pack_rows(rows, lanes=lanes, width=width, stride=win.stride)
+    dev.write(dev.window_base(kind) + 4 * win.offset, words)
+
+
+def _read_region(dev, kind, win, rows, n, lanes, signed):
+    width = win.width // lanes
+    nwords = rows * -(-n // lanes) * win.stride
+    words = dev.read(dev.window_base(kind) + 4 * win.offset, nwords)
+    return unpack_rows(words, rows=rows, n=n, lanes=lanes, width=width, stride=win.stride,
+                       signed=signed)  # fmt: skip
+
+
+def _run_rows(dev, kind, x2d: torch.Tensor, *, signed_out: bool) -> torch.Tensor:
+    """Run ``[rows, n]`` integer rows through engine ``kind``, in chunks that fit its memories."""
+    cfg, wins = _engine(dev, kind)
+    rows, n = x2d.shape
+    if not 1 <= n <= cfg.max_len:
+        raise UsageError(f"rows must have 1..{cfg.max_len} elements for this {kind} engine, not {n}")
+    wpr = -(-n // cfg.lanes)
+    per_chunk = min(cfg.depth // wpr, 65535)
+    if per_chunk == 0:
+        raise UsageError(
+            f"rows of {n} elements need {wpr} vector words, more than this {kind} engine's "
+            f"depth of {cfg.depth}"
+        )
+    out = []
+    for start in range(0, rows, per_chunk):
+        chunk = x2d[start : start + per_chunk].numpy()
+        _write_region(dev, kind, wins["in"], chunk, cfg.lanes)
+        dev.execute([pack_row_instr(_OPCODES[kind], src=0, dst=0, length=n, rows=len(chunk))])
+        dev.wait()
+        out.append(_read_region(dev, kind, wins["out"], len(chunk), n, cfg.lanes, signed_out))
+    return torch.from_numpy(np.concatenate(out, axis=0)) if out else torch.zeros(0, n)
+
+
+def _as_int(x, fmt, name):
+    if not isinstance(x, torch.Tensor) or x.is_floating_point() or x.is_complex():
+        raise UsageError(f"{name} must be an integer torch tensor, not {_describe(x)}")
+    x = x.long()
+    if x.numel() and (x.min() < fmt.min or x.max() > fmt.max):
+        raise UsageError(f"{name} must hold {fmt.name} values ({fmt.min}..{fmt.max})")
+    return x
+
+
+def _as_float(x, name):
+    if not isinstance(x, torch.Tensor) or not x.is_floating_point():
+        raise UsageError(f"{name} must be a floating-point torch tensor, not {_describe(x)}")
+    if torch.isnan(x).any():
+        raise UsageError(f"{name} must not contain NaN")
+    return x
+
+
+def _describe(x):
+    return f"a tensor of {x.dtype}" if isinstance(x, torch.Tensor) else type(x).__name__
+
+
+def _quantise(x, frac, lo, hi):
+    return torch.nan_to_num(x.double() * 2.0**frac, posinf=hi, neginf=lo).round().clamp(lo, hi).long()
+
+
+def _rows_last(x, dim):
+    if x.dim() == 0:
+        raise UsageError("x must have at least one dimension")
+    if not -x.dim() <= dim < x.dim():
+        raise UsageError(f"dim must be in {-x.dim()}..{x.dim() - 1} for a {x.dim()}-d x, not {dim}")
+    xt = x.movedim(dim, -1)
+    return xt, xt.reshape(-1, xt.shape[-1])
+
+
+# ---- softmax -------------------------------------------------------------------------------
+
+
+def softmax_int(dev, x: torch.Tensor, dim: int = -1) -> torch.Tensor:
+    """Softmax of integer logits (``in_dtype``; its minimum is a masked entry) along ``dim``:
+    int64 probabilities with 1.0 == 2**15 (see ``generators/softmax/engine.py``)."""
+    cfg, _ = _engine(dev, "softmax")
+    x = _as_int(x, cfg.in_fmt, "x")
+    xt, rows = _rows_last(x, dim)
+    out = _run_rows(dev, "softmax", rows, signed_out=False)
+    return out.reshape(xt.shape).movedim(-1, dim)
+
+
+def softmax(dev, x: torch.Tensor, dim: int = -1, *, mask: torch.Tensor | None = None):
+    """``torch.softmax(x, dim)`` on the engine; ``-inf`` or ``mask == True`` entries are masked
+    (a fully masked row gives zeros). Returns ``x.dtype`` probabilities (multiples of 2**-15)."""
+    cfg, _ = _engine(dev, "softmax")
+    x = _as_float(x, "x")
+    fmt = cfg.in_fmt
+    q = _quantise(x, cfg.in_frac, fmt.min + 1, fmt.max)
+    masked = torch.isneginf(x)
+    if mask is not None:
+        if not isinstance(mask, torch.Tensor) or mask.dtype != torch.bool:
+            raise UsageError(f"mask must be a bool torch tensor, not {_describe(mask)}")
+        if mask.shape != x.shape:
+            raise UsageError(f"mask must have x's shape {tuple(x.shape)}, not {tuple(mask.shape)}")
+        masked = masked | mask
+    q = torch.where(masked, fmt.min, q)
+    return (softmax_int(dev, q, dim).double() / 2**15).to(x.dtype)
+
+
+# ---- GELU ----------------------------------------------------------------------------------
+
+
+def gelu_int(dev, x: torch.Tensor) -> torch.Tensor:
+    """GELU of ``in_dtype`` integers (any shape): ``out_dtype`` integers as int64."""
+    cfg, _ = _engine(dev, "gelu")
+    x = _as_int(x, cfg.in_fmt, "x")
+    flat = x.reshape(-1)
+    if flat.numel() == 0:
+        return x.clone()
+    n = min(cfg.max_len, cfg.depth * cfg.lanes, flat.numel())
+    rows = -(-flat.numel() // n)
+    padded = torch.zeros(rows * n, dtype=torch.int64)
+    padded[: flat.numel()] = flat
+    out = _run_rows(dev, "gelu", padded.view(rows, n), signed_out=True)
+    return out.reshape(-1)[: flat.numel()].reshape(x.shape)
+
+
+def gelu(dev, x: torch.Tensor) -> torch.Tensor:
+    """``F.gelu(x)`` on the engine: ``x`` quantised to ``in_dtype`` with ``in_frac`` fraction
+    bits (saturated), result in multiples of ``2**-out_frac``, as ``x.dtype``."""
+    cfg, _ = _engine(dev, "gelu")
+    x = _as_float(x, "x")
+    q = _quantise(x, cfg.in_frac, cfg.in_fmt.min, cfg.in_fmt.max)
+    return (gelu_int(dev, q).double() / 2**cfg.out_frac).to(x.dtype)
+
+
+# ---- LayerNorm -----------------------------------------------------------------------------
+
+
+def layer_norm_int(dev, x: torch.Tensor, gamma: torch.Tensor, beta: torch.Tensor):
+    """LayerNorm over the last dimension of ``in_dtype`` integers with int16 ``gamma`` and
+    ``beta`` (``gamma_frac`` / ``out_frac`` fraction bits): ``out_dtype`` integers as int64."""
+    cfg, wins = _engine(dev, "layernorm")
+    x = _as_int(x, cfg.in_fmt, "x")
+    from ..hdl.formats import IntFormat
+
+    n = x.shape[-1] if x.dim() else 0
+    for name, t in (("gamma", gamma), ("beta", beta)):
+        t = _as_int(t, IntFormat(16), name)
+        if t.shape != (n,):
+            raise UsageError(f"{name} must have shape ({n},), not {tuple(t.shape)}")
+    _xt, rows = _rows_last(x, -1)
+    if not 1 <= n <= cfg.max_len:
+        raise UsageError(f"rows must have 1..{cfg.max_len} elements for this layernorm engine, not {n}")
+    _write_region(dev, "layernorm", wins["gamma"], gamma.long()[None].numpy(), cfg.lanes)
+    _write_region(dev, "layernorm", wins["beta"], beta.long()[None].numpy(), cfg.lanes)
+    return _run_rows(dev, "layernorm", rows, signed_out=True).reshape(x.shape)
+
+
+def layer_norm(dev, x, normalized_shape, weight=None, bias=None, eps: float | None = None):
+    """``F.layer_norm(x, normalized_shape, weight, bias)`` over the last dimension on the engine.
+
+    ``eps`` must be None or equal to the engine's (a generation parameter)."""
+    cfg, _ = _engine(dev, "layernorm")
+    x = _as_float(x, "x")
+    shape = (normalized_shape,) if isinstance(normalized_shape, int) else tuple(normalized_shape)
+    if len(shape) != 1 or x.dim() == 0 or shape[0] != x.shape[-1]:
+        raise UsageError(
+            "normalized_shape must be the size of x's last dimension "
+            f"({x.shape[-1] if x.dim() else 'none'}), not {normalized_shape!r}"
+        )
+    if eps is not None and not math.isclose(eps, cfg.eps, rel_tol=1e-9, abs_tol=0):
+        raise UsageError(f"eps must be the engine's {cfg.eps} (a generation parameter), not {eps}")
+    n = shape[0]
+    w = torch.ones(n, dtype=torch.float64) if weight is None else _as_float(weight, "weight")
+    b = torch.zeros(n, dtype=torch.float64) if bias is None else _as_float(bias, "bias")
+    for name, t, frac in (("weight", w, cfg.gamma_frac), ("bias", b, cfg.out_frac)):
+        if t.shape != (n,):
+            raise UsageError(f"{name} must have shape ({n},), not {tuple(t.shape)}")
+        lim = 2.0 ** (15 - frac)
+        if t.abs().max() >= lim:
+            raise UsageError(f"{name} must be in (-{lim}, {lim}) for int16 with {frac} fraction bits")
+    g = _quantise(w, cfg.gamma_frac, -(2**15), 2**15 - 1)
+    bq = _quantise(b, cfg.out_frac, -(2**15), 2**15 - 1)
+    q = _quantise(x, cfg.in_frac, cfg.in_fmt.min, cfg.in_fmt.max)
+    return (layer_norm_int(dev, q, g, bq).double() / 2**cfg.out_frac).to(x.dtype)

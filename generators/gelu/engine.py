@@ -47,6 +47,8 @@ class GeluEngine(RowEngine):
     """GELU over rows: instruction ``gelu`` (0x21) with src, dst, len, rows (see
     ``hdl/nonlinear_common.py``). Regions: ``in`` (rw, ``in_dtype`` elements), ``out`` (r)."""
 
+    kind = "gelu"
+
     def __init__(self, config: GeluConfig):
         if not isinstance(config, GeluConfig):
             raise TypeError(f"config must be a GeluConfig, not {config!r}")

@@ -52,6 +52,8 @@ class LayerNormEngine(RowEngine):
     ``hdl/nonlinear_common.py``). Regions: ``in`` (rw), ``out`` (r), ``gamma`` and ``beta`` (rw,
     int16, indexed by column like one row)."""
 
+    kind = "layernorm"
+
     def __init__(self, config: LayerNormConfig):
         if not isinstance(config, LayerNormConfig):
             raise TypeError(f"config must be a LayerNormConfig, not {config!r}")

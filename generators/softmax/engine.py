@@ -86,6 +86,8 @@ class SoftmaxEngine(RowEngine):
     """Softmax over rows: instruction ``softmax`` (0x20) with src, dst, len, rows (see
     ``hdl/nonlinear_common.py``). Regions: ``in`` (rw, ``in_dtype``), ``out`` (r, uint16)."""
 
+    kind = "softmax"
+
     def __init__(self, config: SoftmaxConfig):
         if not isinstance(config, SoftmaxConfig):
             raise TypeError(f"config must be a SoftmaxConfig, not {config!r}")
