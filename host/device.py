@@ -258,15 +258,65 @@ class Device:
         self.write_reg("CTRL", 2)
 
     # ---- engines --------------------------------------------------------------------------------
-    def matmul(self, a, b, *, dataflow: str | None = None):
-        """``a @ b`` on the systolic engine: integer tensors in, a torch int32 tensor out.
+    def matmul(self, a, b, *, dataflow: str | None = None, engine: str | None = None,
+               w_bits: int | None = None, **kwargs):  # fmt: skip
+        """``a @ b`` with integer tensors, on the systolic engine (default) or the bit-serial one.
 
-        See :func:`gatesmith.host.systolic.matmul`.
+        * systolic: see :func:`gatesmith.host.systolic.matmul` (``dataflow=`` os/ws/is).
+        * bit-serial (``w_bits=B`` or ``engine="bitserial"``): ``b`` holds B-bit weights, see
+          :func:`gatesmith.host.bitserial.matmul`.
         """
+        kinds = [type(e).kind for e in self.config.engines]
+        if engine is None:
+            engine = "bitserial" if w_bits is not None and "bitserial" in kinds else "systolic"
+        if engine not in ("systolic", "bitserial"):
+            raise UsageError(f"engine must be systolic or bitserial for matmul, not {engine!r}")
+        if engine not in kinds:
+            raise UsageError(
+                f"this accelerator has no {engine} engine (it has: {', '.join(kinds)})"
+            )
+        if engine == "bitserial":
+            from .bitserial import matmul
+
+            if dataflow is not None:
+                raise UsageError("dataflow applies to the systolic engine, not bitserial")
+            return matmul(self, a, b, w_bits=8 if w_bits is None else w_bits, **kwargs)
+        if w_bits is not None or kwargs:
+            extra = sorted(kwargs) + (["w_bits"] if w_bits is not None else [])
+            raise UsageError(f"the systolic engine takes no {', '.join(extra)} argument")
         from .systolic import matmul
 
         return matmul(self, a, b, dataflow=dataflow)
 
+    def softmax(self, x, dim: int = -1, **kwargs):
+        """Softmax on the softmax engine (float in, float out); see host/nonlinear.py."""
+        from .nonlinear import softmax
+
+        return softmax(self, x, dim=dim, **kwargs)
+
+    def gelu(self, x, **kwargs):
+        """GELU on the GELU engine (float in, float out); see host/nonlinear.py."""
+        from .nonlinear import gelu
+
+        return gelu(self, x, **kwargs)
+
+    def layer_norm(self, x, normalized_shape, weight=None, bias=None, **kwargs):
+        """LayerNorm on the LayerNorm engine (float in, float out); see host/nonlinear.py."""
+        from .nonlinear import layer_norm
+
+        return layer_norm(self, x, normalized_shape, weight, bias, **kwargs)
+
+    def load_weights(self, w, **kwargs):
+        """Place an integer weight matrix in the PIM banks once; returns a handle for gemv."""
+        from .pim import load_weights
+
+        return load_weights(self, w, **kwargs)
+
+    def gemv(self, x, w):
+        """``w @ x`` on the PIM banks, ``w`` a handle from load_weights or a matrix."""
+        from .pim import gemv
+
+        return gemv(self, x, w)
 
 def open(kind: str = "sim", *, config=None, port: str | None = None, baud: int | None = None,
          timeout: float = 60.0, progress=None) -> Device:  # fmt: skip
