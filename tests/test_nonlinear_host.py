@@ -191,17 +191,19 @@ def test_host_nonlinear_on_sim_board():
     """The whole accelerator (AXI top, controller, host link) under Verilator, three engines."""
     import gatesmith.host
 
+    # Engines in alphabetical order: the identity ROM's JSON (sort_keys) lists engines by kind,
+    # so a Device sees that order whatever the top was built with (gatesmith/config.py).
     cfg = AccelConfig(
         name="nl",
         engines=(
-            SoftmaxConfig(lanes=2, depth=64, max_len=64),
             GeluConfig(lanes=2, depth=64, max_len=64),
             LayerNormConfig(lanes=2, depth=64, max_len=64),
+            SoftmaxConfig(lanes=2, depth=64, max_len=64),
         ),
     )
     g = torch.Generator().manual_seed(SEED)
     with gatesmith.host.open("sim", config=cfg) as dev:
-        sm, ge, ln = cfg.engines
+        ge, ln, sm = cfg.engines
         x = torch.randn(5, 33, generator=g, dtype=torch.float64) * 2
         x[2, :] = float("-inf")
         p = NL.softmax(dev, x)
