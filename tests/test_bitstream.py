@@ -31,26 +31,26 @@ from .test_boards import EchoLink
 
 
 class ChainLink(wiring.Component):
-    """A link top that is mostly logic: ``n`` 8-bit registers, each a product of earlier ones."""
+    """A link top that is mostly logic: ``n`` registers, each a product of earlier ones."""
 
     rx: In(stream.Signature(8))
     tx: Out(stream.Signature(8))
     idle: Out(1)
 
-    def __init__(self, cfg=None, *, n=100):
-        self.n = n
+    def __init__(self, cfg=None, *, n=100, width=8):
+        self.n, self.width = n, width
         super().__init__()
 
     def elaborate(self, platform):
         m = Module()
-        regs = [Signal(8, name=f"r{i}") for i in range(self.n)]
+        regs = [Signal(self.width, name=f"r{i}") for i in range(self.n)]
         m.d.comb += self.rx.ready.eq(1)
         with m.If(self.rx.valid):
             m.d.sync += regs[0].eq(self.rx.payload)
             for i in range(1, self.n):
                 m.d.sync += regs[i].eq((regs[i - 1] * regs[(i * 7) % i]) ^ regs[i])
         m.d.comb += [
-            self.tx.payload.eq(regs[-1]),
+            self.tx.payload.eq(regs[-1][:8]),
             self.tx.valid.eq(1),
             self.idle.eq(regs[-1][0]),
         ]
@@ -243,8 +243,8 @@ def test_ulx3s_echo_build(tmp_path):
 
 @pytest.mark.slow
 def test_dsp_fallback_to_luts(tmp_path):
-    """ChainLink(n=12)'s 11 multipliers exceed the UP5K's 8 DSPs: auto mode maps them to LUTs."""
-    link = lambda cfg: ChainLink(cfg, n=12)  # noqa: E731
+    """11 16-bit multipliers exceed the UP5K's 8 DSPs: auto mode maps them to LUTs."""
+    link = lambda cfg: ChainLink(cfg, n=12, width=16)  # noqa: E731
     report = build_bitstream(AccelConfig(), "icebreaker", tmp_path, link=link)
     assert report.utilisation["dsp"].used == 0
     assert report.notes and "mapped to LUTs instead" in report.notes[0]

@@ -123,3 +123,13 @@ def test_board_top_errors():
 
     with pytest.raises(TypeError, match=r"^link top must have the signature "):
         BoardTop(AccelConfig(), "ulx3s", link=Wrong)
+
+
+def test_board_top_uses_the_accelerator_link_top():
+    from gatesmith.generators.accel.top import LinkTop
+    from gatesmith.generators.systolic.config import SystolicConfig
+
+    cfg = AccelConfig(engines=(SystolicConfig(rows=2, cols=2, spad_depth=16, acc_depth=16),))
+    top = BoardTop(cfg, "ulx3s")
+    assert isinstance(top.link, LinkTop)
+    assert top.uart.divisor == 25  # 25 MHz oscillator, 1 Mbaud
