@@ -240,3 +240,24 @@ def test_host_bus_errors():
     sim.add_testbench(tb)
     sim.run()
     assert seen == {"read weights": 1, "write results": 1, "read results": 0, "write nowhere": 1}
+
+
+@pytest.mark.parametrize("bpc", [1, 2, 4])
+def test_extremes_fp4_extra_asymmetry(bpc):
+    """Every weight FP4's +/-16 (walked as 8 x doubled activation) against +/-255 bipolar
+    activations and the largest scale: the widest partial sums the datapath must hold."""
+    cfg = small(bits_per_cycle=bpc, lanes=8, group_size=16, acc_width=64)
+    ins = M.Instr(m=2, n=3, k=35, w_bits=4, a_bits=8, a_enc="bipolar", mixed=True, scaled=True)
+    a = torch.full((2, 35), 255)
+    a[1] = 0  # -255
+    w = torch.full((3, 35), 8)  # the negative-zero code
+    dts = torch.tensor([[7, 8, 7], [8, 8, 8], [7, 7, 7]])
+    sc = torch.full((3, 3), 65535)
+    ref, ps, err = M.matmul(cfg, ins, a, w, dts, sc)
+    assert err == ErrorCode.NONE and int(ps.abs().max()) == 16 * 255 * 16
+    imgs = {"weights": M.weight_image(cfg, w), "acts": M.act_image(cfg, a),
+            "groups": M.group_image(cfg, dts, sc)}
+    es = EngineSim(cfg)
+    vals, log, _ = es.run(_writes(es, ins, imgs), [ins.words()], es.result_reads(ins))
+    assert log[0][2] == 0 and log[0][1] - log[0][0] == M.cycles(cfg, ins)
+    torch.testing.assert_close(es.results(ins, vals), ref, rtol=0, atol=0)

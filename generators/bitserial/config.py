@@ -95,8 +95,9 @@ class BitserialConfig:
     # Derived geometry, shared by the engine, the golden model and the host packer.
     @property
     def max_planes(self) -> int:
-        """Magnitude planes of the widest weight: w_max_bits, or 5 for BitMoD's FP4 +/-16."""
-        return max(self.w_max_bits, 5 if self.bitmod else 0)
+        """Magnitude planes of the widest weight (BitMoD's FP4 +/-16 is walked as 8 times a
+        doubled activation, so it fits 4 planes)."""
+        return self.w_max_bits
 
     @property
     def w_word_bits(self) -> int:

@@ -11,7 +11,8 @@ Pipeline (one pass enters per pass time; every stage keeps up with one-cycle pas
 0. sequencer: counters, memory addresses; reads the weight, activation and group words on the
    pass's first cycle (memories hold their read data until the next read).
 1. decode: codes -> sign and magnitude per weight (INT two's complement / bipolar-INT, or the
-   group's BitMoD FP3/FP4 grid), activations -> integers (masked past K); registered.
+   group's BitMoD FP3/FP4 grid; FP4's 16 becomes 8 against a doubled activation, so 4-bit BitMoD
+   walks 4 planes), activations -> integers (masked past K); registered.
 2. planes: per PE, per cycle, ``sum_b sum_l bit_(j*bpc+b)(|w_l|) * (+/-a_l) << b`` (an AND-mux
    and an adder tree, no multiplier), shifted by ``j*bpc`` into the group's exact partial sum.
 3. dequantisation: the group's partial sum times its 16-bit scale (one multiplier per PE).
@@ -157,7 +158,7 @@ class BitserialEngine(wiring.Component):
         ends = {k: Signal(34, name=f"end_{k}") for k in ("w", "a", "g", "r")}
         err = Signal(8)
         m.d.comb += [
-            planes.eq(w_bits + (ins["mixed"] & (w_bits == 4))),
+            planes.eq(w_bits),
             steps.eq((planes + cfg.bits_per_cycle - 1) >> lg_b),
         ]
 
@@ -296,12 +297,12 @@ class BitserialEngine(wiring.Component):
         for lane in range(cfg.lanes):
             code = ad[lane * cfg.a_max_bits : (lane + 1) * cfg.a_max_bits]
             v = Signal(signed(a_w), name=f"a_{lane}")
-            m.d.comb += v.eq(Mux(lane < s1["lanes_valid"], _decode_int(code, ins["a_bits_m1"], ins["a_enc"],
-                                                                       cfg.a_max_bits), 0))
+            dec = _decode_int(code, ins["a_bits_m1"], ins["a_enc"], cfg.a_max_bits)
+            m.d.comb += v.eq(Mux(lane < s1["lanes_valid"], dec, 0))
             act.append(v)
 
         planes_w = cfg.max_planes
-        sa = [[Signal(signed(a_w), name=f"sa_{p}_{lane}") for lane in range(cfg.lanes)]
+        sa = [[Signal(signed(a_w + 1), name=f"sa_{p}_{lane}") for lane in range(cfg.lanes)]
               for p in range(cfg.pes)]
         mag = [[Signal(planes_w, name=f"mag_{p}_{lane}") for lane in range(cfg.lanes)]
                for p in range(cfg.pes)]
@@ -320,10 +321,15 @@ class BitserialEngine(wiring.Component):
                     with m.If(ins["mixed"] & (dt != 0)):
                         m.d.comb += v.eq(fp)
                 neg = v < 0
+                full = Signal(unsigned(v.shape().width), name=f"absw_{p}_{lane}")
+                m.d.comb += full.eq(Mux(neg, -v, v))
+                # FP4's 16 (bit 4, only reachable in mixed mode) is walked as 8 x (2 a)
+                dbl = (ins["mixed"] & full[4]) if cfg.bitmod else Const(0)
+                a2 = Mux(dbl, act[lane] << 1, act[lane])
                 with m.If(load):
                     m.d.sync += [
-                        mag[p][lane].eq(Mux(neg, -v, v)),
-                        sa[p][lane].eq(Mux(neg, -act[lane], act[lane])),
+                        mag[p][lane].eq(Mux(dbl, full >> 1, full)),
+                        sa[p][lane].eq(Mux(neg, -a2, a2)),
                     ]
             with m.If(load):
                 m.d.sync += scale[p].eq(Mux(ins["scaled"], slot[:SCALE_BITS], 1))
@@ -362,7 +368,7 @@ class BitserialEngine(wiring.Component):
                 mag, sa = dec["mag"][p][lane], dec["sa"][p][lane]
                 for b in range(bpc):
                     terms.append(Mux(mag[b], sa << b if b else sa, 0))
-            plane_sum = Signal(signed(cfg.a_max_bits + 2 + bpc + _log2(cfg.lanes)),
+            plane_sum = Signal(signed(cfg.a_max_bits + 3 + bpc + _log2(cfg.lanes)),
                                name=f"plane_{p}")
             m.d.comb += plane_sum.eq(_tree_sum(terms))
             psum = Signal(signed(pw), name=f"psum_{p}")

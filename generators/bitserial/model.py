@@ -13,15 +13,16 @@ the "extra resolution" or "extra asymmetry" value (``DATATYPES``). ``S`` is the 
 unsigned scale, or 1 when ``scaled`` is clear. ``wrap_acc`` wraps modulo ``2**acc_width``.
 
 The hardware turns every weight into sign and magnitude and walks the magnitude's bit-planes,
-``bits_per_cycle`` planes per cycle: ``P = sum_i 2^i sum_k bit_i(|Wv|) * sign(Wv) * Av``.
-:func:`matmul_planes` computes exactly that; tests hold it equal to ``Wv @ Av.T`` in int64.
+``bits_per_cycle`` planes per cycle: ``P = sum_i 2^i sum_k bit_i(|Wv|) * sign(Wv) * Av``. A
+magnitude too wide for the planes (only FP4's extra-asymmetry value 16 at 4 bits) is walked as
+half of it against a doubled activation. :func:`matmul_planes` computes exactly that; tests hold it
+equal to ``Wv @ Av.T`` in int64.
 
 Cycles (from the cycle the instruction is accepted to its ``done`` pulse)::
 
     cycles = ceil(N / pes) * M * ceil(K / lanes) * ceil(planes / bits_per_cycle) + OVERHEAD
 
-with ``planes = w_bits`` (+1 when ``mixed`` and ``w_bits == 4``: FP4's +/-16 needs a fifth
-magnitude plane). A rejected instruction retires after ``REJECT_CYCLES``.
+with ``planes = w_bits`` (BitMoD datatypes included). A rejected instruction retires after ``REJECT_CYCLES``.
 """
 
 from __future__ import annotations
@@ -201,8 +202,8 @@ def decode_weights(codes, dts, w_bits: int, enc: str, mixed: bool) -> torch.Tens
 
 
 def planes_of(w_bits: int, mixed: bool) -> int:
-    """Magnitude bit-planes one pass walks."""
-    return w_bits + (1 if mixed and w_bits == 4 else 0)
+    """Magnitude bit-planes one pass walks (``mixed`` costs no extra plane)."""
+    return w_bits
 
 
 # ---------------------------------------------------------------------------------------------
@@ -269,7 +270,11 @@ def matmul_planes(av: torch.Tensor, wv: torch.Tensor, group_size: int, planes: i
     ng = _cdiv(k, group_size)
     sgn = torch.where(wv < 0, -1, 1).to(torch.int64)
     mag = wv.abs()
-    assert mag.numel() == 0 or int(mag.max()) < (1 << planes), "weight magnitude exceeds the planes walked"
+    dbl = mag >= (1 << planes)  # FP4's 16 at 4 planes: 8 against a doubled activation
+    assert not bool((dbl & (mag & 1).bool()).any()), "only even magnitudes may be halved"
+    mag = torch.where(dbl, mag >> 1, mag)
+    assert mag.numel() == 0 or int(mag.max()) < (1 << planes), "magnitude exceeds the planes"
+    sgn = sgn << dbl.to(torch.int64)
     gid = _group_ids(k, group_size)
     out = torch.zeros(m, wv.shape[0], ng, dtype=torch.int64)
     for i in range(planes):
