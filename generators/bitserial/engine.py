@@ -307,35 +307,30 @@ class BitserialEngine(wiring.Component):
         mag = [[Signal(planes_w, name=f"mag_{p}_{lane}") for lane in range(cfg.lanes)]
                for p in range(cfg.pes)]
         scale = [Signal(SCALE_BITS + 1, name=f"scale_{p}") for p in range(cfg.pes)]
+        # per instruction: the code's low-bits mask and its sign bit (one-hot)
+        wmax = cfg.w_max_bits
+        low = Signal(wmax)
+        sbit = Signal(wmax)
+        m.d.comb += [low.eq((Const(1, wmax + 1) << w_bits) - 1),
+                     sbit.eq(Const(1, wmax) << ins["w_bits_m1"])]
         dt_bad = []
         for p in range(cfg.pes):
             slot = gd[p * 32 : (p + 1) * 32]
             dt = slot[16:20]
+            fp = _bitmod_pe(m, p, dt, w_bits, ins["mixed"]) if cfg.bitmod else None
             for lane in range(cfg.lanes):
                 i = p * cfg.lanes + lane
-                code = wd[i * cfg.w_max_bits : (i + 1) * cfg.w_max_bits]
-                v = Signal(signed(max(cfg.w_max_bits + 1, 6)), name=f"wv_{p}_{lane}")
-                m.d.comb += v.eq(_decode_int(code, ins["w_bits_m1"], ins["w_enc"], cfg.w_max_bits))
-                if cfg.bitmod:
-                    fp = _decode_bitmod(m, code, dt, w_bits)
-                    with m.If(ins["mixed"] & (dt != 0)):
-                        m.d.comb += v.eq(fp)
-                neg = v < 0
-                full = Signal(unsigned(v.shape().width), name=f"absw_{p}_{lane}")
-                m.d.comb += full.eq(Mux(neg, -v, v))
-                # FP4's 16 (bit 4, only reachable in mixed mode) is walked as 8 x (2 a)
-                dbl = (ins["mixed"] & full[4]) if cfg.bitmod else Const(0)
+                code = wd[i * wmax : (i + 1) * wmax]
+                neg, mg, dbl = _int_sign_mag(m, f"{p}_{lane}", code, low, sbit, ins["w_enc"])
+                if fp is not None:
+                    neg, mg, dbl = _bitmod_sign_mag(m, f"{p}_{lane}", code, fp, neg, mg, dbl)
                 a2 = Mux(dbl, act[lane] << 1, act[lane])
                 with m.If(load):
-                    m.d.sync += [
-                        mag[p][lane].eq(Mux(dbl, full >> 1, full)),
-                        sa[p][lane].eq(Mux(neg, -a2, a2)),
-                    ]
+                    m.d.sync += [mag[p][lane].eq(mg), sa[p][lane].eq(Mux(neg, -a2, a2))]
             with m.If(load):
                 m.d.sync += scale[p].eq(Mux(ins["scaled"], slot[:SCALE_BITS], 1))
-            if cfg.bitmod:
-                ok = (dt == 0) | ((dt >= 1) & (dt <= 4)) | ((dt >= 5) & (dt <= 8) & (w_bits == 4))
-                dt_bad.append(ins["mixed"] & ~ok & (p < s1["pes_valid"]))
+            if fp is not None:
+                dt_bad.append(ins["mixed"] & fp["bad"] & (p < s1["pes_valid"]))
         if dt_bad:
             with m.If(load & Cat(*dt_bad).any()):
                 m.d.sync += self._dt_err.eq(1)
@@ -433,23 +428,65 @@ def _decode_int(code, bits_m1, enc, max_bits):
     return Mux(enc, bip, twos)
 
 
-def _decode_bitmod(m, code, dt, w_bits):
-    """The value of a BitMoD code: FP3 (ids 1-4) or FP4 (ids 5-8); INT (id 0) in the caller."""
-    out = Signal(signed(7))
-    m.d.comb += out.eq(0)
-    for ident, (_, bits, mags, extra) in DATATYPES.items():
-        c = code[:bits]
-        idx, neg = c[: bits - 1], c[bits - 1]
-        mag = Signal(5, name=f"fpmag_{ident}")
-        with m.Switch(idx):
-            for i, v in enumerate(mags):
-                with m.Case(i):
-                    m.d.comb += mag.eq(v)
-        with m.If((dt == ident) & (w_bits >= bits)):
-            with m.If(c == (1 << (bits - 1))):
-                m.d.comb += out.eq(extra)
-            with m.Elif(neg):
-                m.d.comb += out.eq(-mag)
-            with m.Else():
-                m.d.comb += out.eq(mag)
-    return out
+def _int_sign_mag(m, tag, code, low, sbit, enc):
+    """An INT code (low bits ``low``, sign bit ``sbit``) -> (negative, magnitude, doubled=0).
+
+    Two's complement: |v| = -u mod 2^b when the sign bit is set. Bipolar-INT (v = 2u - (2^b-1)):
+    |v| = ~(2u) & low when u < 2^(b-1), else (2u & low) | 1; both bitwise, no adder.
+    """
+    u = Signal(len(code), name=f"u_{tag}")
+    m.d.comb += u.eq(code & low)
+    top = (u & sbit).any()
+    twos = Mux(top, (-u)[: len(code)] & low, u)
+    u2 = (u << 1)[: len(code)]
+    bip = Mux(top, (u2 & low) | 1, ~u2 & low)
+    neg = Signal(name=f"neg_{tag}")
+    mag = Signal(len(code), name=f"imag_{tag}")
+    m.d.comb += [neg.eq(Mux(enc, ~top, top)), mag.eq(Mux(enc, bip, twos))]
+    return neg, mag, Const(0)
+
+
+def _bitmod_pe(m, p, dt, w_bits, mixed):
+    """Per-PE decode of the group's datatype id: FP family, its extra value, validity."""
+    fam4, xneg, xmag, xdbl, bad = (Signal(name=f"{n}_{p}") for n in
+                                   ("fam4", "xneg", "xmag", "xdbl", "dtbad"))
+    xmag = Signal(4, name=f"xmag_{p}")
+    is_fp = Signal(name=f"isfp_{p}")
+    m.d.comb += bad.eq(1)
+    with m.Switch(dt):
+        with m.Case(0):
+            m.d.comb += bad.eq(0)
+        for ident, (_, bits, _, extra) in DATATYPES.items():
+            with m.Case(ident):
+                half = abs(extra) >= 16  # 16 is walked as 8 x doubled activation
+                m.d.comb += [fam4.eq(bits == 4), xneg.eq(extra < 0),
+                             xmag.eq(abs(extra) >> half), xdbl.eq(half),
+                             bad.eq(w_bits < bits)]  # fmt: skip
+    m.d.comb += is_fp.eq(mixed & (dt != 0))
+    return {"fam4": fam4, "xneg": xneg, "xmag": xmag, "xdbl": xdbl, "bad": bad, "is_fp": is_fp}
+
+
+def _bitmod_sign_mag(m, tag, code, fp, ineg, imag, idbl):
+    """Sign/magnitude of a BitMoD FP3/FP4 code (the caller's INT result when the id is 0)."""
+    fp3 = {i: v for i, v in enumerate(DATATYPES[1][2])}
+    fp4 = {i: v for i, v in enumerate(DATATYPES[5][2])}
+    m3, m4 = Signal(4, name=f"fp3_{tag}"), Signal(4, name=f"fp4_{tag}")
+    with m.Switch(code[:2]):
+        for i, v in fp3.items():
+            with m.Case(i):
+                m.d.comb += m3.eq(v)
+    with m.Switch(code[:3]):
+        for i, v in fp4.items():
+            with m.Case(i):
+                m.d.comb += m4.eq(v)
+    neg = Mux(fp["fam4"], code[3], code[2])
+    nz = Mux(fp["fam4"], code[:4] == 8, code[:3] == 4)  # negative zero: the extra value
+    fneg = Mux(nz, fp["xneg"], neg)
+    fmag = Mux(fp["bad"], 0, Mux(nz, fp["xmag"], Mux(fp["fam4"], m4, m3)))
+    fdbl = nz & fp["xdbl"]
+    sel = fp["is_fp"]
+    neg_o, mag_o, dbl_o = Signal(name=f"sneg_{tag}"), Signal(len(imag), name=f"smag_{tag}"), \
+        Signal(name=f"sdbl_{tag}")
+    m.d.comb += [neg_o.eq(Mux(sel, fneg, ineg)), mag_o.eq(Mux(sel, fmag, imag)),
+                 dbl_o.eq(sel & fdbl & ~fp["bad"])]
+    return neg_o, mag_o, dbl_o
