@@ -27,6 +27,7 @@ import os
 import shutil
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -177,11 +178,22 @@ class _Runner:
         self._stage = None
 
     def run(self, cmd: list[str], on_line: Callable | None = None) -> tuple[int, str]:
-        """Run ``cmd``; each output line goes to ``on_line``; returns (exit code, output)."""
-        deadline = None if self.timeout_s is None else time.monotonic() + self.timeout_s
+        """Run ``cmd``; each output line goes to ``on_line``; returns (exit code, output).
+
+        With a time limit, a watchdog kills the tool (nextpnr can be silent for minutes).
+        """
         proc = subprocess.Popen(
             cmd, cwd=self.dir, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
         )
+        watchdog, expired = None, threading.Event()
+        if self.timeout_s is not None:
+
+            def expire():
+                expired.set()
+                proc.kill()
+
+            watchdog = threading.Timer(self.timeout_s, expire)
+            watchdog.start()
         lines = []
         try:
             for line in proc.stdout:
@@ -190,17 +202,19 @@ class _Runner:
                     self.emit(self._stage, "info", "first run: compiling the tool (~70 s)")
                 if on_line is not None:
                     on_line(line)
-                if deadline is not None and time.monotonic() > deadline:
-                    proc.kill()
-                    raise BuildError(
-                        f"{Path(cmd[0]).name} ran past the {self.timeout_s:g} s time limit in "
-                        f"the {self._stage} stage (log in {self.dir})"
-                    )
-            return proc.wait(), "".join(lines)
+            rc = proc.wait()
         finally:
+            if watchdog is not None:
+                watchdog.cancel()
             if proc.poll() is None:
                 proc.kill()
                 proc.wait()
+        if expired.is_set():
+            raise BuildError(
+                f"{Path(cmd[0]).name} ran past the {self.timeout_s:g} s time limit in the "
+                f"{self._stage} stage; try a smaller configuration (logs in {self.dir})"
+            )
+        return rc, "".join(lines)
 
 
 def _tool_cmd(cmd: list[str]) -> list[str]:

@@ -8,6 +8,7 @@ Builds of the accelerator and of both boards are marked slow: ``pytest -m slow t
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from amaranth.hdl import Module, Signal
@@ -248,3 +249,27 @@ def test_dsp_fallback_to_luts(tmp_path):
     report = build_bitstream(AccelConfig(), "icebreaker", tmp_path, link=link)
     assert report.utilisation["dsp"].used == 0
     assert report.notes and "mapped to LUTs instead" in report.notes[0]
+
+
+def test_stage_time_limit(tmp_path):
+    with pytest.raises(BuildError) as e:
+        build_bitstream(
+            AccelConfig(), "icebreaker", tmp_path, link=ChainLink, dsp="off", timeout_s=0.5
+        )
+    assert str(e.value) == (
+        f"{Path(find_tool('yosys')).name} ran past the 0.5 s time limit in the synthesis stage; "
+        f"try a smaller configuration (logs in {tmp_path / 'build'})"
+    )
+
+
+@pytest.mark.slow
+def test_accelerator_ulx3s_build(tmp_path):
+    """The real accelerator (LinkTop: bridge, controller, a 2x2 systolic engine) on the ULX3S."""
+    from gatesmith.generators.systolic.config import SystolicConfig
+
+    engine = SystolicConfig(rows=2, cols=2, dataflows=("os",), spad_depth=16, acc_depth=16)
+    cfg = AccelConfig(name="acc2x2", engines=(engine,), queue_depth=2, link_max_words=16)
+    report = build_bitstream(cfg, "ulx3s", tmp_path, freq_mhz=25)
+    check_report(report, tmp_path, get_board("ulx3s"))
+    assert report.utilisation["dsp"].used == 4  # one MULT18X18D per int8 PE
+    assert report.board_clock_met
