@@ -199,7 +199,8 @@ class AccelConfig:
         return cls(engines=tuple(configs), **kwargs)
 
     def to_json(self) -> str:
-        return json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
+        # engine order is window order: keep it (no sort_keys)
+        return json.dumps(self.to_dict(), separators=(",", ":"))
 
     @property
     def content_hash(self) -> str:

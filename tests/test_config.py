@@ -69,3 +69,11 @@ def test_yaml_roundtrip(tmp_path):
     assert cfg.engine("systolic") == SystolicConfig(rows=4, cols=2, dtype="int4", dataflows=("ws",))
     assert AccelConfig.from_dict(cfg.to_dict()) == cfg
     assert load_config(cfg.engine("systolic")).engines == cfg.engines
+
+
+def test_engine_order_survives_the_identity_rom_json():
+    # engine i's window is at 0x0100_0000 * (i + 1): the JSON must keep the order
+    cfg = load_config({"engines": {"systolic": {"rows": 2}, "gelu": {}, "bitserial": {}}})
+    again = AccelConfig.from_dict(__import__("json").loads(cfg.to_json()))
+    assert [type(e).kind for e in again.engines] == ["systolic", "gelu", "bitserial"]
+    assert again == cfg
