@@ -87,6 +87,7 @@ def build_one(name, engine, board, work_dir: Path, freq_mhz, args, *, top=None, 
         met=report.timing_met,
         seconds=report.total_seconds,
         stage_seconds=report.stage_seconds,
+        critical_path=report.critical_path,
         notes=report.notes,
     )
     return row
@@ -120,6 +121,14 @@ def to_markdown(rows: list[dict], meta: dict) -> str:
             f"{head} {r['lut']} | {r['ff']} | {r['dsp']} | {r['bram']} | {r['fmax_mhz']:.1f} | "
             f"{r['target_mhz']:g} | {'yes' if r['met'] else 'no'} | {r['seconds']:.0f} |"
         )
+    paths = [(r["design"], r["critical_path"]) for r in rows if r.get("critical_path")]
+    if paths:
+        lines += ["", "Critical paths (nextpnr, post-route):", ""]
+        lines += [
+            f"- {name}: `{cp['from']}` -> `{cp['to']}`, {cp['delay_ns']:.2f} ns "
+            f"({cp['logic_ns']:.2f} logic, {cp['routing_ns']:.2f} routing)"
+            for name, cp in paths
+        ]
     notes = [n for r in rows for n in r.get("notes", [])]
     if notes:
         lines += ["", *(f"- {n}" for n in notes)]

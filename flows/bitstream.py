@@ -37,6 +37,7 @@ from ..errors import BuildError, ConfigError, ToolMissingError
 from .report import (
     BuildReport,
     ResourceUse,
+    critical_path,
     estimate_from_yosys,
     explain_nextpnr_failure,
     parse_nextpnr_report,
@@ -393,6 +394,7 @@ def build_bitstream(
         utilisation=util,
         estimate=estimate,
         stage_seconds=runner.seconds,
+        critical_path=critical_path(build_dir / "top.report.json"),
         bitstream=bitstream.name,
         tools=_tool_versions(build_dir / "top.stat.json"),
         notes=notes,

@@ -24,6 +24,7 @@ __all__ = [
     "RESOURCES",
     "estimate_from_yosys",
     "parse_nextpnr_report",
+    "critical_path",
     "explain_nextpnr_failure",
 ]
 
@@ -132,6 +133,30 @@ def parse_nextpnr_report(path: str | Path, family: str) -> tuple[dict[str, Resou
     return out, fmax
 
 
+def critical_path(path: str | Path) -> dict | None:
+    """The slowest register-to-register path of a nextpnr ``--report``: its first and last cell,
+    total, logic and routing delay in ns; None when the report has no such path."""
+    data = json.loads(Path(path).read_text())
+    best = None
+    for cp in data.get("critical_paths", []):
+        if not (cp.get("from", "").startswith("pos") and cp.get("to", "").startswith("pos")):
+            continue
+        steps = cp.get("path", [])
+        if not steps:
+            continue
+        total = sum(step["delay"] for step in steps)
+        if best is None or total > best["delay_ns"]:
+            routing = sum(step["delay"] for step in steps if step["type"] == "routing")
+            best = {
+                "from": steps[0]["from"]["cell"],
+                "to": steps[-1]["to"]["cell"],
+                "delay_ns": round(total, 2),
+                "logic_ns": round(total - routing, 2),
+                "routing_ns": round(routing, 2),
+            }
+    return best
+
+
 _UTIL_LINE = re.compile(r"^Info:\s+(\w+):\s+(\d+)/\s*(\d+)\s+\d+%", re.MULTILINE)
 _NEXTPNR_FAILURES = [
     (
@@ -177,7 +202,7 @@ class BuildReport:
     :class:`ResourceUse`; ``estimate``: the post-synthesis counts the fit check used.
     ``fmax_mhz``: the slowest achieved clock (nextpnr, post-route); ``target_mhz``: the clock
     requested for timing; ``board_clock_mhz``: the oscillator the design runs from on the board.
-    ``stage_seconds``: wall time of each stage.
+    ``stage_seconds``: wall time of each stage; ``critical_path``: see :func:`critical_path`.
     """
 
     board: str
@@ -192,6 +217,7 @@ class BuildReport:
     utilisation: dict = field(default_factory=dict)
     estimate: dict = field(default_factory=dict)
     stage_seconds: dict = field(default_factory=dict)
+    critical_path: dict | None = None
     bitstream: str = ""
     tools: dict = field(default_factory=dict)
     notes: list = field(default_factory=list)
@@ -247,6 +273,13 @@ class BuildReport:
             lines += ["", "| clock | achieved MHz | constraint MHz |", "| --- | ---: | ---: |"]
             for clk, v in self.clocks.items():
                 lines.append(f"| `{clk}` | {v['achieved']:.2f} | {v['constraint']:g} |")
+        if self.critical_path:
+            cp = self.critical_path
+            lines += [
+                "",
+                f"Critical path: `{cp['from']}` -> `{cp['to']}`, {cp['delay_ns']:.2f} ns "
+                f"({cp['logic_ns']:.2f} ns logic, {cp['routing_ns']:.2f} ns routing).",
+            ]
         if self.notes:
             lines += ["", "Notes:", ""] + [f"- {n}" for n in self.notes]
         if self.tools:

@@ -69,6 +69,8 @@ def check_report(report, out_dir, board):
     fmax = min(v["achieved"] for v in nextpnr["fmax"].values())
     assert report.fmax_mhz == round(fmax, 2)
     assert report.timing_met == (fmax >= report.target_mhz)
+    path = report.critical_path
+    assert abs(1000 / path["delay_ns"] - fmax) < 0.05 * fmax  # the path that sets Fmax
     for key in ("lut", "ff", "dsp", "bram"):
         use = report.utilisation[key]
         assert use.available == board.capacity[key]
