@@ -74,11 +74,21 @@ def pack_row_instr(opcode: int, *, src: int, dst: int, length: int, rows: int) -
 
 from dataclasses import dataclass  # noqa: E402
 
-from amaranth.hdl import Array, Cat, Const, Module, Mux, Signal, unsigned  # noqa: E402
+from amaranth.hdl import Array, Cat, Const, Module, Mux, Signal, signed, unsigned  # noqa: E402
 from amaranth.lib import wiring  # noqa: E402
 from amaranth.lib.memory import Memory  # noqa: E402
 
-__all__ += ["Region", "RowEngine", "RowContext", "SeqDivider", "delay", "restoring_div", "rom"]
+__all__ += [
+    "Region",
+    "RowEngine",
+    "RowContext",
+    "SeqDivider",
+    "delay",
+    "restoring_div",
+    "rom",
+    "sum_tree",
+    "max_tree",
+]
 
 # Error codes of generators/engine.py's ErrorCode (hdl does not import generators).
 _BAD_SHAPE, _OUT_OF_RANGE = 0x11, 0x12
@@ -141,6 +151,46 @@ def delay(m, sig, n: int, name: str = "d"):
         m.d.sync += r.eq(sig)
         sig = r
     return sig
+
+
+def sum_tree(m, values, width: int, name: str = "sum"):
+    """Sum of ``values`` by a balanced adder tree with a register after every level.
+
+    Returns ``(sum, latency)``; ``width`` is the result width (signedness of the first value).
+    """
+    shape = signed(width) if values[0].shape().signed else unsigned(width)
+    level, lat = list(values), 0
+    while len(level) > 1:
+        nxt = []
+        for i in range(0, len(level), 2):
+            r = Signal(shape, name=f"{name}_{lat}_{i}")
+            m.d.sync += r.eq(level[i] + level[i + 1] if i + 1 < len(level) else level[i])
+            nxt.append(r)
+        level, lat = nxt, lat + 1
+    return level[0], lat
+
+
+def max_tree(m, items, name: str = "max"):
+    """Largest value among ``items`` = [(valid, value)], by a registered comparator tree.
+
+    Returns ``(any_valid, max, latency)``; with no valid item the value is unspecified.
+    """
+    level, lat = list(items), 0
+    while len(level) > 1:
+        nxt = []
+        for i in range(0, len(level), 2):
+            va, a = level[i]
+            rv = Signal(name=f"{name}_v{lat}_{i}")
+            r = Signal.like(a, name=f"{name}_{lat}_{i}")
+            if i + 1 < len(level):
+                vb, b = level[i + 1]
+                take_b = vb & (~va | (b > a))
+                m.d.sync += [rv.eq(va | vb), r.eq(Mux(take_b, b, a))]
+            else:
+                m.d.sync += [rv.eq(va), r.eq(a)]
+            nxt.append((rv, r))
+        level, lat = nxt, lat + 1
+    return level[0][0], level[0][1], lat
 
 
 def rom(values: list[int], index, name: str = "rom"):

@@ -78,12 +78,12 @@ def test_softmax_model_edges(method, lanes):
     x = torch.tensor([[3, lo, 5, lo, 1], [lo] * 5])
     out = softmax_model(x, cfg)
     ref = softmax_model(torch.tensor([[3, 5, 1]]), cfg)
-    assert out[0, [0, 2, 4]].tolist() == ref[0].tolist() or lanes != 1
     assert out[0, 1] == 0 and out[0, 3] == 0
     assert out[1].tolist() == [0] * 5
-    # equal rows give equal results regardless of the masked entries' positions (lanes = 1)
-    if lanes == 1:
-        assert out[0, [0, 2, 4]].tolist() == ref[0].tolist()
+    # the unmasked entries match the row without the masked ones (exactly for Shiftmax; the
+    # online states depend on positions, so within an output LSB)
+    diff = (out[0, [0, 2, 4]] - ref[0]).abs().max().item()
+    assert diff == 0 if method == "shiftmax" else diff <= 1
 
 
 def test_softmax_model_online_exp_table():

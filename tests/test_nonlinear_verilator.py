@@ -147,3 +147,59 @@ def test_layernorm_verilator(tmp_path):
         errors=[0, 0],
         cycles=[eng.cycles(x[:3].tolist()), eng.cycles(x[3:].tolist())],
     )
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("method", ["online", "shiftmax"])
+def test_softmax_verilator_longest_rows(tmp_path, method):
+    """Rows of 4096 (the longest) with 16 lanes: the running sums at their largest."""
+    cfg = SoftmaxConfig(method=method, in_dtype="int16", in_frac=8, lanes=16, depth=1024)
+    eng = SoftmaxEngine(cfg)
+    gen = torch.Generator().manual_seed(31)
+    n = 4096
+    x = torch.stack(
+        [
+            torch.full((n,), 32767),  # all equal at the maximum: l = 4096 * 2**16
+            torch.randint(-32767, 32768, (n,), generator=gen),
+            torch.arange(n) * 8 - 16384,  # ascending: 4096 rescalings
+            torch.where(torch.arange(n) % 7 == 0, -32768, 100),  # masked entries
+        ]
+    )
+    expect = softmax_model(x, cfg)
+    assert (expect[0] == 8).all()  # 2**15 / 4096
+    _case(
+        tmp_path, eng,
+        writes=[(_region(eng, "in").offset, _words(eng, "in", x))],
+        instrs=[pack_row_instr(0x20, src=0, dst=0, length=n, rows=4)],
+        expect=[(_out_base(eng), _words(eng, "out", expect))],
+        errors=[0],
+        cycles=[eng.cycles(n, 4)],
+        gap=0,
+    )
+
+
+@pytest.mark.slow
+def test_layernorm_verilator_longest_rows(tmp_path):
+    """Rows of 4096 at the input extremes: the sum and the sum of squares at their largest."""
+    cfg = LayerNormConfig(in_dtype="int16", in_frac=8, lanes=16, depth=1024, max_len=4096)
+    eng = LayerNormEngine(cfg)
+    n = 4096
+    alt = torch.where(torch.arange(n) % 2 == 0, 32767, -32768)
+    x = torch.stack([alt, torch.full((n,), -32768), torch.where(torch.arange(n) < 4095, 32767,
+                                                                -32768)])  # fmt: skip
+    gam = torch.full((1, n), 2**15 - 1)
+    bet = torch.full((1, n), -(2**15))
+    expect = layernorm_model(x, gam[0], bet[0], cfg)
+    _case(
+        tmp_path, eng,
+        writes=[
+            (_region(eng, "in").offset, _words(eng, "in", x)),
+            (_region(eng, "gamma").offset, _words(eng, "gamma", gam)),
+            (_region(eng, "beta").offset, _words(eng, "beta", bet)),
+        ],
+        instrs=[pack_row_instr(0x22, src=0, dst=0, length=n, rows=3)],
+        expect=[(_out_base(eng), _words(eng, "out", expect))],
+        errors=[0],
+        cycles=[eng.cycles(x.tolist())],
+        gap=0,
+    )

@@ -15,8 +15,8 @@ int16 (f=11)    int16 (f=11)    3.5e-4  3.0e-2
 (``rom`` sits at the output format's own rounding floor plus ~1e-4 of interpolation error.)
 
 Timing: one vector word (``lanes`` elements) per cycle; a row of ``n`` elements takes
-``ceil(n / lanes) + latency + 3`` cycles, ``latency`` 4 for ``rom`` and 8 for ``shiftgelu``
-(its divider is pipelined every 4 quotient bits), plus 3 cycles of instruction checks per
+``ceil(n / lanes) + latency + 3`` cycles, ``latency`` 6 for ``rom`` and 13 for ``shiftgelu``
+(its divider is pipelined every 2 quotient bits), plus 3 cycles of instruction checks per
 instruction (``cycles()``, held by a test against the RTL).
 """
 
@@ -64,9 +64,10 @@ class GeluEngine(RowEngine):
 
     @property
     def latency(self) -> int:
-        return 4 if self.config.method == "rom" else 4 + self._div_latency
+        """Cycles from a vector word leaving the input memory to its result."""
+        return 6 if self.config.method == "rom" else 6 + self._div_latency
 
-    _div_latency = 4  # restoring_div of 16 quotient bits, a register every 4
+    _div_latency = 7  # restoring_div of 16 quotient bits, a register every 2
 
     def cycles(self, length: int, rows: int) -> int:
         """Cycles from the instruction's acceptance to its ``done`` pulse (the cycle model)."""
@@ -118,15 +119,19 @@ class GeluEngine(RowEngine):
         b = _reg(m, rom(table, k + 1), unsigned(ROM_FRAC), f"{p}_b")
         u2 = _reg(m, u, len(u), f"{p}_u2")
         relu2 = _reg(m, relu, len(relu), f"{p}_relu2")
-        # stage 3: linear interpolation
-        diff = b.as_signed() - a.as_signed() if False else b - a
-        interp = a + _rshift_round(diff.as_signed() * u2, sh) if sh else a
+        # stages 3-5: linear interpolation (difference, product, sum: one operation each, so a
+        # block-RAM read, a multiplier and an adder are never in series)
+        diff = _reg(m, b.as_signed() - a.as_signed(), signed(ROM_FRAC + 1), f"{p}_diff")
+        a3, u3 = _reg(m, a, len(a), f"{p}_a3"), _reg(m, u2, len(u2), f"{p}_u3")
+        prod = _reg(m, diff * u3, signed(ROM_FRAC + 2 + len(u3)), f"{p}_prod")
+        a4 = _reg(m, a3, len(a), f"{p}_a4")
+        interp = a4 + _rshift_round(prod, sh) if sh else a4
         delta = _reg(m, interp, signed(ROM_FRAC + 2), f"{p}_delta")
-        relu3 = _reg(m, relu2, len(relu), f"{p}_relu3")
-        # stage 4: ReLU(x) - delta, rounded to the output format and saturated
+        relu3 = delay(m, relu2, 3, f"{p}_relu3")
+        # stage 6: ReLU(x) - delta, rounded to the output format and saturated
         yv = (relu3 << (ROM_FRAC - f)).as_signed() - delta
         y = _reg(m, _sat(_rshift_round(yv, ROM_FRAC - of), cfg.out_fmt), cfg.out_fmt.shape, f"{p}_y")
-        return y, 4
+        return y, 6
 
     def _lane_shift(self, m, x, p):
         cfg = self.config
@@ -155,12 +160,12 @@ class GeluEngine(RowEngine):
         num = Cat(Const(0, SIG_BITS), e)
         den = Signal(E_BITS + 2, name=f"{p}_den")
         m.d.comb += den.eq(e + (1 << E_BITS))
-        sig_neg, dl = restoring_div(m, num, den, SIG_BITS, stage_bits=4, name=f"{p}_div")
+        sig_neg, dl = restoring_div(m, num, den, SIG_BITS, stage_bits=2, name=f"{p}_div")
         sp = delay(m, delay(m, s_pos, 2, f"{p}_sp"), dl, f"{p}_spd")
         xd = delay(m, x3, dl, f"{p}_xd")
         sig = _reg(m, Mux(sp, (1 << SIG_BITS) - sig_neg, sig_neg), unsigned(SIG_BITS + 1), f"{p}_sig")
         x4 = _reg(m, xd, signed(w), f"{p}_x4")
-        # last stage: x * sigmoid, rounded and saturated
-        prod = x4 * sig
+        # last stages: x * sigmoid (registered), then rounded and saturated
+        prod = _reg(m, x4 * sig, signed(len(x4) + SIG_BITS + 2), f"{p}_xs")
         y = _reg(m, _sat(_rshift_round(prod, f + SIG_BITS - of), cfg.out_fmt), cfg.out_fmt.shape, f"{p}_y")
-        return y, 5 + dl
+        return y, 6 + dl

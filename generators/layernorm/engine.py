@@ -20,12 +20,14 @@ from __future__ import annotations
 
 from amaranth.hdl import Const, Mux, Signal, signed, unsigned
 
-from ...hdl.nonlinear_common import Region, RowEngine, SeqDivider, delay
+from ...hdl.nonlinear_common import Region, RowEngine, SeqDivider, delay, sum_tree
 from ..engine import Window, engine_ports
 from .config import LayerNormConfig
 from .model import Z_FRAC, eps_int, isqrt_newton, k_shift, var_scale
 
 __all__ = ["LayerNormEngine"]
+
+OUT_LAT = 6  # output pass: vector word read -> result written
 
 
 def _reg(m, value, shape, name):
@@ -38,13 +40,14 @@ def _rsr(v, s: int):
     return (v + (1 << (s - 1))) >> s if s > 0 else v << (-s)
 
 
-def _bitlen(m, v, name):
-    """Combinational bit length of an unsigned value (0 for 0)."""
-    out = Signal(range(len(v) + 1), name=name)
-    for i in range(len(v)):  # the last assignment wins: the highest set bit
-        with m.If(v[i]):
-            m.d.comb += out.eq(i + 1)
-    return out
+def _bitlen(v):
+    """Bit length of an unsigned value (0 for 0), as a log-depth tree of halves."""
+    n = len(v)
+    if n == 1:
+        return v[0]
+    half = 1 << ((n - 1).bit_length() - 1)  # the largest power of two below n
+    hi, lo = v[half:], v[:half]
+    return Mux(hi.any(), _bitlen(hi) + half, _bitlen(lo))
 
 
 class LayerNormEngine(RowEngine):
@@ -93,7 +96,8 @@ class LayerNormEngine(RowEngine):
             vs = var << (2 * a)
             hb = (vs.bit_length() + 1) // 2
             steps = isqrt_newton(vs)[1]
-            total += 3 * (w + 1) + 3 + 2 + 4 + 3  # passes and their tails
+            tree = 2 * (cfg.lanes - 1).bit_length()  # the two adder trees
+            total += 3 * (w + 1) + 3 + 2 + OUT_LAT + 3 + tree  # passes and their tails
             total += (W + G + 3) + (2 * (W + G) + 3) + steps * (hb + 4) + (k_shift(cfg) + a + 5)
         return total
 
@@ -125,27 +129,34 @@ class LayerNormEngine(RowEngine):
                 m.d.sync += ssum[i].eq(ssum[i] + xv)
             with m.Elif(mode == 1):
                 m.d.sync += vsum[i].eq(vsum[i] + sq)
-            # output pass: y (stage 1) -> y * R (2) -> z * gamma (3) -> + beta, saturate (4)
-            gam = _reg(m, ctx.params["gamma"][i], signed(16), f"g{i}")
-            bet = _reg(m, ctx.params["beta"][i], signed(16), f"b{i}")
-            zp = _reg(m, y * recip, signed(yw + rw + 1), f"zp{i}")
-            z = _rsr(zp, K - Z_FRAC)
-            g2 = _reg(m, gam, signed(16), f"g2{i}")
-            zg = _reg(m, z * g2, signed(len(zp) + 16), f"zg{i}")
-            b3 = delay(m, bet, 2, f"b3{i}")
-            o = _rsr(zg, Z_FRAC + cfg.gamma_frac - cfg.out_frac) + b3
+            # output pass, one multiplier or one adder per stage: y (1), y * R as two partial
+            # products (2), their sum (3), z = round(y R / 2**(K-16)) (4), z * gamma (5),
+            # + beta, rounded and saturated (6)
+            gam = delay(m, ctx.params["gamma"][i], 4, f"g{i}")
+            bet = delay(m, ctx.params["beta"][i], 5, f"b{i}")
+            lo_w = min(18, rw)
+            p_lo = _reg(m, y * recip[:lo_w], signed(yw + lo_w + 1), f"plo{i}")
+            p_hi = _reg(m, y * recip[lo_w:], signed(yw + rw - lo_w + 1), f"phi{i}")
+            zp = _reg(m, p_lo + (p_hi << lo_w), signed(yw + rw + 1), f"zp{i}")
+            z = _reg(m, _rsr(zp, K - Z_FRAC), signed(yw + rw + 1 - (K - Z_FRAC) + 1), f"z{i}")
+            zg = _reg(m, z * gam, signed(len(z) + 16), f"zg{i}")
+            o = _rsr(zg, Z_FRAC + cfg.gamma_frac - cfg.out_frac) + bet
             of = cfg.out_fmt
             outs.append(_reg(m, Mux(o > of.max, of.max, Mux(o < of.min, of.min, o)), of.shape,
                              f"o{i}"))
 
-        wr_v = delay(m, ctx.rd_valid, 4, "wr_v")
-        m.d.comb += [ctx.wr_en.eq(wr_v & (mode == 2)), ctx.wr_idx.eq(delay(m, ctx.rd_idx, 4, "wi"))]
-        lanes_d = delay(m, ctx.rd_lanes, 4, "wl")
+        wr_v = delay(m, ctx.rd_valid, OUT_LAT, "wr_v")
+        m.d.comb += [ctx.wr_en.eq(wr_v & (mode == 2)),
+                     ctx.wr_idx.eq(delay(m, ctx.rd_idx, OUT_LAT, "wi"))]  # fmt: skip
+        lanes_d = delay(m, ctx.rd_lanes, OUT_LAT, "wl")
         for i, o in enumerate(outs):
             m.d.comb += ctx.wr_data[i].eq(Mux(lanes_d[i], o, 0))
         tail1 = delay(m, ctx.rd_last, 1, "t1")
         tail2 = delay(m, ctx.rd_last, 2, "t2")
-        tail4 = delay(m, ctx.rd_last, 4, "t4")
+        tail4 = delay(m, ctx.rd_last, OUT_LAT, "t4")
+        s_tree, s_lat = sum_tree(m, ssum, W + 17, "stree")
+        v_tree, v_lat = sum_tree(m, vsum, vw + 4, "vtree")
+        wait = Signal(range(max(s_lat, v_lat) + 2))
 
         kw = max(W + G + 3, 20)  # the root of a variance scaled to >= 2**32
         div = SeqDivider(dividend_width=nw, divisor_width=kw)
@@ -162,8 +173,9 @@ class LayerNormEngine(RowEngine):
         k = Signal(kw)
         hb = Signal(range(64))
         n = ctx.length
-        vlen = _bitlen(m, var, "var_len")
-        vslen = _bitlen(m, vs, "vs_len")
+        vlen = Signal(range(len(var) + 1))
+        vslen = Signal(range(len(vs) + 1))
+        m.d.comb += [vlen.eq(_bitlen(var)), vslen.eq(_bitlen(vs))]
         eps = eps_int(cfg)
 
         def divide(name, nxt_setup, on_done):
@@ -181,12 +193,15 @@ class LayerNormEngine(RowEngine):
                     m.d.sync += mode.eq(0)
                     m.next = "PASS1"
             with m.State("PASS1"):
+                m.d.sync += wait.eq(0)
                 with m.If(tail1):
                     m.d.sync += mode.eq(3)
                     m.next = "SUM1"
-            with m.State("SUM1"):
-                m.d.sync += s_tot.eq(sum(ssum))
-                m.next = "MEAN_SET"
+            with m.State("SUM1"):  # the adder tree settles
+                m.d.sync += wait.eq(wait + 1)
+                with m.If(wait == s_lat):
+                    m.d.sync += s_tot.eq(s_tree)
+                    m.next = "MEAN_SET"
             with m.State("MEAN_SET"):
                 mag = Mux(s_tot < 0, -s_tot, s_tot).as_unsigned()
                 m.d.sync += [num.eq((mag << (G + 1)) + n), den.eq(n << 1), qb.eq(W + G)]
@@ -200,12 +215,15 @@ class LayerNormEngine(RowEngine):
 
             divide("MEAN", None, mean_done)
             with m.State("PASS2"):
+                m.d.sync += wait.eq(0)
                 with m.If(tail2):
                     m.d.sync += mode.eq(3)
                     m.next = "SUM2"
             with m.State("SUM2"):
-                m.d.sync += v_tot.eq(sum(vsum))
-                m.next = "VAR_SET"
+                m.d.sync += wait.eq(wait + 1)
+                with m.If(wait == v_lat):
+                    m.d.sync += v_tot.eq(v_tree)
+                    m.next = "VAR_SET"
             with m.State("VAR_SET"):
                 m.d.sync += [num.eq(v_tot), den.eq(n), qb.eq(2 * (W + G) + 1)]
                 m.next = "VAR"

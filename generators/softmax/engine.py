@@ -1,8 +1,10 @@
 """The softmax engine: ``lanes`` exp pipelines with per-lane running statistics.
 
-Method ``online`` (two passes over the row): pass 1 streams the row once; each lane keeps a
-running max ``m`` and a running sum ``l`` rescaled on every new maximum; the lanes are combined
-(``L`` cycles through lane 0's exp pipeline), ``R = floor(2**46 / l)`` by a sequential divider
+Method ``online`` (two passes over the row): pass 1 streams the row once; each lane keeps two
+running states (even / odd vector words: each is updated every other cycle, so the rescaling
+multiply has a pipeline stage of its own), a running max ``m`` and a running sum ``l`` rescaled
+on every new maximum; the ``2 L`` states are combined (``2 L`` cycles through lane 0's exp
+pipeline), ``R = floor(2**46 / l)`` by a sequential divider
 (32 cycles), and pass 2 writes ``round(exp(x - M) * R / 2**31)``.
 
 Method ``shiftmax`` (I-ViT, three passes): a max pass, a shift-exp sum pass, the divider, and the
@@ -20,18 +22,19 @@ Error bounds (max abs error of a probability against ``torch.softmax`` in float6
 Masked entries (the input format's minimum) give 0; a fully masked row gives all zeros.
 Output: uint16, 1.0 == 2**15.
 
-Timing (``cycles()``, held by a test): ``online`` row = ``2 * ceil(n / L) + L + 53`` cycles;
-``shiftmax`` row = ``3 * ceil(n / L) + 55``; plus 3 cycles of instruction checks.
+Timing (``cycles()``, held by a test): ``online`` row = ``2 ceil(n / L) + 2 L + 56 +
+ceil(log2(2 L))`` cycles; ``shiftmax`` row = ``3 ceil(n / L) + 56 + 2 ceil(log2 L)``; plus 3
+cycles of instruction checks per instruction. Each pass streams one vector word per cycle.
 """
 
 from __future__ import annotations
 
 from amaranth.hdl import Array, Cat, Const, Mux, Signal, signed, unsigned
 
-from ...hdl.nonlinear_common import Region, RowEngine, SeqDivider, delay, rom
+from ...hdl.nonlinear_common import Region, RowEngine, SeqDivider, delay, max_tree, rom, sum_tree
 from ..engine import Window, engine_ports
 from .config import SoftmaxConfig
-from .model import DIV_SHIFT, E_ONE, LOG2E_Q20, OUT_SHIFT, T_FRAC, TAB_HI, TAB_LO
+from .model import DIV_SHIFT, E_ONE, LOG2E_Q20, OUT_SHIFT, SETS, T_FRAC, TAB_HI, TAB_LO
 
 __all__ = ["SoftmaxEngine"]
 
@@ -109,7 +112,10 @@ class SoftmaxEngine(RowEngine):
 
         A fully masked row skips the divider (``R_WIDTH`` = 31 cycles fewer)."""
         w, L = -(-length // self.config.lanes), self.config.lanes
-        per_row = 2 * w + L + 53 if self.config.method == "online" else 3 * w + 55
+        if self.config.method == "online":  # + the comparator tree over the 2 L states
+            per_row = 2 * w + 2 * L + 56 + (2 * L - 1).bit_length()
+        else:  # + the comparator and adder trees over the L lanes
+            per_row = 3 * w + 56 + 2 * (L - 1).bit_length()
         return 3 + rows * per_row - masked_rows * R_WIDTH
 
     def elaborate_row(self, m, ctx):
@@ -118,45 +124,56 @@ class SoftmaxEngine(RowEngine):
         online = cfg.method == "online"
         exp_fn = exp_online_rtl if online else exp_shift_rtl
         W = fmt.width
+        # online: each lane keeps two running states, for its even and its odd vector words, so
+        # a state is updated every other cycle and its rescaling multiply gets its own stage
+        S = SETS if online else 1
 
         mode = Signal(2)  # 0: running max (+ online sums), 1: sums (shiftmax), 2: output
         M = Signal(signed(W))
         any_valid = Signal()
         recip = Signal(R_WIDTH)
-        m_l = [Signal(signed(W), name=f"m{i}") for i in range(L)]
-        has = [Signal(name=f"has{i}") for i in range(L)]
-        lsum = [Signal(L_WIDTH, name=f"l{i}") for i in range(L)]
+        m_s = [[Signal(signed(W), name=f"m{i}_{k}") for k in range(S)] for i in range(L)]
+        has = [[Signal(name=f"has{i}_{k}") for k in range(S)] for i in range(L)]
+        lsum = [[Signal(L_WIDTH, name=f"l{i}_{k}") for k in range(S)] for i in range(L)]
+        states = [(has[i][k], m_s[i][k], lsum[i][k]) for k in range(S) for i in range(L)]
         l_tot = Signal(L_WIDTH)
         feeding = Signal()
-        feed_i = Signal(range(L + 1))
+        feed_i = Signal(range(len(states) + 1))
         reset_stats = Signal()
+        par = ctx.rd_idx[0] if S == 2 else Const(0, 1)
 
         outs = []
         for i, x in enumerate(ctx.rd_data):
             v = ctx.rd_lanes[i] & (x != fmt.min)
-            new_max = v & (~has[i] | (x > m_l[i]))
-            d0 = Mux(mode == 0, Mux(new_max, x - m_l[i], m_l[i] - x), M - x)
-            d0 = Mux((mode == 0) & ~has[i], 0, d0)
-            with m.If(reset_stats):
-                m.d.sync += [has[i].eq(0), lsum[i].eq(0)]
-            with m.Elif((mode == 0) & v):
-                m.d.sync += [has[i].eq(1), m_l[i].eq(Mux(new_max, x, m_l[i]))]
-            if i == 0:  # lane 0's exp pipeline also combines the lanes (online)
-                dsel = Array(M - mm for mm in m_l)[feed_i]
-                d0 = Mux(feeding, dsel, d0)
+            m_cur = Array(m_s[i])[par]
+            has_cur = Array(has[i])[par]
+            new_max = v & (~has_cur | (x > m_cur))
+            d0 = Mux(mode == 0, Mux(new_max, x - m_cur, m_cur - x), M - x)
+            d0 = Mux((mode == 0) & ~has_cur, 0, d0)
+            for k in range(S):
+                with m.If(reset_stats):
+                    m.d.sync += [has[i][k].eq(0), lsum[i][k].eq(0)]
+                with m.Elif((mode == 0) & v & (par == k)):
+                    m.d.sync += [has[i][k].eq(1), m_s[i][k].eq(Mux(new_max, x, m_cur))]
+            if i == 0:  # lane 0's exp pipeline also combines the states (online)
+                d0 = Mux(feeding, Array(M - mm for _, mm, _ in states)[feed_i], d0)
             d = _reg(m, d0, unsigned(W), f"d{i}")
-            flags = _reg(m, Cat(v, new_max, v & ~has[i]), 3, f"fl{i}")
+            flags = _reg(m, Cat(v, new_max, v & ~has_cur, par), 4, f"fl{i}")
             e = exp_fn(m, d, f, f"x{i}")
             fd = delay(m, flags, EXP_LAT, f"fd{i}")
-            fv, fnew, ffirst = fd[0], fd[1], fd[2]
-            # accumulate (pass 1 / the sum pass)
-            with m.If(fv & (mode == 0) & (online is True)):
-                upd = Mux(
-                    ffirst, E_ONE, Mux(fnew, _rsr(lsum[i] * e, 16) + E_ONE, lsum[i] + e)
-                )
-                m.d.sync += lsum[i].eq(upd)
+            fv, fset = fd[0], fd[3]
+            if online:
+                # stage A: the rescaling product and the plain sum; stage B: the new state
+                l_cur = Array(lsum[i])[fset]
+                prod_a = _reg(m, l_cur * e, unsigned(L_WIDTH + 17), f"pa{i}")
+                sum_a = _reg(m, l_cur + e, unsigned(L_WIDTH), f"sa{i}")
+                fl_a = _reg(m, fd, 4, f"fa{i}")
+                upd = Mux(fl_a[2], E_ONE, Mux(fl_a[1], _rsr(prod_a, 16) + E_ONE, sum_a))
+                for k in range(S):
+                    with m.If(fl_a[0] & (mode == 0) & (fl_a[3] == k)):
+                        m.d.sync += lsum[i][k].eq(upd)
             with m.If(fv & (mode == 1)):
-                m.d.sync += lsum[i].eq(lsum[i] + e)
+                m.d.sync += lsum[i][0].eq(lsum[i][0] + e)
             # output pass
             prod = _reg(m, e * recip, unsigned(17 + R_WIDTH), f"op{i}")
             pv = _reg(m, fv, 1, f"opv{i}")
@@ -165,16 +182,17 @@ class SoftmaxEngine(RowEngine):
             if i == 0:
                 e0 = e
 
-        # lane combine (online): l_tot += round(l_i * exp(M - m_i)), i from the feed
+        # state combine (online): l_tot += round(l_j * exp(M - m_j)), j from the feed
         fi = delay(m, feed_i, 1 + EXP_LAT, "fi")
         fval = delay(m, feeding, 1 + EXP_LAT, "fval")
-        fhas = Array(has)[fi]
-        with m.If(fval & fhas):
-            m.d.sync += l_tot.eq(l_tot + _rsr(Array(lsum)[fi] * e0, 16))
-        feed_last = delay(m, feeding & (feed_i == L - 1), 1 + EXP_LAT, "flast")
+        cprod = _reg(m, Array(l for _, _, l in states)[fi] * e0, unsigned(L_WIDTH + 17), "cprod")
+        cval = _reg(m, fval & Array(h for h, _, _ in states)[fi], 1, "cval")
+        with m.If(cval):
+            m.d.sync += l_tot.eq(l_tot + _rsr(cprod, 16))
+        feed_last = delay(m, feeding & (feed_i == len(states) - 1), 2 + EXP_LAT, "flast")
 
         # tails of the passes
-        tail_stats = delay(m, ctx.rd_last, 1 + EXP_LAT, "tail_s")
+        tail_stats = delay(m, ctx.rd_last, 1 + EXP_LAT + (2 if online else 0), "tail_s")
         tail_out = delay(m, ctx.rd_last, 2 + EXP_LAT, "tail_o")
         wr_v = delay(m, ctx.rd_valid, 2 + EXP_LAT, "wr_v")
         wr_idx = delay(m, ctx.rd_idx, 2 + EXP_LAT, "wr_idx")
@@ -189,14 +207,9 @@ class SoftmaxEngine(RowEngine):
             div.divisor.eq(l_tot),
             div.qbits.eq(R_WIDTH),
         ]
-        mx = Signal(signed(W))
-        anyv = Signal()
-        # max over the lanes that saw an unmasked element
-        cur, cur_has = m_l[0], has[0]
-        for i in range(1, L):
-            take = has[i] & (~cur_has | (m_l[i] > cur))
-            cur, cur_has = Mux(take, m_l[i], cur), cur_has | has[i]
-        m.d.comb += [mx.eq(cur), anyv.eq(cur_has)]
+        anyv, mx, max_lat = max_tree(m, [(h, mm) for h, mm, _ in states], "smax")
+        tot, sum_lat = sum_tree(m, [lsum[i][0] for i in range(L)], L_WIDTH, "ssum")
+        wait = Signal(range(max(max_lat, sum_lat) + 2))
 
         with m.FSM(name="softmax"):
             with m.State("IDLE"):
@@ -205,33 +218,41 @@ class SoftmaxEngine(RowEngine):
                     m.d.sync += [mode.eq(0), l_tot.eq(0)]
                     m.next = "PASS1"
             with m.State("PASS1"):
+                m.d.sync += wait.eq(0)
                 with m.If(tail_stats):
                     m.next = "MAX"
-            with m.State("MAX"):
-                m.d.sync += [M.eq(mx), any_valid.eq(anyv)]
-                if online:
-                    m.d.sync += [feeding.eq(1), feed_i.eq(0)]
-                    m.next = "FEED"
-                else:
-                    m.d.sync += mode.eq(1)
-                    m.d.comb += ctx.read_start.eq(1)
-                    m.next = "PASS_SUM"
+            with m.State("MAX"):  # the comparator tree settles
+                m.d.sync += wait.eq(wait + 1)
+                with m.If(wait == max_lat):
+                    m.d.sync += [M.eq(mx), any_valid.eq(anyv)]
+                    if online:
+                        m.d.sync += [feeding.eq(1), feed_i.eq(0)]
+                        m.next = "FEED"
+                    else:
+                        m.d.sync += mode.eq(1)
+                        m.next = "SUM_START"
             if online:
                 with m.State("FEED"):
                     m.d.sync += feed_i.eq(feed_i + 1)
-                    with m.If(feed_i == L - 1):
+                    with m.If(feed_i == len(states) - 1):
                         m.d.sync += feeding.eq(0)
                         m.next = "FEED_WAIT"
                 with m.State("FEED_WAIT"):
                     with m.If(feed_last):
                         m.next = "DIV"
             else:
+                with m.State("SUM_START"):
+                    m.d.comb += ctx.read_start.eq(1)
+                    m.next = "PASS_SUM"
                 with m.State("PASS_SUM"):
+                    m.d.sync += wait.eq(0)
                     with m.If(tail_stats):
                         m.next = "SUM"
-                with m.State("SUM"):
-                    m.d.sync += l_tot.eq(sum(lsum))
-                    m.next = "DIV"
+                with m.State("SUM"):  # the adder tree settles
+                    m.d.sync += wait.eq(wait + 1)
+                    with m.If(wait == sum_lat):
+                        m.d.sync += l_tot.eq(tot)
+                        m.next = "DIV"
             with m.State("DIV"):
                 m.d.comb += div.start.eq(any_valid)
                 m.next = "DIV_WAIT"

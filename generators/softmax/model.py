@@ -7,9 +7,11 @@ and ``out = min(round_half_up(e * R / 2**31), 65535)``: a probability with 1.0 =
 ``online``: exp by base-2 range reduction. ``T = round(d * log2(e) * 2**(12 - f))`` (d = max - x in
 input LSBs), ``q = T >> 12``, ``r = T & 4095``; ``2**-(r/4096)`` is the product of two 64-entry
 tables (``TAB_HI[r >> 6] * TAB_LO[r & 63]``, rounded to 16 bits), shifted right by ``q`` with
-rounding. Lane ``k`` keeps its own running max ``m`` and running sum ``l`` over elements
-``k, k + lanes, ...``: a new maximum rescales ``l <- round(l * exp(m_old - x)) + 1``; otherwise
-``l <- l + exp(x - m)``. The lanes' sums are combined with ``l = sum round(l_k * exp(m_k - M))``.
+rounding. Lane ``k`` keeps two running states (max ``m``, sum ``l``), one over the elements
+of the row's even vector words (``k, k + 2 lanes, ...``) and one over its odd vector words (so
+in hardware a state updates every other cycle): a new maximum rescales
+``l <- round(l * exp(m_old - x)) + 1``; otherwise ``l <- l + exp(x - m)``. The ``2 lanes`` states
+are combined with ``l = sum round(l_j * exp(m_j - M))``.
 
 ``shiftmax``: I-ViT's shift exp: ``x * log2 e ~ x + (x >> 1) - (x >> 4)``, clamp at ``-15``
 (n = 15, in 2**-f units times 2**f), ``q = -x >> f``, ``r = x + q * 2**f``, ``e = (r / 2 + 2**f)
@@ -38,6 +40,7 @@ __all__ = [
     "TAB_LO",
     "LOG2E_Q20",
     "tables",
+    "SETS",
 ]
 
 E_ONE = 1 << 16  # exp(0)
@@ -46,6 +49,7 @@ OUT_SHIFT = 31  # out = round(e * R / 2**31): 1.0 == 2**15
 LOG2E_Q20 = round(math.log2(math.e) * (1 << 20))
 T_FRAC = 12  # fraction bits of the base-2 exponent T
 TAB_BITS = 6
+SETS = 2  # online running states per lane (even / odd vector words)
 
 
 def tables() -> tuple[list[int], list[int]]:
@@ -98,6 +102,14 @@ def _rows(x: torch.Tensor, cfg: SoftmaxConfig):
 
 def _online_stats(xw, vw, cfg):
     rows, w, L = xw.shape
+    # state j = (word % SETS) * lanes + lane runs over the words of its parity, in order
+    w2 = -(-w // SETS)
+    pad = w2 * SETS - w
+    xw = torch.cat([xw, torch.zeros(rows, pad, L, dtype=torch.int64)], dim=1)
+    vw = torch.cat([vw, torch.zeros(rows, pad, L, dtype=torch.bool)], dim=1)
+    xw = xw.view(rows, w2, SETS * L)
+    vw = vw.view(rows, w2, SETS * L)
+    w, L = w2, SETS * L
     f = cfg.in_frac
     m = torch.zeros(rows, L, dtype=torch.int64)
     has = torch.zeros(rows, L, dtype=torch.bool)
