@@ -14,7 +14,8 @@ Pipeline (one pass enters per pass time; every stage keeps up with one-cycle pas
    group's BitMoD FP3/FP4 grid; FP4's 16 becomes 8 against a doubled activation, so 4-bit BitMoD
    walks 4 planes), activations -> integers (masked past K); registered.
 2. planes: per PE, per cycle, ``sum_b sum_l bit_(j*bpc+b)(|w_l|) * (+/-a_l) << b`` (an AND-mux
-   and an adder tree, no multiplier), shifted by ``j*bpc`` into the group's exact partial sum.
+   and an adder tree, no multiplier; negative terms as inverted activations plus a count of
+   them), registered; 2b shifts it by ``j*bpc`` into the group's exact partial sum.
 3. dequantisation: the group's partial sum times its 16-bit scale (one multiplier per PE).
 4. accumulate: adds the groups of a result (``acc_width`` bits, wrapping) and writes the tile's
    ``pes`` results into the result memory.
@@ -302,8 +303,13 @@ class BitserialEngine(wiring.Component):
             act.append(v)
 
         planes_w = cfg.max_planes
-        sa = [[Signal(signed(a_w + 1), name=f"sa_{p}_{lane}") for lane in range(cfg.lanes)]
-              for p in range(cfg.pes)]
+        act_q = [Signal(signed(a_w), name=f"act_{lane}") for lane in range(cfg.lanes)]
+        with m.If(load):
+            m.d.sync += [q.eq(a) for q, a in zip(act_q, act)]
+        wneg = [[Signal(name=f"wneg_{p}_{lane}") for lane in range(cfg.lanes)]
+                for p in range(cfg.pes)]
+        wdbl = [[Signal(name=f"wdbl_{p}_{lane}") for lane in range(cfg.lanes)]
+                for p in range(cfg.pes)]
         mag = [[Signal(planes_w, name=f"mag_{p}_{lane}") for lane in range(cfg.lanes)]
                for p in range(cfg.pes)]
         scale = [Signal(SCALE_BITS + 1, name=f"scale_{p}") for p in range(cfg.pes)]
@@ -324,9 +330,9 @@ class BitserialEngine(wiring.Component):
                 neg, mg, dbl = _int_sign_mag(m, f"{p}_{lane}", code, low, sbit, ins["w_enc"])
                 if fp is not None:
                     neg, mg, dbl = _bitmod_sign_mag(m, f"{p}_{lane}", code, fp, neg, mg, dbl)
-                a2 = Mux(dbl, act[lane] << 1, act[lane])
                 with m.If(load):
-                    m.d.sync += [mag[p][lane].eq(mg), sa[p][lane].eq(Mux(neg, -a2, a2))]
+                    m.d.sync += [mag[p][lane].eq(mg), wneg[p][lane].eq(neg),
+                                 wdbl[p][lane].eq(dbl)]
             with m.If(load):
                 m.d.sync += scale[p].eq(Mux(ins["scaled"], slot[:SCALE_BITS], 1))
             if fp is not None:
@@ -339,48 +345,63 @@ class BitserialEngine(wiring.Component):
         macs = Signal(16)
         with m.If(load):
             m.d.sync += macs.eq(s1["lanes_valid"] * s1["pes_valid"])
-        return {"s1": s1, "sa": sa, "mag": mag, "scale": scale, "macs": macs}
+        return {"s1": s1, "act": act_q, "neg": wneg, "dbl": wdbl, "mag": mag, "scale": scale,
+                "macs": macs}
 
     # ------------------------------------------------------------------------------------------
     def _planes(self, m, dec):
-        """Stage 2: bit-plane sums into each PE's exact group partial sum."""
+        """Stage 2: bit-plane sums (registered); stage 2b: shift them into each PE's exact group
+        partial sum. A negative weight's term is the inverted activation, with the +1 of each
+        such term added once as a count (no negator per weight)."""
         cfg = self.cfg
         bpc = cfg.bits_per_cycle
         s2 = {k: Signal(v.shape(), name=f"s2_{k}") for k, v in dec["s1"].items()}
         for k, v in dec["s1"].items():
             m.d.sync += s2[k].eq(v)
+        s2b = {k: Signal(v.shape(), name=f"s2b_{k}") for k, v in s2.items()}
+        for k, v in s2.items():
+            m.d.sync += s2b[k].eq(v)
         pw = psum_width(cfg)
+        a_w = cfg.a_max_bits + 1
         out_valid = Signal()
         gsum = [Signal(signed(pw), name=f"gsum_{p}") for p in range(cfg.pes)]
         gscale = [Signal(SCALE_BITS + 1, name=f"gscale_{p}") for p in range(cfg.pes)]
+        scale_b = [Signal(SCALE_BITS + 1, name=f"scale_b_{p}") for p in range(cfg.pes)]
         flags = {k: Signal(s2[k].shape(), name=f"s3_{k}") for k in ("last_row", "last_all", "r_addr")}
         computing = s2["valid"]
         s1_load = dec["s1"]["valid"] & dec["s1"]["first_j"]
-        group_end = computing & s2["last_j"] & s2["last_g"]
+        group_end = s2b["valid"] & s2b["last_j"] & s2b["last_g"]
         for p in range(cfg.pes):
-            terms = []
+            terms, ones = [], []
             for lane in range(cfg.lanes):
-                mag, sa = dec["mag"][p][lane], dec["sa"][p][lane]
+                mag, neg, dbl = dec["mag"][p][lane], dec["neg"][p][lane], dec["dbl"][p][lane]
+                a = dec["act"][lane]
+                a2 = Signal(signed(a_w + 1), name=f"a2_{p}_{lane}")
+                m.d.comb += a2.eq(Mux(dbl, a << 1, a) ^ Mux(neg, -1, 0))
                 for b in range(bpc):
-                    terms.append(Mux(mag[b], sa << b if b else sa, 0))
+                    terms.append(Mux(mag[b], a2 << b if b else a2, 0))
+                    ones.append((mag[b] & neg) << b if b else (mag[b] & neg))
             plane_sum = Signal(signed(cfg.a_max_bits + 3 + bpc + _log2(cfg.lanes)),
                                name=f"plane_{p}")
-            m.d.comb += plane_sum.eq(_tree_sum(terms))
+            with m.If(computing):
+                m.d.sync += plane_sum.eq(_tree_sum(terms + [_tree_sum(ones)]))
             psum = Signal(signed(pw), name=f"psum_{p}")
             nxt = Signal(signed(pw), name=f"psum_next_{p}")
-            first = s2["first_j"] & s2["first_g"]
-            m.d.comb += nxt.eq(Mux(first, 0, psum) + (plane_sum << s2["shift"]))
-            with m.If(computing):
+            first = s2b["first_j"] & s2b["first_g"]
+            m.d.comb += nxt.eq(Mux(first, 0, psum) + (plane_sum << s2b["shift"]))
+            with m.If(s2b["valid"]):
                 m.d.sync += psum.eq(nxt)
             # the shift register walks the magnitude planes bpc at a time
             with m.If(computing & ~s1_load):
                 for lane in range(cfg.lanes):
                     m.d.sync += dec["mag"][p][lane].eq(dec["mag"][p][lane] >> bpc)
+            with m.If(computing):
+                m.d.sync += scale_b[p].eq(dec["scale"][p])
             with m.If(group_end):
-                m.d.sync += [gsum[p].eq(nxt), gscale[p].eq(dec["scale"][p])]
+                m.d.sync += [gsum[p].eq(nxt), gscale[p].eq(scale_b[p])]
         m.d.sync += out_valid.eq(group_end)
         with m.If(group_end):
-            m.d.sync += [flags[k].eq(s2[k]) for k in flags]
+            m.d.sync += [flags[k].eq(s2b[k]) for k in flags]
         m.d.comb += [
             self.perf_macs.eq(Mux(computing & s2["last_j"], dec["macs"], 0)),
             self.perf_stall.eq(self.busy & ~computing),

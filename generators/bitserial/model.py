@@ -61,7 +61,7 @@ __all__ = [
 ]
 
 OPCODES = {"matmul": 0x30}
-OVERHEAD = 8  # check, range, start, read, decode, dequantise, accumulate+write, done
+OVERHEAD = 9  # check, range, start, read, decode, plane sum, dequantise, accumulate+write, done
 REJECT_CYCLES = 4
 
 DT_INT = 0
