@@ -71,7 +71,7 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--designs", default=",".join(DESIGNS))
     ap.add_argument("--freq", type=float, default=50.0)
-    ap.add_argument("--timeout", type=float, default=1800.0)
+    ap.add_argument("--timeout", type=float, default=3600.0)
     ap.add_argument("--work-dir", default="build/bitserial_fpga")
     ap.add_argument("--out", default="benchmarks/results/bitserial_fpga")
     args = ap.parse_args(argv)

@@ -140,8 +140,10 @@ def matmul(dev, a: torch.Tensor, w: torch.Tensor, *, w_bits: int, a_bits: int = 
     cfg = engine_config(dev)
     a, w = _check_int2d("a", a), _check_int2d("w", w)
     if a.shape[1] != w.shape[0]:
-        raise UsageError(f"a and w do not chain: a is {a.shape[0]}x{a.shape[1]}, w is "
-                         f"{w.shape[0]}x{w.shape[1]} (a's columns must equal w's rows)")  # fmt: skip
+        raise UsageError(
+            f"a and w do not chain: a is {a.shape[0]}x{a.shape[1]}, w is "
+            f"{w.shape[0]}x{w.shape[1]} (a's columns must equal w's rows)"
+        )
     m, k, n = a.shape[0], a.shape[1], w.shape[1]
     _check_common(cfg, m, n, k, w_bits, a_bits, w_encoding, a_encoding)
     ac = encode_int(a, a_bits, a_encoding, name="a")

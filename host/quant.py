@@ -2,7 +2,8 @@
 
 * Integer encodings: :func:`encode_int` / :func:`decode_int` for two's complement and bipolar-INT
   (each bit means +/-1: value = sum_i (2 b_i - 1) 2^i = 2u - (2^b - 1)); :func:`int_to_bipolar`
-  maps a signed ``b``-bit integer x losslessly to the bipolar value 2x + 1 (its code is x + 2^(b-1)).
+  maps a signed ``b``-bit integer x losslessly to the bipolar value 2x + 1 (its code is
+  x + 2^(b-1)).
 * :func:`quantize_weights` (BitMoD, HPCA 2025): every group of ``group_size`` weights along K is
   quantised with each candidate datatype (INT-b, and the FP3/FP4 grids whose negative-zero code
   carries an extra-resolution or extra-asymmetry value) with an absmax scale, and keeps the one

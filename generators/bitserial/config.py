@@ -76,7 +76,9 @@ class BitserialConfig:
             )
         for e in self.encodings:
             if e not in ENCODINGS:
-                raise ValueError(f"encodings must be a non-empty subset of twos, bipolar, not {e!r}")
+                raise ValueError(
+                    f"encodings must be a non-empty subset of twos, bipolar, not {e!r}"
+                )
         if len(set(self.encodings)) != len(self.encodings):
             raise ValueError(f"encodings must not repeat an entry, not {list(self.encodings)}")
         if not isinstance(self.bitmod, bool):

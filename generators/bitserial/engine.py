@@ -367,7 +367,8 @@ class BitserialEngine(wiring.Component):
         gsum = [Signal(signed(pw), name=f"gsum_{p}") for p in range(cfg.pes)]
         gscale = [Signal(SCALE_BITS + 1, name=f"gscale_{p}") for p in range(cfg.pes)]
         scale_b = [Signal(SCALE_BITS + 1, name=f"scale_b_{p}") for p in range(cfg.pes)]
-        flags = {k: Signal(s2[k].shape(), name=f"s3_{k}") for k in ("last_row", "last_all", "r_addr")}
+        flags = {k: Signal(s2[k].shape(), name=f"s3_{k}")
+                 for k in ("last_row", "last_all", "r_addr")}
         computing = s2["valid"]
         s1_load = dec["s1"]["valid"] & dec["s1"]["first_j"]
         group_end = s2b["valid"] & s2b["last_j"] & s2b["last_g"]

@@ -22,7 +22,8 @@ Cycles (from the cycle the instruction is accepted to its ``done`` pulse)::
 
     cycles = ceil(N / pes) * M * ceil(K / lanes) * ceil(planes / bits_per_cycle) + OVERHEAD
 
-with ``planes = w_bits`` (BitMoD datatypes included). A rejected instruction retires after ``REJECT_CYCLES``.
+with ``planes = w_bits`` (BitMoD datatypes included). A rejected instruction retires after
+``REJECT_CYCLES``.
 """
 
 from __future__ import annotations
@@ -314,8 +315,10 @@ def matmul(
     av = decode_int(a_codes[:m, :k], ins.a_bits, ins.a_enc)
     wv = decode_weights(w_codes[:n, :k], dt_el, ins.w_bits, ins.w_enc, ins.mixed)
     psums = matmul_planes(av, wv, cfg.group_size, planes_of(ins.w_bits, ins.mixed))
-    s = scales.to(torch.int64) & ((1 << SCALE_BITS) - 1) if ins.scaled else torch.ones(n, ng,
-                                                                                     dtype=torch.int64)
+    if ins.scaled:
+        s = scales.to(torch.int64) & ((1 << SCALE_BITS) - 1)
+    else:
+        s = torch.ones(n, ng, dtype=torch.int64)
     r = _wrap((psums * s[None]).sum(-1), cfg.acc_width)
     return r, psums, err
 
@@ -415,7 +418,7 @@ def execute(cfg: BitserialConfig, ins: Instr, wmem, amem, gmem, rmem) -> ErrorCo
     r, _, err = matmul(cfg, full, torch.from_numpy(a), torch.from_numpy(w), dts, scs)
     if ins.mixed:  # datatype ids are only checked on rows < n
         err = matmul(cfg, ins, torch.from_numpy(a), torch.from_numpy(w)[: ins.n],
-                     None if dts is None else dts[: ins.n], None if scs is None else scs[: ins.n])[2]
+                     dts[: ins.n], scs[: ins.n])[2]
     rows = r.reshape(ins.m, nt, cfg.pes).permute(1, 0, 2).reshape(nt * ins.m, cfg.pes)
     rmem[ins.r_base : ins.r_base + nt * ins.m] = pack_slots(
         rows.numpy(), 64, cfg.stride_of(cfg.r_word_bits)
