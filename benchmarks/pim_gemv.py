@@ -63,6 +63,7 @@ def rtl_cycles(cfg, plans) -> list[list[int]]:
     xoffs = {tuple(ps.xoff) for p in plans for ps in p.passes if ps.parts > 1}
     assert len(xoffs) <= 1 or all(len(p.passes) == 1 for p in plans)
     out = []
+    verilog = verilog_of(PimEngine(cfg), name="pim")  # once: large memories convert slowly
     with tempfile.TemporaryDirectory() as tmp:
         for plan in plans:  # one simulation per plan: each may need its own xoff table
             xoff = next((ps.xoff for ps in plan.passes if ps.parts > 1), [0] * cfg.banks)
@@ -71,7 +72,7 @@ def rtl_cycles(cfg, plans) -> list[list[int]]:
             res = Path(tmp, "out.json")
             spec.write_text(json.dumps(dict(xoff=xoff, streams=[stream],
                                             xoff_offset=cfg.windows()["xoff"].offset)))
-            run_cocotb(verilog_of(PimEngine(cfg), name="pim"), toplevel="pim",
+            run_cocotb(verilog, toplevel="pim",
                        test_module="gatesmith.tests.bench_pim_perf",
                        env={"PIM_PERF": str(spec), "PIM_PERF_OUT": str(res)},
                        results_dir=Path(tmp, "run"))  # fmt: skip

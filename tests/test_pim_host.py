@@ -298,3 +298,35 @@ def test_rtl_device_reports_engine_errors():
         dev.execute([GemvInstr(rounds=9, segments=1, cols_last=1).words()])
     res = CFG.windows()["results"]
     assert unpack_results(dev.read(dev.window_base("pim") + 4 * res.offset, 2), 32).tolist() == [0, 0]
+
+
+# -- on the simulated board (the whole accelerator under Verilator) --------------------------------
+
+
+@pytest.mark.slow
+def test_sim_board_resident_gemv():
+    """AXI top, controller, queue and host link in front of the PIM engine, beside a systolic one."""
+    import gatesmith.host
+    from gatesmith.generators.systolic.config import SystolicConfig
+
+    pcfg = PimConfig(banks=3, lanes=4, row_size=32, rows_per_bank=64, vector_depth=128,
+                     result_depth=8, t_rcd=3, t_rp=2, t_ccd=2, burst=2)  # fmt: skip
+    cfg = AccelConfig(name="pimsys", engines=(SystolicConfig(rows=2, cols=2, spad_depth=64,
+                      acc_depth=32), pcfg), link_max_words=64)  # fmt: skip
+    g = torch.Generator().manual_seed(21)
+    with gatesmith.host.open("sim", config=cfg) as dev:
+        w = torch.randint(-128, 128, (10, 70), generator=g, dtype=torch.int8)
+        w[0] = -128
+        h = pim.load_weights(dev, w)
+        before = dev.perf()["macs"]
+        for _ in range(3):
+            x = torch.randint(-128, 128, (70,), generator=g, dtype=torch.int8)
+            x[:5] = -128
+            assert torch.equal(pim.gemv(dev, x, h).long(), reference_gemv(w, x))
+        cols = sum(  # every MAC the engine did is counted by the accelerator
+            ins.rounds * (pcfg.cols_per_row * (ins.segments - 1) + ins.cols_last)
+            for ps in h.plan.passes for _, ins in ps.instrs(pcfg.result_depth))  # fmt: skip
+        assert dev.perf()["macs"] - before == 3 * cols * pcfg.burst * pcfg.macs_per_cycle
+        w2 = torch.randint(-8, 8, (3, 5), generator=g)
+        x2 = torch.randint(-8, 8, (5,), generator=g)
+        assert torch.equal(pim.gemv(dev, x2, w2).long(), reference_gemv(w2, x2))
