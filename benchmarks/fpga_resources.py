@@ -10,7 +10,9 @@ fits the UP5K.
     python benchmarks/fpga_resources.py --sizes 16x16 --accumulation carry_save
     python benchmarks/fpga_resources.py --no-icebreaker --out benchmarks/results/fpga_resources
 
-Results: ``<out>.md`` and ``<out>.json``; each build's files under ``--work-dir``. Times are wall
+Results: ``<out>.md`` and ``<out>.json``; each build's files under ``--work-dir``. Builds can run
+as separate processes (``--sizes 8x8 --accumulation cpa``, ...) and be tabulated together with
+``--collect``, which reads every ``report.json`` under ``--work-dir``. Times are wall
 clock on this machine (2 shared cores); every figure comes from the tools' own reports.
 """
 
@@ -26,6 +28,7 @@ from pathlib import Path
 from gatesmith.config import AccelConfig
 from gatesmith.errors import BuildError
 from gatesmith.flows.bitstream import build_bitstream
+from gatesmith.flows.report import critical_path
 from gatesmith.generators.systolic.config import SystolicConfig
 
 # The smallest accelerator: the UP5K (5,280 logic cells) holds little beyond the control plane
@@ -42,23 +45,39 @@ def parse_size(text: str) -> tuple[int, int]:
     return int(rows), int(cols or rows)
 
 
+def row_from_report(out_dir: Path) -> dict:
+    """A table row from a finished build's ``report.json`` (and nextpnr's report beside it)."""
+    rep = json.loads((out_dir / "report.json").read_text())
+    cfg = rep["config"]
+    (engine,) = cfg["engines"].values()
+    row = {
+        "design": rep["design"],
+        "board": rep["board"],
+        **{k: engine[k] for k in ("rows", "cols", "dtype", "accumulation", "dataflows")},
+        **{k: engine[k] for k in ("spad_depth", "acc_depth", "acc_width")},
+        "queue_depth": cfg["queue_depth"],
+        "link_max_words": cfg["link_max_words"],
+        "target_mhz": rep["target_mhz"],
+    }
+    for key, use in rep["utilisation"].items():
+        row[key] = use["used"]
+        row[f"{key}_available"] = use["available"]
+    nextpnr = out_dir / "build" / "top.report.json"
+    row.update(
+        fmax_mhz=rep["fmax_mhz"],
+        met=rep["timing_met"],
+        seconds=rep["total_seconds"],
+        stage_seconds=rep["stage_seconds"],
+        critical_path=rep.get("critical_path") or critical_path(nextpnr),
+        notes=rep["notes"],
+    )
+    return row
+
+
 def build_one(name, engine, board, work_dir: Path, freq_mhz, args, *, top=None, max_fill=0.85):
+    """Build one accelerator; its row (or the BuildError, as an ``error`` row)."""
     top = top or dict(queue_depth=args.queue_depth, link_max_words=args.link_max_words)
     cfg = AccelConfig(name=name, engines=(engine,), **top)
-    row = {
-        "design": name,
-        "board": board,
-        "rows": engine.rows,
-        "cols": engine.cols,
-        "dtype": engine.dtype,
-        "accumulation": engine.accumulation,
-        "dataflows": list(engine.dataflows),
-        "spad_depth": engine.spad_depth,
-        "acc_depth": engine.acc_depth,
-        "acc_width": engine.acc_width,
-        **top,
-        "target_mhz": freq_mhz,
-    }
     t0 = time.monotonic()
 
     def progress(event):
@@ -66,7 +85,7 @@ def build_one(name, engine, board, work_dir: Path, freq_mhz, args, *, top=None, 
             print(f"  {name}: {event.stage} {event.elapsed_s:.1f} s {event.message}", flush=True)
 
     try:
-        report = build_bitstream(
+        build_bitstream(
             cfg,
             board,
             work_dir / name,
@@ -77,20 +96,13 @@ def build_one(name, engine, board, work_dir: Path, freq_mhz, args, *, top=None, 
             max_fill=max_fill,
         )
     except BuildError as e:
-        row.update(error=str(e), seconds=round(time.monotonic() - t0, 1))
+        row = {"design": name, "board": board, "target_mhz": freq_mhz, **top}
+        row.update({k: getattr(engine, k) for k in ("rows", "cols", "dtype", "accumulation")})
+        row.update({k: getattr(engine, k) for k in ("spad_depth", "acc_depth", "acc_width")})
+        row.update(dataflows=list(engine.dataflows), error=str(e))
+        row.update(seconds=round(time.monotonic() - t0, 1))
         return row
-    for key, use in report.utilisation.items():
-        row[key] = use.used
-        row[f"{key}_available"] = use.available
-    row.update(
-        fmax_mhz=report.fmax_mhz,
-        met=report.timing_met,
-        seconds=report.total_seconds,
-        stage_seconds=report.stage_seconds,
-        critical_path=report.critical_path,
-        notes=report.notes,
-    )
-    return row
+    return row_from_report(work_dir / name)
 
 
 def to_markdown(rows: list[dict], meta: dict) -> str:
@@ -150,6 +162,11 @@ def main(argv=None) -> int:
     p.add_argument("--icebreaker-freq", type=float, default=12.0)
     p.add_argument("--icebreaker-max-fill", type=float, default=1.0)
     p.add_argument("--append", action="store_true", help="add to (replace by name in) <out>.json")
+    p.add_argument(
+        "--collect",
+        action="store_true",
+        help="build nothing: tabulate every finished build found under --work-dir",
+    )
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--timeout", type=float, default=1800.0, help="per-stage limit, s")
     p.add_argument("--work-dir", default="build/fpga_resources")
@@ -160,6 +177,10 @@ def main(argv=None) -> int:
     work = Path(args.work_dir)
     out = Path(args.out)
     rows = []
+    if args.collect:
+        reports = sorted(work.glob("*/report.json"))
+        rows = [row_from_report(r.parent) for r in reports]
+        args.sizes, args.no_icebreaker = "", True
     for size in filter(None, args.sizes.split(",")):
         r, c = parse_size(size)
         for acc in args.accumulation.split(","):
