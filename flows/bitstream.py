@@ -345,6 +345,8 @@ def build_bitstream(
     out = Path(out_dir)
     build_dir = out / "build"
     build_dir.mkdir(parents=True, exist_ok=True)
+    for stale in (out / "report.json", build_dir / "top.stat.json", build_dir / "top.report.json"):
+        stale.unlink(missing_ok=True)  # a failed rebuild must not leave an old report behind
     runner = _Runner(build_dir, progress, timeout_s)
     runner.family = board.family
     notes = []
