@@ -112,7 +112,9 @@ class AccelConfig:
     """A whole accelerator: engines plus the shared controller, queue and host link.
 
     ``engines`` is a tuple of engine Config objects, at most one per kind, in window order (engine
-    ``i``'s host window is at ``0x0100_0000 * (i + 1)``).
+    ``i``'s host window is at ``0x0100_0000 * (i + 1)``). ``perf_width`` is the width of the
+    performance counters (read as 64-bit registers; 32 saves area on small parts, 48 bits of
+    cycles last 65 days at 50 MHz).
     """
 
     name: str = "gatesmith"
@@ -122,6 +124,7 @@ class AccelConfig:
     link_timeout_cycles: int = 1 << 20
     clock_hz: int = 50_000_000
     baud: int = 1_000_000
+    perf_width: int = 48
 
     def __post_init__(self):
         if not isinstance(self.name, str) or not self.name.isidentifier():
@@ -144,6 +147,8 @@ class AccelConfig:
             raise ConfigError(
                 f"link_timeout_cycles must be in 256..2**30, not {self.link_timeout_cycles}"
             )
+        if isinstance(self.perf_width, bool) or self.perf_width not in range(32, 65):
+            raise ConfigError(f"perf_width must be an integer in 32..64, not {self.perf_width}")
         if not 1_000_000 <= self.clock_hz <= 1_000_000_000:
             raise ConfigError(f"clock_hz must be in 1e6..1e9, not {self.clock_hz}")
         if not 9600 <= self.baud <= self.clock_hz // 4:

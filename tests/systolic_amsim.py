@@ -61,7 +61,9 @@ def run_gemms(cfg, jobs, *, stall_cmd=0):
         return np.array(vals, dtype=np.uint32)
 
     async def tb(ctx):
-        for df, a, b in jobs:
+        for job in jobs:
+            df, a, b = job[:3]
+            bases = job[3] if len(job) > 3 else {}
             m, k = a.shape
             n = b.shape[1]
             if df == "os":
@@ -80,7 +82,7 @@ def run_gemms(cfg, jobs, *, stall_cmd=0):
             await write_words(
                 ctx, tw.offset, pack_words(top, cfg.fmt.width, tw.width // 32, tw.stride)
             )
-            words = gemm_instr(df, hm, k, hn)
+            words = gemm_instr(df, hm, k, hn, **bases)
             for _ in range(stall_cmd):
                 await ctx.tick()
             ctx.set(dut.cmd.payload, sum(w << (32 * i) for i, w in enumerate(words)))

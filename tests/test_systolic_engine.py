@@ -72,3 +72,13 @@ def test_operands_past_the_scratchpad_are_reported():
     a, b = rand_operands(cfg, 4, 9, 2, seed=5)  # OS needs 2 * 9 = 18 left words > 16
     ((_, _, err),) = run_gemms(cfg, [("os", a, b)])
     assert err == ErrorCode.OUT_OF_RANGE
+
+
+@pytest.mark.parametrize("df", ["os", "ws"])
+@pytest.mark.parametrize("field", ["acc", "left", "top"])
+def test_bases_far_past_the_memories_saturate_and_are_reported(df, field):
+    # 16-bit base fields far beyond 16-entry memories: the narrow address counters saturate
+    cfg = SystolicConfig(rows=2, cols=2, spad_depth=16, acc_depth=16)
+    a, b = rand_operands(cfg, 3, 3, 3, seed=8)
+    ((_, _, err),) = run_gemms(cfg, [(df, a, b, {field: 65000})])
+    assert err == ErrorCode.OUT_OF_RANGE

@@ -104,7 +104,9 @@ class Accelerator(wiring.Component):
         m.d.comb += self.idle.eq(~queue.r_rdy & ~any_busy)
 
         # ---- performance counters ---------------------------------------------------------------
-        counters = {name: Signal(64, name=f"perf_{name.lower()}") for name in PERF_COUNTERS}
+        counters = {
+            name: Signal(cfg.perf_width, name=f"perf_{name.lower()}") for name in PERF_COUNTERS
+        }
         increments = {
             "BUSY": any_busy,
             "MACS": sum((e.perf_macs for e in engines), start=0),
@@ -117,7 +119,7 @@ class Accelerator(wiring.Component):
                 m.d.sync += c.eq(0)
             with m.Else():
                 m.d.sync += c.eq(c + increments[name])
-        hi_latch = Signal(32)
+        hi_latch = Signal(max(1, cfg.perf_width - 32))
 
         # ---- AXI4-Lite subordinate ------------------------------------------------------------
         rdata = Signal(32)

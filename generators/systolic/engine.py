@@ -55,7 +55,21 @@ GEMM_FIELDS = {  # name -> (bit offset, width) in the 128-bit instruction
     "left_base": (96, 16),
     "top_base": (112, 16),
 }
-_CW = 33  # width of address counters (products of two 16-bit fields fit)
+
+
+def _sat(value, width: int):
+    """``value`` (non-negative) in ``width`` bits, all ones when it does not fit.
+
+    Address counters saturate instead of wrapping, so an address past a memory's end stays
+    past it (and is reported) however far the instruction's fields would carry it.
+    """
+    if len(value) <= width:
+        return value
+    return Mux(value[width:].any(), (1 << width) - 1, value[:width])
+
+
+def _sadd(a, b, width: int):
+    return _sat(a + b, width)
 
 
 def _pow2(x: int) -> int:
@@ -149,16 +163,18 @@ class SystolicEngine(wiring.Component):
         f = {name: Signal(width, name=f"i_{name}") for name, (_, width) in GEMM_FIELDS.items()}
         is_os = Signal()
         m.d.comb += arr.mode_os.eq(is_os)
+        self.aw = ceil_log2(cfg.spad_depth) + 1  # scratchpad address counters (saturating)
+        self.acw = ceil_log2(cfg.acc_depth) + 1  # accumulator address counters (saturating)
 
         # ---- beat generation (address issue); data arrives one cycle later ---------------
         a_en, a_addr, a_first, a_drain, a_valid = (
             Signal(),
-            Signal(_CW),
+            Signal(self.aw),
             Signal(),
             Signal(),
             Signal(),
         )
-        b_en, b_addr, b_shift, b_zero = Signal(), Signal(_CW), Signal(), Signal()
+        b_en, b_addr, b_shift, b_zero = Signal(), Signal(self.aw), Signal(), Signal()
         oob = Signal()  # an address ran past a memory's end during this instruction
         m.d.comb += [
             left_r.addr.eq(a_addr),
@@ -199,7 +215,7 @@ class SystolicEngine(wiring.Component):
 
         # ---- fold bookkeeping: one entry per fold, consumed as its results leave -----------
         ab = f["acc_base"].shape().width
-        fold_layout = data.StructLayout({"base": _CW, "rows": 8, "acc": 1})
+        fold_layout = data.StructLayout({"base": self.acw, "rows": 8, "acc": 1})
         m.submodules.folds = folds = fifo.SyncFIFO(width=fold_layout.size, depth=8)
         push = data.View(fold_layout, folds.w_data)
         head = data.View(fold_layout, folds.r_data)
@@ -280,11 +296,11 @@ class SystolicEngine(wiring.Component):
         C = cfg.cols
         ev0 = Mux(is_os, arr.top_valid[0], arr.bot_valid[0])
         count = Signal(16)
-        tag_layout = data.StructLayout({"addr": _CW, "we": 1, "acc": 1})
+        tag_layout = data.StructLayout({"addr": self.acw, "we": 1, "acc": 1})
         tag0 = Signal(tag_layout)
         last = Mux(is_os, count == cfg.rows - 1, count == f["m"] - 1)
         m.d.comb += [
-            tag0.addr.eq(head.base + count),
+            tag0.addr.eq(_sadd(head.base, count, self.acw)),
             tag0.we.eq(Mux(is_os, count < head.rows, 1)),
             tag0.acc.eq(head.acc),
         ]
@@ -328,23 +344,23 @@ class SystolicEngine(wiring.Component):
         period = Signal(17)
         rows_left = Signal(17)  # M - mt*R
         n_left = Signal(17)  # N - nt*C
-        left_mt = Signal(_CW)  # left_base + mt*K
-        top_nt = Signal(_CW)  # top_base + nt*K
-        acc_mt = Signal(_CW)  # acc_base + mt*R
-        acc_nt = Signal(_CW)  # nt*M
+        left_mt = Signal(self.aw)  # left_base + mt*K
+        top_nt = Signal(self.aw)  # top_base + nt*K
+        acc_mt = Signal(self.acw)  # acc_base + mt*R
+        acc_nt = Signal(self.acw)  # nt*M
         any_fold = Signal()
         # WS state: preloader
         pl_r = Signal(8)
         pl_busy, pl_ready, pl_more = Signal(), Signal(), Signal()
-        pl_tile = Signal(_CW)  # top_base + nt*K + kt*R
-        pl_ntb = Signal(_CW)  # top_base + nt*K
+        pl_tile = Signal(self.aw)  # top_base + nt*K + kt*R
+        pl_ntb = Signal(self.aw)  # top_base + nt*K
         pl_k0 = Signal(17)  # kt*R
         pl_nleft = Signal(17)
         # WS state: streamer
         st_m = Signal(16)
         st_busy, st_more = Signal(), Signal()
-        st_left = Signal(_CW)  # left_base + kt*M
-        st_acc = Signal(_CW)  # acc_base + nt*M
+        st_left = Signal(self.aw)  # left_base + kt*M
+        st_acc = Signal(self.acw)  # acc_base + nt*M
         st_k0 = Signal(17)
         st_nleft = Signal(17)
         since = Signal(8)
@@ -379,9 +395,9 @@ class SystolicEngine(wiring.Component):
                         period.eq(Mux(f["k"] > 2 * R - 1, f["k"], 2 * R - 1)),
                         rows_left.eq(f["m"]),
                         n_left.eq(f["n"]),
-                        left_mt.eq(f["left_base"]),
-                        top_nt.eq(f["top_base"]),
-                        acc_mt.eq(f["acc_base"]),
+                        left_mt.eq(_sat(f["left_base"], self.aw)),
+                        top_nt.eq(_sat(f["top_base"], self.aw)),
+                        acc_mt.eq(_sat(f["acc_base"], self.acw)),
                         acc_nt.eq(0),
                         any_fold.eq(0),
                         # WS
@@ -389,15 +405,15 @@ class SystolicEngine(wiring.Component):
                         pl_busy.eq(0),
                         pl_ready.eq(0),
                         pl_more.eq(1),
-                        pl_tile.eq(f["top_base"]),
-                        pl_ntb.eq(f["top_base"]),
+                        pl_tile.eq(_sat(f["top_base"], self.aw)),
+                        pl_ntb.eq(_sat(f["top_base"], self.aw)),
                         pl_k0.eq(0),
                         pl_nleft.eq(f["n"]),
                         st_m.eq(0),
                         st_busy.eq(0),
                         st_more.eq(1),
-                        st_left.eq(f["left_base"]),
-                        st_acc.eq(f["acc_base"]),
+                        st_left.eq(_sat(f["left_base"], self.aw)),
+                        st_acc.eq(_sat(f["acc_base"], self.acw)),
                         st_k0.eq(0),
                         st_nleft.eq(f["n"]),
                         since.eq(255),
@@ -439,9 +455,9 @@ class SystolicEngine(wiring.Component):
         start = k == 0
         can = ~start | folds.w_rdy
         m.d.comb += [
-            a_addr.eq(left_mt + k),
-            b_addr.eq(top_nt + k),
-            push.base.eq(acc_mt + acc_nt),
+            a_addr.eq(_sadd(left_mt, k, self.aw)),
+            b_addr.eq(_sadd(top_nt, k, self.aw)),
+            push.base.eq(_sadd(acc_mt, acc_nt, self.acw)),
             push.rows.eq(Mux(rows_left > R, R, rows_left)),
             push.acc.eq(f["accumulate"]),
         ]
@@ -463,17 +479,17 @@ class SystolicEngine(wiring.Component):
                 with m.If(~last_n):
                     m.d.sync += [
                         n_left.eq(n_left - C),
-                        top_nt.eq(top_nt + f["k"]),
-                        acc_nt.eq(acc_nt + f["m"]),
+                        top_nt.eq(_sadd(top_nt, f["k"], self.aw)),
+                        acc_nt.eq(_sadd(acc_nt, f["m"], self.acw)),
                     ]
                 with m.Elif(~last_m):
                     m.d.sync += [
                         n_left.eq(f["n"]),
-                        top_nt.eq(f["top_base"]),
+                        top_nt.eq(_sat(f["top_base"], self.aw)),
                         acc_nt.eq(0),
                         rows_left.eq(rows_left - R),
-                        left_mt.eq(left_mt + f["k"]),
-                        acc_mt.eq(acc_mt + R),
+                        left_mt.eq(_sadd(left_mt, f["k"], self.aw)),
+                        acc_mt.eq(_sadd(acc_mt, R, self.acw)),
                     ]
                 with m.Else():
                     m.next = "FLUSH"
@@ -496,7 +512,7 @@ class SystolicEngine(wiring.Component):
 
         # Preloader: shifts the next R x C tile of B into the preload chain, bottom row first.
         row_k = pl_k0 + (R - 1) - pl_r
-        m.d.comb += [b_addr.eq(pl_tile + (R - 1) - pl_r), b_zero.eq(row_k >= K), b_shift.eq(1)]
+        m.d.comb += [b_addr.eq(_sadd(pl_tile, (R - 1) - pl_r, self.aw)), b_zero.eq(row_k >= K), b_shift.eq(1)]
         pl_go = Signal()
         m.d.comb += pl_go.eq(pl_busy | (pl_more & ~pl_ready & (since >= R - 1)))
         with m.If(pl_go):
@@ -509,13 +525,13 @@ class SystolicEngine(wiring.Component):
                 last_k = pl_k0 + R >= K
                 last_n = pl_nleft <= C
                 with m.If(~last_k):
-                    m.d.sync += [pl_k0.eq(pl_k0 + R), pl_tile.eq(pl_tile + R)]
+                    m.d.sync += [pl_k0.eq(pl_k0 + R), pl_tile.eq(_sadd(pl_tile, R, self.aw))]
                 with m.Elif(~last_n):
                     m.d.sync += [
                         pl_k0.eq(0),
                         pl_nleft.eq(pl_nleft - C),
-                        pl_ntb.eq(pl_ntb + K),
-                        pl_tile.eq(pl_ntb + K),
+                        pl_ntb.eq(_sadd(pl_ntb, K, self.aw)),
+                        pl_tile.eq(_sadd(pl_ntb, K, self.aw)),
                     ]
                 with m.Else():
                     m.d.sync += pl_more.eq(0)
@@ -525,7 +541,7 @@ class SystolicEngine(wiring.Component):
         # Streamer: M rows of A through the tile whose weights were just preloaded.
         start = ~st_busy & st_more & pl_ready & folds.w_rdy
         m.d.comb += [
-            a_addr.eq(st_left + st_m),
+            a_addr.eq(_sadd(st_left, st_m, self.aw)),
             push.base.eq(st_acc),
             push.rows.eq(0),
             push.acc.eq(f["accumulate"] | (st_k0 != 0)),
@@ -541,13 +557,13 @@ class SystolicEngine(wiring.Component):
                 last_k = st_k0 + R >= K
                 last_n = st_nleft <= C
                 with m.If(~last_k):
-                    m.d.sync += [st_k0.eq(st_k0 + R), st_left.eq(st_left + M)]
+                    m.d.sync += [st_k0.eq(st_k0 + R), st_left.eq(_sadd(st_left, M, self.aw))]
                 with m.Elif(~last_n):
                     m.d.sync += [
                         st_k0.eq(0),
                         st_nleft.eq(st_nleft - C),
-                        st_left.eq(f["left_base"]),
-                        st_acc.eq(st_acc + M),
+                        st_left.eq(_sat(f["left_base"], self.aw)),
+                        st_acc.eq(_sadd(st_acc, M, self.acw)),
                     ]
                 with m.Else():
                     m.d.sync += st_more.eq(0)
