@@ -101,6 +101,7 @@ def _engine(dev, kind: str):
     from ..generators.registry import engine_spec
 
     eng = engine_spec(kind).build(cfg)
+    eng._MustUse__silence = True  # built for its window layout only, never elaborated
     return cfg, {w.name: w for w in eng.windows()}
 
 

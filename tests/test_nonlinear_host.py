@@ -36,7 +36,9 @@ class RtlDevice:
         self.cfg = cfg
         self.shadow: dict[int, int] = {}
         self.queue: list[list[int]] = []
-        self.wins = {w.name: w for w in engine_spec(self.kind).build(cfg).windows()}
+        layout = engine_spec(self.kind).build(cfg)
+        layout._MustUse__silence = True  # built for its window layout only
+        self.wins = {w.name: w for w in layout.windows()}
 
     def window_base(self, kind):
         return ENGINE_WINDOW_BASE + self.config.engine_index(kind) * ENGINE_WINDOW_SIZE
