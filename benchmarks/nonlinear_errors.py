@@ -85,7 +85,8 @@ def layernorm_table():
                 v = {"normal(0,1)": v, "normal(3,1)": v + 3, "normal(0,0.25)": v / 4,
                      "wide": v * cfg.in_fmt.max / 2**f / 4}[dist]  # fmt: skip
                 x = (v * 2**f).round().clamp(cfg.in_fmt.min, cfg.in_fmt.max).long()
-                g = ((torch.rand(n, generator=gen, dtype=torch.float64) * 1.5 + 0.25) * 4096).round()
+                g = torch.rand(n, generator=gen, dtype=torch.float64) * 1.5 + 0.25
+                g = (g * 4096).round()
                 b = (torch.randn(n, generator=gen, dtype=torch.float64) * 2048).round()
                 out = layernorm_model(x, g.long(), b.long(), cfg).double() / 2**11
                 ref = F.layer_norm(x.double() / 2**f, (n,), g / 4096, b / 2048, 1e-5)

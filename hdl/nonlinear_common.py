@@ -411,7 +411,8 @@ class RowEngine(wiring.Component):
                         bad_shape |= wpr > r.depth
                 oor = (need_in > r_in.depth) | (need_out > r_out.depth)
                 with m.If(bad_shape | oor):
-                    m.d.comb += [self.done.eq(1), self.error.eq(Mux(bad_shape, _BAD_SHAPE, _OUT_OF_RANGE))]
+                    code = Mux(bad_shape, _BAD_SHAPE, _OUT_OF_RANGE)
+                    m.d.comb += [self.done.eq(1), self.error.eq(code)]
                     m.next = "IDLE"
                 with m.Else():
                     m.d.sync += [
@@ -460,7 +461,8 @@ class RowEngine(wiring.Component):
         ctx.rd_data = [rp.data[r_in.width * i : r_in.width * (i + 1)].as_signed() for i in range(L)]
         ctx.rd_lanes = Signal(L)
         for i in range(L):
-            m.d.comb += ctx.rd_lanes[i].eq(ctx.rd_valid & ((ctx.rd_idx != wpr - 1) | (i < last_lanes)))
+            inside = (ctx.rd_idx != wpr - 1) | (i < last_lanes)
+            m.d.comb += ctx.rd_lanes[i].eq(ctx.rd_valid & inside)
         ctx.params = {}
         for r, mem in zip(self.regions, mems, strict=True):
             if r.role == "param":

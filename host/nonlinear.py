@@ -124,7 +124,9 @@ def _run_rows(dev, kind, x2d: torch.Tensor, *, signed_out: bool) -> torch.Tensor
     cfg, wins = _engine(dev, kind)
     rows, n = x2d.shape
     if not 1 <= n <= cfg.max_len:
-        raise UsageError(f"rows must have 1..{cfg.max_len} elements for this {kind} engine, not {n}")
+        raise UsageError(
+            f"rows must have 1..{cfg.max_len} elements for this {kind} engine, not {n}"
+        )
     wpr = -(-n // cfg.lanes)
     per_chunk = min(cfg.depth // wpr, 65535)
     if per_chunk == 0:
@@ -164,7 +166,8 @@ def _describe(x):
 
 
 def _quantise(x, frac, lo, hi):
-    return torch.nan_to_num(x.double() * 2.0**frac, posinf=hi, neginf=lo).round().clamp(lo, hi).long()
+    scaled = torch.nan_to_num(x.double() * 2.0**frac, posinf=hi, neginf=lo)
+    return scaled.round().clamp(lo, hi).long()
 
 
 def _rows_last(x, dim):
@@ -251,7 +254,9 @@ def layer_norm_int(dev, x: torch.Tensor, gamma: torch.Tensor, beta: torch.Tensor
             raise UsageError(f"{name} must have shape ({n},), not {tuple(t.shape)}")
     _xt, rows = _rows_last(x, -1)
     if not 1 <= n <= cfg.max_len:
-        raise UsageError(f"rows must have 1..{cfg.max_len} elements for this layernorm engine, not {n}")
+        raise UsageError(
+            f"rows must have 1..{cfg.max_len} elements for this layernorm engine, not {n}"
+        )
     _write_region(dev, "layernorm", wins["gamma"], gamma.long()[None].numpy(), cfg.lanes)
     _write_region(dev, "layernorm", wins["beta"], beta.long()[None].numpy(), cfg.lanes)
     return _run_rows(dev, "layernorm", rows, signed_out=True).reshape(x.shape)
@@ -279,7 +284,9 @@ def layer_norm(dev, x, normalized_shape, weight=None, bias=None, eps: float | No
             raise UsageError(f"{name} must have shape ({n},), not {tuple(t.shape)}")
         lim = 2.0 ** (15 - frac)
         if t.abs().max() >= lim:
-            raise UsageError(f"{name} must be in (-{lim}, {lim}) for int16 with {frac} fraction bits")
+            raise UsageError(
+                f"{name} must be in (-{lim}, {lim}) for int16 with {frac} fraction bits"
+            )
     g = _quantise(w, cfg.gamma_frac, -(2**15), 2**15 - 1)
     bq = _quantise(b, cfg.out_frac, -(2**15), 2**15 - 1)
     q = _quantise(x, cfg.in_frac, cfg.in_fmt.min, cfg.in_fmt.max)

@@ -40,7 +40,9 @@ def run(cfg, x, instrs, cmd_gap=0):
 
 
 @pytest.mark.parametrize("method", ["online", "shiftmax"])
-@pytest.mark.parametrize("dtype,f,lanes,n", [("int8", 4, 3, 11), ("int16", 8, 4, 16), ("int16", 11, 1, 6)])
+@pytest.mark.parametrize(
+    "dtype,f,lanes,n", [("int8", 4, 3, 11), ("int16", 8, 4, 16), ("int16", 11, 1, 6)]
+)
 def test_softmax_rtl_matches_model(method, dtype, f, lanes, n):
     cfg = SoftmaxConfig(method=method, in_dtype=dtype, in_frac=f, lanes=lanes, depth=128)
     x = edge_rows(cfg.in_fmt, n, torch.Generator().manual_seed(11))

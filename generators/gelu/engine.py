@@ -130,7 +130,8 @@ class GeluEngine(RowEngine):
         relu3 = delay(m, relu2, 3, f"{p}_relu3")
         # stage 6: ReLU(x) - delta, rounded to the output format and saturated
         yv = (relu3 << (ROM_FRAC - f)).as_signed() - delta
-        y = _reg(m, _sat(_rshift_round(yv, ROM_FRAC - of), cfg.out_fmt), cfg.out_fmt.shape, f"{p}_y")
+        yq = _sat(_rshift_round(yv, ROM_FRAC - of), cfg.out_fmt)
+        y = _reg(m, yq, cfg.out_fmt.shape, f"{p}_y")
         return y, 6
 
     def _lane_shift(self, m, x, p):
@@ -163,9 +164,11 @@ class GeluEngine(RowEngine):
         sig_neg, dl = restoring_div(m, num, den, SIG_BITS, stage_bits=2, name=f"{p}_div")
         sp = delay(m, delay(m, s_pos, 2, f"{p}_sp"), dl, f"{p}_spd")
         xd = delay(m, x3, dl, f"{p}_xd")
-        sig = _reg(m, Mux(sp, (1 << SIG_BITS) - sig_neg, sig_neg), unsigned(SIG_BITS + 1), f"{p}_sig")
+        sig_v = Mux(sp, (1 << SIG_BITS) - sig_neg, sig_neg)
+        sig = _reg(m, sig_v, unsigned(SIG_BITS + 1), f"{p}_sig")
         x4 = _reg(m, xd, signed(w), f"{p}_x4")
         # last stages: x * sigmoid (registered), then rounded and saturated
         prod = _reg(m, x4 * sig, signed(len(x4) + SIG_BITS + 2), f"{p}_xs")
-        y = _reg(m, _sat(_rshift_round(prod, f + SIG_BITS - of), cfg.out_fmt), cfg.out_fmt.shape, f"{p}_y")
+        yq = _sat(_rshift_round(prod, f + SIG_BITS - of), cfg.out_fmt)
+        y = _reg(m, yq, cfg.out_fmt.shape, f"{p}_y")
         return y, 6 + dl

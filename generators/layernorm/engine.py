@@ -79,8 +79,6 @@ class LayerNormEngine(RowEngine):
 
     def cycles(self, x_rows) -> int:
         """Cycles from acceptance to ``done`` for integer rows ``x_rows`` (the cycle model)."""
-        from .model import row_stats  # noqa: F401 (same arithmetic as the hardware)
-
         cfg = self.config
         W, G = cfg.in_fmt.width, cfg.mean_frac
         total = 3
@@ -178,7 +176,7 @@ class LayerNormEngine(RowEngine):
         m.d.comb += [vlen.eq(_bitlen(var)), vslen.eq(_bitlen(vs))]
         eps = eps_int(cfg)
 
-        def divide(name, nxt_setup, on_done):
+        def divide(name, on_done):
             with m.State(name):
                 m.d.comb += div.start.eq(1)
                 m.next = name + "_WAIT"
@@ -213,7 +211,7 @@ class LayerNormEngine(RowEngine):
                 m.d.comb += ctx.read_start.eq(1)
                 m.next = "PASS2"
 
-            divide("MEAN", None, mean_done)
+            divide("MEAN", mean_done)
             with m.State("PASS2"):
                 m.d.sync += wait.eq(0)
                 with m.If(tail2):
@@ -233,7 +231,7 @@ class LayerNormEngine(RowEngine):
                 m.d.sync += var.eq(Mux(vq == 0, 1, vq))
                 m.next = "SCALE"
 
-            divide("VAR", None, var_done)
+            divide("VAR", var_done)
             with m.State("SCALE"):
                 sh = Mux(vlen < 34, (34 - vlen).as_unsigned()[:6] >> 1, 0)
                 m.d.sync += [a.eq(sh), vs.eq(var << (sh << 1))]
@@ -258,7 +256,7 @@ class LayerNormEngine(RowEngine):
                     m.d.sync += k.eq(k1)
                     m.next = "NEWTON_SET"
 
-            divide("NEWTON", None, newton_done)
+            divide("NEWTON", newton_done)
             with m.State("RECIP_SET"):
                 m.d.sync += [
                     num.eq(Const(1, nw) << (a + K)),
@@ -272,7 +270,7 @@ class LayerNormEngine(RowEngine):
                 m.d.comb += ctx.read_start.eq(1)
                 m.next = "PASS3"
 
-            divide("RECIP", None, recip_done)
+            divide("RECIP", recip_done)
             with m.State("PASS3"):
                 with m.If(tail4):
                     m.d.comb += ctx.row_done.eq(1)
