@@ -269,6 +269,12 @@ NOTES = [
     "cycles/s` is PERF_CYCLES (every clock the board ran, link transfers included) over the wall "
     "time of `dev.matmul` (Python packing + socket + Verilator).",
     "Operands: seeded random int8 in -128..127; int32 accumulators cannot overflow at K <= 768.",
+    "16x16 x 128x768x3072 was not run: opening the 16x16 board with these memories took 24 min "
+    "here (12 min Amaranth elaboration, which every open repeats because the build cache is "
+    "keyed by the Verilog text, then the Verilator compile).",
+    "8x8 IS 128x768x3072: the host plan cuts the hardware M (= N = 3072) into tiles of 341 rows, "
+    "so the last instruction has m = 3 and pays the minimum fold period 2R-1 = 15 per fold "
+    "(~18.4 k extra busy cycles, PERF_STALL 18,740); balanced tiles (e.g. 10 x 308) would avoid it.",
 ]
 
 
