@@ -81,7 +81,7 @@ def main(argv=None):
           f"K={args.k}, 8-bit activations. cycles: accept -> done, measured on the generated "
           "Verilog; ideal = passes x ceil(planes / bits_per_cycle); per_pass_excess_pct = "
           f"(cycles - {M.OVERHEAD} fixed) / ideal - 1. Every result word matched the golden "
-          "model. BitMoD at 4 bits walks 5 planes (FP4's +/-16).", "",
+          "model. BitMoD at 4 bits walks 4 planes (FP4 +/-16 as 8 x doubled activation).", "",
           "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]  # fmt: skip
     for r in rows:
         md.append("| " + " | ".join(str(r[c]) for c in cols) + " |")
