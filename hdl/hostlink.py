@@ -74,7 +74,7 @@ class HostLinkBridge(wiring.Component):
         m = Module()
         rx, tx, axi = self.rx, self.tx, self.axi
         m.submodules.buf = buf = memory.Memory(shape=32, depth=self.max_words, init=[])
-        buf_w, buf_r = buf.write_port(), buf.read_port(domain="comb")
+        buf_w, buf_r = buf.write_port(), buf.read_port()  # synchronous: maps to block RAM
 
         seq, cmd = Signal(8), Signal(8)
         addr = Signal(32)
@@ -180,7 +180,7 @@ class HostLinkBridge(wiring.Component):
                     m.d.sync += count.eq(0)
                     m.next = "RSP_SOF"
                 with m.Elif(write_cmd):
-                    m.next = "W_ADDR"
+                    m.next = "W_FETCH"
                 with m.Else():
                     with m.If(cmd == Cmd.PING):
                         m.d.sync += count.eq(0)
@@ -188,6 +188,11 @@ class HostLinkBridge(wiring.Component):
 
             # ---- writes: one AXI4-Lite write per buffered word -------------------------------
             aw_done, w_done = Signal(), Signal()
+            # the buffer's read port is synchronous: W_FETCH presents the address, W_ADDR uses the
+            # word (and holds the address, so the word stays valid while the bus stalls)
+            with m.State("W_FETCH"):
+                m.d.comb += buf_r.addr.eq(done_words)
+                m.next = "W_ADDR"
             with m.State("W_ADDR"):
                 m.d.comb += buf_r.addr.eq(done_words)
                 m.d.comb += [
@@ -217,7 +222,7 @@ class HostLinkBridge(wiring.Component):
                         m.next = "RSP_SOF"
                     with m.Else():
                         m.d.sync += [done_words.eq(done_words + 1), addr.eq(addr + step)]
-                        m.next = "W_ADDR"
+                        m.next = "W_FETCH"
 
             # ---- response ---------------------------------------------------------------------
             with m.State("RSP_SOF"):

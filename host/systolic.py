@@ -90,7 +90,20 @@ def plan(m: int, k: int, n: int, dataflow: str, cfg: SystolicConfig) -> Plan:
         mt = max(1, acc_half // _ceil(nt, C))
     if dataflow == "os":
         mt = max(R, mt // R * R) if mt >= R else mt
-    return Plan(mt=max(1, mt), nt=max(1, nt), kc=max(1, kc))
+    # balance: the same number of tiles, evenly sized (a sliver of a last tile pays a whole
+    # fold's minimum period); rounded up to the array's granularity, never above the limit
+    mt = _balanced(m, max(1, mt), R if dataflow == "os" else 1)
+    nt = _balanced(n, max(1, nt), C)
+    kc = _balanced(k, max(1, kc), 1 if dataflow == "os" else R)
+    return Plan(mt=mt, nt=nt, kc=kc)
+
+
+def _balanced(total: int, limit: int, grain: int) -> int:
+    """The smallest tile (a multiple of ``grain`` where possible) giving ceil(total/limit) tiles."""
+    tiles = _ceil(total, limit)
+    size = _ceil(total, tiles)
+    rounded = _ceil(size, grain) * grain
+    return rounded if rounded <= limit else size
 
 
 def _check_operands(a, b, cfg: SystolicConfig):

