@@ -12,7 +12,13 @@ from gatesmith.config import AccelConfig
 from gatesmith.errors import ConfigError
 from gatesmith.generators.engine import ErrorCode
 from gatesmith.generators.pim import SPEC, GemvInstr, PimConfig
-from gatesmith.generators.pim.cycles import activation_bound, bandwidth_bound, schedule
+from gatesmith.generators.pim.cycles import (
+    FIRST_ACT,
+    PIPE,
+    activation_bound,
+    bandwidth_bound,
+    schedule,
+)
 from gatesmith.generators.pim.model import (
     PimState,
     gemv,
@@ -153,11 +159,14 @@ def test_cycle_model_properties(seed):
     assert len(s1.cols) == len(set(s1.cols)) == ins.rounds * full
     assert s2.done <= s1.done
     assert all(b - a >= single.t_ccd for a, b in zip(s1.cols, s1.cols[1:]))
+    # the analytic count: start + rows x (t_rcd + bursts + t_rp), the last t_rp replaced by the
+    # longer of precharge and datapath drain
+    full_rows = GemvInstr(rounds=ins.rounds, segments=ins.segments, cols_last=single.cols_per_row)
+    s1 = schedule(single, full_rows)
+    job = single.t_rcd + (single.cols_per_row - 1) * single.t_ccd + single.burst + single.t_rp
+    tail = max(PIPE, single.t_rp) - single.t_rp
+    assert s1.done == FIRST_ACT + full_rows.jobs * job + tail
     if single.t_ccd == single.burst:
-        n = ins.rounds * single.banks
-        k = ins.segments * single.row_size
-        if ins.cols_last == single.cols_per_row:
-            # rows x (t_rcd + t_rp) + bursts, plus the fixed start (2) and drain (<= 3 + burst)
-            overhead = s1.done - activation_bound(single, n, k)
-            assert 0 <= overhead <= 2 + max(3, single.t_rp) - single.t_rp
-            assert s2.done >= bandwidth_bound(dual, n, k)
+        n, k = ins.rounds * single.banks, ins.segments * single.row_size
+        assert s1.done == activation_bound(single, n, k) + FIRST_ACT + tail
+        assert schedule(dual, full_rows).done >= bandwidth_bound(dual, n, k)

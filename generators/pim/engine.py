@@ -12,7 +12,9 @@ Structure (all banks in lockstep, AiM's all-bank mode):
 
 Timing: a GEMV takes :func:`~gatesmith.generators.pim.cycles.gemv_cycles` cycles from acceptance
 to ``done``; during every beat each bank does ``lanes`` MACs (``perf_macs = banks * lanes``).
-Datapath latency: a beat's products reach the accumulator 2 cycles after the beat.
+Datapath latency: a beat's products reach the accumulator 4 cycles after the beat (memory read,
+operand register, product register, adder-tree register), so a multiplier or the adder tree,
+not a memory-to-accumulator chain, sets the clock.
 
 Host window (see ``isa.window_layout``): weight writes are refused (``err``) while a GEMV runs
 unless ``dual_row_buffer`` is set (the second row buffer serves the host, as NeuPIMs proposes).
@@ -29,7 +31,7 @@ from .isa import FIELDS, OPCODE_GEMV, region_size
 
 __all__ = ["PimEngine"]
 
-PIPE_LATENCY = 2  # beat -> accumulator update (memory read, products + adder tree)
+PIPE_LATENCY = 4  # beat -> accumulator update (memory read, operands, products, adder tree)
 
 
 def _log2(n: int) -> int:
@@ -332,21 +334,16 @@ class PimEngine(wiring.Component):
         host = self.host
         w = cfg.fmt.width
         wpr_bits = _log2(cfg.words_per_row)
-        # shared pipeline flags: stage 1 (memory data), stage 2 (dot product registered)
-        v1, first1, last1 = Signal(), Signal(), Signal()
-        v2, first2, last2 = Signal(), Signal(), Signal()
-        slot1, slot2 = Signal(16), Signal(16)
-        m.d.sync += [
-            v1.eq(self.b_valid),
-            first1.eq(self.b_first),
-            last1.eq(self.b_is_last),
-            slot1.eq(self.b_slot),
-            v2.eq(v1),
-            first2.eq(first1),
-            last2.eq(last1),
-            slot2.eq(slot1),
-        ]
-        m.d.comb += self.pipe_empty.eq(~self.b_valid & ~v1 & ~v2)
+        # shared pipeline flags, one set per stage: 1 memory data, 2 operands registered,
+        # 3 products registered, 4 dot product registered (the accumulator adds it)
+        flags = [(self.b_valid, self.b_first, self.b_is_last, self.b_slot)]
+        for k in range(1, PIPE_LATENCY + 1):
+            st = (Signal(name=f"v{k}"), Signal(name=f"first{k}"), Signal(name=f"last{k}"),
+                  Signal(16, name=f"slot{k}"))  # fmt: skip
+            m.d.sync += [a.eq(b) for a, b in zip(st, flags[-1], strict=True)]
+            flags.append(st)
+        v_acc, first_acc, last_acc, slot_acc = flags[-1]
+        m.d.comb += self.pipe_empty.eq(~Cat(f[0] for f in flags).any())
         rd_data = Array(Signal(cfg.acc_width, name=f"res_rd{b}") for b in range(cfg.banks))
         data_w = Cat(*([host.w_data] * self.sw))[: cfg.word_bits]
         gran = 32 if cfg.word_bits > 32 else None
@@ -373,21 +370,27 @@ class PimEngine(wiring.Component):
             vr = vmem.read_port()
             xo = Mux(self.col_mode, self.xoff[b], 0)
             m.d.comb += [wr.addr.eq(self.b_waddr), vr.addr.eq(self.b_vaddr + (xo << wpr_bits))]
-            # stage 1: lanes products and the adder tree, registered
-            prods = [
-                wr.data[i * w : (i + 1) * w].as_signed() * vr.data[i * w : (i + 1) * w].as_signed()
-                for i in range(cfg.lanes)
-            ]
+            # stage 1 -> 2: operands registered; 2 -> 3: lane products; 3 -> 4: adder tree
+            ow = Signal(cfg.word_bits, name=f"opw{b}")
+            ox = Signal(cfg.word_bits, name=f"opx{b}")
+            m.d.sync += [ow.eq(wr.data), ox.eq(vr.data)]
+            prods = []
+            for i in range(cfg.lanes):
+                p = Signal(signed(2 * w), name=f"prod{b}_{i}")
+                a, x = ow[i * w : (i + 1) * w], ox[i * w : (i + 1) * w]
+                m.d.sync += p.eq(a.as_signed() * x.as_signed())
+                prods.append(p)
             dot = Signal(signed(2 * w + _log2(cfg.lanes) + 1), name=f"dot{b}")
             m.d.sync += dot.eq(_tree_sum(prods))
-            # stage 2: accumulate, write the result of the dot product's last beat
+            # stage 4: accumulate, write the result of the dot product's last beat
             acc = Signal(signed(cfg.acc_width), name=f"acc{b}")
             acc_next = Signal(signed(cfg.acc_width), name=f"acc_next{b}")
-            m.d.comb += acc_next.eq(Mux(first2, 0, acc) + dot)
-            with m.If(v2):
+            m.d.comb += acc_next.eq(Mux(first_acc, 0, acc) + dot)
+            with m.If(v_acc):
                 m.d.sync += acc.eq(acc_next)
             rwp = rmem.write_port()
-            m.d.comb += [rwp.addr.eq(slot2), rwp.data.eq(acc_next), rwp.en.eq(v2 & last2)]
+            m.d.comb += [rwp.addr.eq(slot_acc), rwp.data.eq(acc_next),
+                         rwp.en.eq(v_acc & last_acc)]  # fmt: skip
             rrp = rmem.read_port()
             m.d.comb += [rrp.addr.eq(self.h_slot_r), rd_data[b].eq(rrp.data)]
         res_word = Signal(32 * self.sr)
