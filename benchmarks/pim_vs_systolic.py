@@ -48,11 +48,11 @@ def main():
                 best = min(sys_c, key=sys_c.get)
                 rows.append(dict(pair=pair, n=n, k=k, batch=b, pim_cycles=b * pim1,
                                  systolic_cycles=sys_c[best], systolic_dataflow=best,
-                                 pim_over_systolic=round(b * pim1 / sys_c[best], 3)))  # fmt: skip
+                                 pim_over_systolic=round(b * pim1 / sys_c[best], 4)))  # fmt: skip
     cross = {}
     for r in rows:
         key = (r["pair"], r["n"], r["k"])
-        if r["pim_over_systolic"] > 1 and key not in cross:
+        if r["pim_cycles"] > r["systolic_cycles"] and key not in cross:
             cross[key] = r["batch"]
     cols = ["pair", "n", "k", "batch", "pim_cycles", "systolic_cycles", "systolic_dataflow",
             "pim_over_systolic"]  # fmt: skip
