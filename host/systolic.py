@@ -21,7 +21,7 @@ from ..generators.systolic.layout import os_operands, pack_words, unpack_acc, ws
 
 __all__ = ["matmul", "plan", "Plan", "gemm_instr", "default_dataflow"]
 
-_MAX_DIM = 65535
+_MAX_DIM = 65535  # an instruction's M, N, K fields are 16 bits; the host tiles larger shapes
 
 
 def _ceil(a: int, b: int) -> int:
@@ -84,8 +84,8 @@ def plan(m: int, k: int, n: int, dataflow: str, cfg: SystolicConfig) -> Plan:
         kc = min(k, (half // R) * R) if k > half else k
         nt = min(n, (half // kc) * C)
         mt = min(m, half // _ceil(kc, R))
-    mt = min(mt, acc_half)
-    nt = min(nt, max(C, (acc_half // mt) * C))
+    mt = min(mt, acc_half, _MAX_DIM)
+    nt = min(nt, max(C, (acc_half // mt) * C), _MAX_DIM // C * C)
     while _ceil(nt, C) * mt > acc_half:
         mt = max(1, acc_half // _ceil(nt, C))
     if dataflow == "os":
@@ -133,9 +133,6 @@ def _check_operands(a, b, cfg: SystolicConfig):
             f"a and b do not chain: a is {a.shape[0]}x{a.shape[1]}, b is "
             f"{b.shape[0]}x{b.shape[1]} (a's columns must equal b's rows)"
         )
-    for dim, v in zip("mkn", (a.shape[0], a.shape[1], b.shape[1]), strict=True):
-        if v > _MAX_DIM:
-            raise UsageError(f"{dim.upper()} must be at most {_MAX_DIM}, not {v}")
 
 
 def matmul(dev, a: torch.Tensor, b: torch.Tensor, *, dataflow: str | None = None) -> torch.Tensor:

@@ -113,3 +113,18 @@ def test_host_errors_name_the_argument(dev_small):
     assert str(e.value) == "a must be a torch tensor, not list"
     empty = dev_small.matmul(torch.zeros((0, 3), dtype=torch.int8), a.t())
     assert empty.shape == (0, 2)
+
+
+def test_long_k_overflows_the_accumulator_like_the_model(dev_small):
+    # every product 16384, K = 140000: the true sum 2.29e9 passes int32; the hardware (and the
+    # model) wrap modulo 2**32; the host splits K into chunks that accumulate on the device
+    scfg = dev_small.config.engine("systolic")
+    k = 140_000
+    a = torch.full((1, k), -128, dtype=torch.int8)
+    b = torch.full((k, 2), -128, dtype=torch.int8)
+    b[:, 1] = 127
+    c = dev_small.matmul(a, b)
+    gold = model.gemm(a, b, scfg)
+    assert torch.equal(c.long(), gold)
+    assert not torch.equal(gold, a.long() @ b.long())  # it did wrap
+    assert int(c[0, 0]) == ((k * 16384 + 2**31) % 2**32) - 2**31
