@@ -15,7 +15,8 @@ Pipeline (one pass enters per pass time; every stage keeps up with one-cycle pas
    walks 4 planes), activations -> integers (masked past K); registered.
 2. planes: per PE, per cycle, ``sum_b sum_l bit_(j*bpc+b)(|w_l|) * (+/-a_l) << b`` (an AND-mux
    and an adder tree, no multiplier; negative terms as inverted activations plus a count of
-   them), registered; 2b shifts it by ``j*bpc`` into the group's exact partial sum.
+   them), in two registered levels (sums of 8 terms, then theirs); 2b shifts the plane sum by
+   ``j*bpc`` into the group's exact partial sum.
 3. dequantisation: the group's partial sum times its 16-bit scale (one multiplier per PE).
 4. accumulate: adds the groups of a result (``acc_width`` bits, wrapping) and writes the tile's
    ``pes`` results into the result memory.
@@ -39,6 +40,9 @@ __all__ = ["BitserialEngine"]
 
 def _log2(n: int) -> int:
     return n.bit_length() - 1
+
+
+_TREE_CUT = 8  # adder-tree terms summed before the pipeline register
 
 
 def _tree_sum(terms):
@@ -358,15 +362,17 @@ class BitserialEngine(wiring.Component):
         s2 = {k: Signal(v.shape(), name=f"s2_{k}") for k, v in dec["s1"].items()}
         for k, v in dec["s1"].items():
             m.d.sync += s2[k].eq(v)
+        s2a = {k: Signal(v.shape(), name=f"s2a_{k}") for k, v in s2.items()}
         s2b = {k: Signal(v.shape(), name=f"s2b_{k}") for k, v in s2.items()}
         for k, v in s2.items():
-            m.d.sync += s2b[k].eq(v)
+            m.d.sync += [s2a[k].eq(v), s2b[k].eq(s2a[k])]
         pw = psum_width(cfg)
         a_w = cfg.a_max_bits + 1
         out_valid = Signal()
         gsum = [Signal(signed(pw), name=f"gsum_{p}") for p in range(cfg.pes)]
         gscale = [Signal(SCALE_BITS + 1, name=f"gscale_{p}") for p in range(cfg.pes)]
         scale_b = [Signal(SCALE_BITS + 1, name=f"scale_b_{p}") for p in range(cfg.pes)]
+        scale_c = [Signal(SCALE_BITS + 1, name=f"scale_c_{p}") for p in range(cfg.pes)]
         flags = {k: Signal(s2[k].shape(), name=f"s3_{k}")
                  for k in ("last_row", "last_all", "r_addr")}
         computing = s2["valid"]
@@ -382,10 +388,16 @@ class BitserialEngine(wiring.Component):
                 for b in range(bpc):
                     terms.append(Mux(mag[b], a2 << b if b else a2, 0))
                     ones.append((mag[b] & neg) << b if b else (mag[b] & neg))
-            plane_sum = Signal(signed(cfg.a_max_bits + 3 + bpc + _log2(cfg.lanes)),
-                               name=f"plane_{p}")
-            with m.If(computing):
-                m.d.sync += plane_sum.eq(_tree_sum(terms + [_tree_sum(ones)]))
+            psw = cfg.a_max_bits + 3 + bpc + _log2(cfg.lanes)
+            plane_sum = Signal(signed(psw), name=f"plane_{p}")
+            # two pipelined levels: sums of 8 terms, then their sum
+            terms.append(_tree_sum(ones))
+            parts = []
+            for i in range(0, len(terms), _TREE_CUT):
+                part = Signal(signed(psw), name=f"part_{p}_{i // _TREE_CUT}")
+                m.d.sync += part.eq(_tree_sum(terms[i : i + _TREE_CUT]))
+                parts.append(part)
+            m.d.sync += plane_sum.eq(_tree_sum(parts))
             psum = Signal(signed(pw), name=f"psum_{p}")
             nxt = Signal(signed(pw), name=f"psum_next_{p}")
             first = s2b["first_j"] & s2b["first_g"]
@@ -398,8 +410,9 @@ class BitserialEngine(wiring.Component):
                     m.d.sync += dec["mag"][p][lane].eq(dec["mag"][p][lane] >> bpc)
             with m.If(computing):
                 m.d.sync += scale_b[p].eq(dec["scale"][p])
+            m.d.sync += scale_c[p].eq(scale_b[p])
             with m.If(group_end):
-                m.d.sync += [gsum[p].eq(nxt), gscale[p].eq(scale_b[p])]
+                m.d.sync += [gsum[p].eq(nxt), gscale[p].eq(scale_c[p])]
         m.d.sync += out_valid.eq(group_end)
         with m.If(group_end):
             m.d.sync += [flags[k].eq(s2b[k]) for k in flags]

@@ -62,7 +62,7 @@ __all__ = [
 ]
 
 OPCODES = {"matmul": 0x30}
-OVERHEAD = 9  # check, range, start, read, decode, plane sum, dequantise, accumulate+write, done
+OVERHEAD = 10  # check, range, start, read, decode, 2 plane-sum levels, dequant, acc+write, done
 REJECT_CYCLES = 4
 
 DT_INT = 0
