@@ -197,7 +197,7 @@ def test_format_extremes(dtype, dual):
     _check_case(cfg, st, instrs)
 
 
-def test_errors_retire_in_one_cycle_and_leave_results():
+def test_errors_retire_at_cycle_2_and_leave_results():
     cfg = PimConfig(**SMALL)
     st = random_state(cfg, torch.Generator().manual_seed(2))
     st.xoff = [0, 3]
@@ -219,7 +219,7 @@ def test_bad_opcode():
         return await bus.execute([0x41, 0, 0, 0])
 
     cycles, err, acts, cols = run_sim(cfg, body)
-    assert (cycles, err, acts, cols) == (1, ErrorCode.BAD_OPCODE, [], [])
+    assert (cycles, err, acts, cols) == (2, ErrorCode.BAD_OPCODE, [], [])
 
 
 def test_host_window_errors():

@@ -1,8 +1,8 @@
 """Exact cycle model of the PIM engine (equals the RTL's cycle count, checked by tests).
 
 Time 0 is the cycle the engine accepts the GEMV instruction (``cmd.valid & cmd.ready``); the
-engine checks the fields at cycle 1 (a rejected instruction retires there) and the channel
-controller can issue the first activate at cycle 2. Every bank receives the same commands
+engine checks the fields at cycles 1 and 2 (a rejected instruction retires at 2) and the channel
+controller can issue the first activate at cycle 3. Every bank receives the same commands
 (all-bank mode), so one bank's schedule is the engine's. Rules, for row jobs ``j = 0..J-1``
 (``J = rounds * segments``, job ``j`` uses row buffer ``k = j mod nb``, ``nb`` = 1 or 2):
 
@@ -27,7 +27,7 @@ from .isa import GemvInstr, check_instr
 
 __all__ = ["Schedule", "schedule", "gemv_cycles", "bandwidth_bound", "activation_bound"]
 
-FIRST_ACT = 2  # accept at 0, field check at 1
+FIRST_ACT = 3  # accept at 0, field checks at 1 and 2
 PIPE = 5  # last beat -> pipeline empty (result written 4 cycles after the beat)
 
 
@@ -35,7 +35,7 @@ PIPE = 5  # last beat -> pipeline empty (result written 4 cycles after the beat)
 class Schedule:
     acts: list[int] = field(default_factory=list)  # cycle of each activate
     cols: list[int] = field(default_factory=list)  # cycle of each column command
-    done: int = 1  # cycle of the done pulse (== cycles, since accept is cycle 0)
+    done: int = 2  # cycle of the done pulse (== cycles, since accept is cycle 0)
     beats: int = 0  # beats per bank (each lanes MACs)
     error: ErrorCode = ErrorCode.NONE
 

@@ -165,6 +165,8 @@ class PimEngine(wiring.Component):
         f = {k: Signal(w, name=f"f_{k}") for k, (_, w) in FIELDS.items()}
         opcode = Signal(8)
         jobs = Signal(32)
+        jobs_r = Signal(32)
+        code_r = Signal(8)
         m.d.comb += jobs.eq(f["rounds"] * f["segments"])
 
         # row process (activate) and column process (MAC bursts) state
@@ -228,16 +230,23 @@ class PimEngine(wiring.Component):
                     for k, (off, w) in FIELDS.items():
                         m.d.sync += f[k].eq(self.cmd.payload[off : off + w])
                     m.next = "CHECK"
-            with m.State("CHECK"):
+            with m.State("CHECK"):  # register the product rounds * segments and the checks
                 m.d.comb += busy.eq(1)
-                code = self._check(m, f, opcode, jobs)
+                m.d.sync += [jobs_r.eq(jobs), code_r.eq(self._check(m, f, opcode))]
+                m.next = "START"
+            with m.State("START"):
+                m.d.comb += busy.eq(1)
+                code = Signal(8)
+                rows_oor = f["w_row"] + jobs_r > cfg.rows_per_bank
+                oor_code = Mux(rows_oor, ErrorCode.OUT_OF_RANGE, 0)
+                m.d.comb += code.eq(Mux(code_r != 0, code_r, oor_code))
                 with m.If(code != 0):
                     m.d.comb += [self.done.eq(1), self.error.eq(code)]
                     m.next = "IDLE"
                 with m.Else():
                     m.d.sync += [
-                        a_left.eq(jobs),
-                        c_left.eq(jobs),
+                        a_left.eq(jobs_r),
+                        c_left.eq(jobs_r),
                         a_buf.eq(0),
                         c_buf.eq(0),
                         c_s.eq(0),
@@ -301,8 +310,9 @@ class PimEngine(wiring.Component):
                     m.d.comb += self.done.eq(1)
                     m.next = "IDLE"
 
-    def _check(self, m, f, opcode, jobs):
-        """The error code of the latched instruction (the order of ``isa.check_instr``)."""
+    def _check(self, m, f, opcode):
+        """The error code of the latched instruction (the order of ``isa.check_instr``), except
+        the weight-row range, which needs ``rounds * segments`` and is checked a cycle later."""
         cfg = self.cfg
         code = Signal(8)
         bad_shape = (
@@ -315,11 +325,7 @@ class PimEngine(wiring.Component):
         for b in range(cfg.banks):
             off = Mux(f["col_mode"], self.xoff[b], 0)
             x_bad = x_bad | (f["x_seg"] + f["segments"] + off > cfg.vector_segments)
-        oor = (
-            (f["w_row"] + jobs > cfg.rows_per_bank)
-            | (f["y_base"] + f["rounds"] > cfg.result_depth)
-            | x_bad
-        )
+        oor = (f["y_base"] + f["rounds"] > cfg.result_depth) | x_bad
         with m.If(opcode != OPCODE_GEMV):
             m.d.comb += code.eq(ErrorCode.BAD_OPCODE)
         with m.Elif(bad_shape):
