@@ -1,13 +1,13 @@
 """The rows x cols processing-element grid with output- and weight-stationary datapaths.
 
-Timing contract (what the engine's feeder relies on; ``L`` below is 0, counted from the cycle a
-value is presented on ``a_data``/``b_data``):
+Timing contract (what the engine's feeder relies on), counted from the cycle a value is presented
+on ``a_data``/``b_data``; every edge input is registered once (``L = 1``) before the skew:
 
-* Left inputs: row ``i`` of ``a_data`` (and the flags) is delayed by ``i`` cycles inside the array
-  (the skew), then moves right one PE per cycle. PE ``(i, j)`` sees beat ``t`` at cycle
-  ``t + i + j``.
-* Top inputs: column ``j`` of ``b_data`` and ``b_shift`` are delayed by ``j`` cycles. In OS mode b
-  moves down one PE per cycle (PE ``(i, j)`` sees beat ``t`` at ``t + i + j``). In WS mode ``b``
+* Left inputs: row ``i`` of ``a_data`` (and the flags) is delayed by ``L + i`` cycles inside the
+  array (the skew), then moves right one PE per cycle. PE ``(i, j)`` sees beat ``t`` at cycle
+  ``t + L + i + j``.
+* Top inputs: column ``j`` of ``b_data`` and ``b_shift`` are delayed by ``L + j`` cycles. In OS
+  mode b moves down one PE per cycle (PE ``(i, j)`` sees beat ``t`` at ``t + L + i + j``). In WS mode ``b``
   is the preload chain: when column ``j``'s (skewed) ``b_shift`` is high, every row of that
   column shifts down by one; after ``rows`` shifts, row ``i`` holds the word shifted in
   ``rows - 1 - i`` shifts before the last.
@@ -35,8 +35,8 @@ from .config import SystolicConfig
 
 __all__ = ["SystolicArray", "OS_LAT", "WS_LAT"]
 
-OS_LAT = 3  # product stage + accumulator + edge adder register
-WS_LAT = 3  # product stage + partial sum register + edge adder register
+OS_LAT = 4  # edge input register + product stage + accumulator + edge adder register
+WS_LAT = 4  # edge input register + product stage + partial sum register + edge adder register
 
 
 def _csa(s, c, p, width):
@@ -91,10 +91,12 @@ class SystolicArray(wiring.Component):
         f_in = [[None] * C for _ in range(R)]  # flags (valid, first, drain) with it
         flags = Cat(self.a_valid, self.a_first, self.a_drain)
         for i in range(R):
-            a_in[i][0] = self._delay(m, self.a_data[i], i, f"askew{i}")
-            f_in[i][0] = self._delay(m, flags, i, f"fskew{i}")
-        b_top = [self._delay(m, self.b_data[j], j, f"bskew{j}") for j in range(C)]
-        sh = [self._delay(m, self.b_shift, j, f"shskew{j}") for j in range(C)]
+            # one more register than the skew needs: the edge inputs come straight from block
+            # RAM outputs, and this keeps the RAM's clock-to-out out of the multiplier's path
+            a_in[i][0] = self._delay(m, self.a_data[i], i + 1, f"askew{i}")
+            f_in[i][0] = self._delay(m, flags, i + 1, f"fskew{i}")
+        b_top = [self._delay(m, self.b_data[j], j + 1, f"bskew{j}") for j in range(C)]
+        sh = [self._delay(m, self.b_shift, j + 1, f"shskew{j}") for j in range(C)]
 
         b_in = [[None] * C for _ in range(R)]  # OS: b arriving from above; WS: preload chain
         for j in range(C):
