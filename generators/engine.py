@@ -40,6 +40,8 @@ __all__ = [
     "ErrorCode",
     "Window",
     "engine_ports",
+    "check_int",
+    "check_pow2",
     "pack_instr",
     "unpack_instr",
 ]
@@ -90,6 +92,20 @@ class Window:
             "access": self.access,
             "doc": self.doc,
         }
+
+
+def check_int(name: str, value, lo: int, hi: int) -> None:
+    """Config validation shared by the engines: ``name must be an integer in lo..hi, not v``."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be an integer, not {value!r}")
+    if not lo <= value <= hi:
+        raise ValueError(f"{name} must be an integer in {lo}..{hi}, not {value}")
+
+
+def check_pow2(name: str, value, lo: int, hi: int) -> None:
+    check_int(name, value, lo, hi)
+    if value & (value - 1):
+        raise ValueError(f"{name} must be a power of two in {lo}..{hi}, not {value}")
 
 
 def engine_ports(*, host_addr_width: int = ENGINE_WINDOW_ADDR_WIDTH) -> dict:

@@ -4,24 +4,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import ClassVar
+from ..engine import check_int as _check_int, check_pow2 as _check_pow2
 
 __all__ = ["BitserialConfig", "ENCODINGS", "SCALE_BITS"]
 
 ENCODINGS = ("twos", "bipolar")
 SCALE_BITS = 16  # unsigned integer group scale (the host keeps a power-of-two exponent per row)
-
-
-def _check_int(name, value, lo, hi):
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{name} must be an integer, not {value!r}")
-    if not lo <= value <= hi:
-        raise ValueError(f"{name} must be an integer in {lo}..{hi}, not {value}")
-
-
-def _check_pow2(name, value, lo, hi):
-    _check_int(name, value, lo, hi)
-    if value & (value - 1):
-        raise ValueError(f"{name} must be a power of two in {lo}..{hi}, not {value}")
 
 
 def _ceil_pow2(n: int) -> int:

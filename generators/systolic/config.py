@@ -6,24 +6,12 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 from ...hdl.formats import IntFormat, parse_int_format
+from ..engine import check_int as _check_int, check_pow2 as _check_pow2
 
 __all__ = ["SystolicConfig", "DATAFLOWS", "ACCUMULATIONS"]
 
 DATAFLOWS = ("os", "ws", "is")
 ACCUMULATIONS = ("cpa", "carry_save")
-
-
-def _check_int(name, value, lo, hi):
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{name} must be an integer, not {value!r}")
-    if not lo <= value <= hi:
-        raise ValueError(f"{name} must be an integer in {lo}..{hi}, not {value}")
-
-
-def _check_pow2(name, value, lo, hi):
-    _check_int(name, value, lo, hi)
-    if value & (value - 1):
-        raise ValueError(f"{name} must be a power of two in {lo}..{hi}, not {value}")
 
 
 @dataclass(frozen=True)
