@@ -31,6 +31,7 @@ from amaranth.hdl import signed, unsigned
 from amaranth.lib import wiring
 from amaranth.lib.memory import Memory
 
+from ...hdl.arith import adder_tree
 from ..engine import ErrorCode, Window, engine_ports
 from .config import SCALE_BITS, BitserialConfig
 from .model import DATATYPES, FIELDS, OVERHEAD, REJECT_CYCLES, cycles, psum_width
@@ -43,16 +44,6 @@ def _log2(n: int) -> int:
 
 
 _TREE_CUT = 8  # adder-tree terms summed before the pipeline register
-
-
-def _tree_sum(terms):
-    terms = list(terms)
-    while len(terms) > 1:
-        nxt = [terms[i] + terms[i + 1] for i in range(0, len(terms) - 1, 2)]
-        if len(terms) % 2:
-            nxt.append(terms[-1])
-        terms = nxt
-    return terms[0]
 
 
 def _regions(cfg: BitserialConfig):
@@ -391,13 +382,13 @@ class BitserialEngine(wiring.Component):
             psw = cfg.a_max_bits + 3 + bpc + _log2(cfg.lanes)
             plane_sum = Signal(signed(psw), name=f"plane_{p}")
             # two pipelined levels: sums of 8 terms, then their sum
-            terms.append(_tree_sum(ones))
+            terms.append(adder_tree(ones))
             parts = []
             for i in range(0, len(terms), _TREE_CUT):
                 part = Signal(signed(psw), name=f"part_{p}_{i // _TREE_CUT}")
-                m.d.sync += part.eq(_tree_sum(terms[i : i + _TREE_CUT]))
+                m.d.sync += part.eq(adder_tree(terms[i : i + _TREE_CUT]))
                 parts.append(part)
-            m.d.sync += plane_sum.eq(_tree_sum(parts))
+            m.d.sync += plane_sum.eq(adder_tree(parts))
             psum = Signal(signed(pw), name=f"psum_{p}")
             nxt = Signal(signed(pw), name=f"psum_next_{p}")
             first = s2b["first_j"] & s2b["first_g"]

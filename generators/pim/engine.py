@@ -26,6 +26,7 @@ from amaranth.hdl import Array, Cat, Const, Module, Mux, Signal, signed, unsigne
 from amaranth.lib import wiring
 from amaranth.lib.memory import Memory
 
+from ...hdl.arith import adder_tree
 from ..engine import ErrorCode, engine_ports
 from .isa import FIELDS, OPCODE_GEMV, region_size
 
@@ -36,17 +37,6 @@ PIPE_LATENCY = 4  # beat -> accumulator update (memory read, operands, products,
 
 def _log2(n: int) -> int:
     return max(0, (n - 1).bit_length())
-
-
-def _tree_sum(terms):
-    """Balanced adder tree over Amaranth values (keeps the critical path at log2(n) adders)."""
-    terms = list(terms)
-    while len(terms) > 1:
-        nxt = [terms[i] + terms[i + 1] for i in range(0, len(terms) - 1, 2)]
-        if len(terms) % 2:
-            nxt.append(terms[-1])
-        terms = nxt
-    return terms[0]
 
 
 class PimEngine(wiring.Component):
@@ -387,7 +377,7 @@ class PimEngine(wiring.Component):
                 m.d.sync += p.eq(a.as_signed() * x.as_signed())
                 prods.append(p)
             dot = Signal(signed(2 * w + _log2(cfg.lanes) + 1), name=f"dot{b}")
-            m.d.sync += dot.eq(_tree_sum(prods))
+            m.d.sync += dot.eq(adder_tree(prods))
             # stage 4: accumulate, write the result of the dot product's last beat
             acc = Signal(signed(cfg.acc_width), name=f"acc{b}")
             acc_next = Signal(signed(cfg.acc_width), name=f"acc_next{b}")
