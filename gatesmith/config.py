@@ -109,7 +109,7 @@ def _default_engines():
 
 @dataclass(frozen=True)
 class AccelConfig:
-    """A whole accelerator: engines plus the shared controller, queue and host link.
+    """A whole accelerator: engines plus the shared controller, queues, device memory and link.
 
     ``engines`` is a tuple of engine Config objects, at most one per kind, in window order (engine
     ``i``'s host window is at ``0x0100_0000 * (i + 1)``). ``perf_width`` is the width of the
@@ -125,6 +125,15 @@ class AccelConfig:
     clock_hz: int = 50_000_000
     baud: int = 1_000_000
     perf_width: int = 48
+    # Device memory (the AXI4 manager port). Defaults model the ULX3S's 32 MiB SDRAM (a 16-bit
+    # SDR part at twice the 50 MHz fabric clock: 4 bytes per fabric cycle at best, ~12 cycles from
+    # request to first data through a controller).
+    mem_bytes: int = 32 << 20
+    mem_data_width: int = 32
+    mem_latency: int = 12  # cycles from a burst request to its first beat (simulated board)
+    mem_cycles_per_beat: int = 1  # beats are this many cycles apart (1: 4 bytes/cycle)
+    mem_max_burst: int = 16  # longest burst the DMA issues, in beats
+    watchdog_cycles: int = 4096  # a program that makes no progress this long is a DEADLOCK
 
     def __post_init__(self):
         if not isinstance(self.name, str) or not self.name.isidentifier():
@@ -153,6 +162,25 @@ class AccelConfig:
             raise ConfigError(f"clock_hz must be in 1e6..1e9, not {self.clock_hz}")
         if not 9600 <= self.baud <= self.clock_hz // 4:
             raise ConfigError(f"baud must be in 9600..clock_hz/4, not {self.baud}")
+        m = self.mem_bytes
+        if isinstance(m, bool) or not isinstance(m, int) or not 4096 <= m <= 1 << 31 or m & (m - 1):
+            raise ConfigError(f"mem_bytes must be a power of two in 4096..2**31, not {m!r}")
+        if self.mem_data_width != 32:
+            raise ConfigError(
+                f"mem_data_width must be 32 (the only width the DMA implements), not {self.mem_data_width!r}"
+            )
+        if not 1 <= self.mem_latency <= 1024:
+            raise ConfigError(f"mem_latency must be in 1..1024 cycles, not {self.mem_latency}")
+        if not 1 <= self.mem_cycles_per_beat <= 64:
+            raise ConfigError(
+                f"mem_cycles_per_beat must be in 1..64, not {self.mem_cycles_per_beat}"
+            )
+        if self.mem_max_burst not in (1, 2, 4, 8, 16, 32, 64, 128, 256):
+            raise ConfigError(
+                f"mem_max_burst must be a power of two in 1..256, not {self.mem_max_burst}"
+            )
+        if not 64 <= self.watchdog_cycles <= 1 << 24:
+            raise ConfigError(f"watchdog_cycles must be in 64..2**24, not {self.watchdog_cycles}")
 
     def engine(self, kind: str):
         """The config of the engine of ``kind``, or None."""

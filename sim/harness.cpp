@@ -3,8 +3,14 @@
 // byte on the bridge's rx stream and collects tx bytes, which go back over the socket. While the
 // accelerator is idle and no byte is pending, the harness blocks on the socket (no spinning).
 //
-// usage: simv --fd N            (N: a connected stream socket inherited from the host)
-// On EOF it prints "cycles=<n>" to stderr and exits 0.
+// It also models device memory behind the accelerator's AXI4 manager port: --mem PATH maps a file
+// (shared with the host process: the host's buffers are views of the same pages), --mem-bytes N
+// its size, --latency L cycles from a burst request to its first beat, --beat-cycles B cycles
+// between beats (one 32-bit beat per B cycles, on the read and the write channel each). Bursts
+// that cross a 4 KiB boundary are answered SLVERR (and counted); addresses past the end DECERR.
+//
+// usage: simv --fd N [--mem PATH --mem-bytes N --latency L --beat-cycles B]
+// On EOF it prints "cycles=<n>" and "mem_4k_violations=<n>" to stderr and exits 0.
 #include "Vsim_top.h"
 #include "verilated.h"
 
@@ -14,12 +20,112 @@
 #include <cstdlib>
 #include <cstring>
 #include <deque>
+#include <fcntl.h>
 #include <poll.h>
+#include <sys/mman.h>
 #include <sys/socket.h>
 #include <unistd.h>
 #include <vector>
 
 static int g_fd = -1;
+
+// ---- device memory model --------------------------------------------------------------------
+struct Burst {
+    uint32_t addr;
+    uint32_t beats;
+    uint64_t ready_at;
+    uint8_t resp;
+};
+
+struct Memory {
+    uint8_t* data = nullptr;
+    uint64_t bytes = 0;
+    uint64_t latency = 12;
+    uint64_t beat_cycles = 1;
+    std::deque<Burst> ar, aw, b;
+    uint32_t rbeat = 0, wbeat = 0;
+    uint64_t next_r = 0, next_w = 0;
+    uint64_t violations = 0;
+
+    uint8_t check(uint32_t addr, uint32_t beats) {
+        uint64_t end = (uint64_t)addr + 4ull * beats;
+        if (((uint64_t)addr >> 12) != ((end - 1) >> 12)) {
+            violations++;
+            return 2;  // SLVERR: a burst must not cross 4 KiB
+        }
+        if (end > bytes) return 3;  // DECERR
+        return 0;
+    }
+    uint32_t read32(uint32_t a) const {
+        uint32_t v;
+        memcpy(&v, data + a, 4);
+        return v;
+    }
+    void write32(uint32_t a, uint32_t v, uint32_t strb) {
+        for (int i = 0; i < 4; i++)
+            if (strb & (1u << i)) data[a + i] = (uint8_t)(v >> (8 * i));
+    }
+    bool busy() const { return !ar.empty() || !aw.empty() || !b.empty(); }
+};
+
+template <class T>
+static void drive_mem(T* top, Memory& mem, uint64_t cycle) {
+    top->mem_arready = mem.ar.size() < 8;
+    top->mem_awready = mem.aw.size() < 8;
+    top->mem_wready = !mem.aw.empty() && cycle >= mem.next_w;
+    bool r = !mem.ar.empty() && cycle >= mem.ar.front().ready_at && cycle >= mem.next_r;
+    top->mem_rvalid = r;
+    top->mem_rid = 0;
+    if (r) {
+        const Burst& h = mem.ar.front();
+        top->mem_rresp = h.resp;
+        top->mem_rlast = mem.rbeat + 1 == h.beats;
+        top->mem_rdata = h.resp ? 0 : mem.read32(h.addr + 4 * mem.rbeat);
+    } else {
+        top->mem_rresp = 0;
+        top->mem_rlast = 0;
+        top->mem_rdata = 0;
+    }
+    bool bv = !mem.b.empty() && cycle >= mem.b.front().ready_at;
+    top->mem_bvalid = bv;
+    top->mem_bid = 0;
+    top->mem_bresp = bv ? mem.b.front().resp : 0;
+}
+
+template <class T>
+static void step_mem(T* top, Memory& mem, uint64_t cycle) {
+    // called after the falling-edge eval: the handshakes of this cycle are visible
+    bool ar_fire = top->mem_arvalid && top->mem_arready;
+    bool aw_fire = top->mem_awvalid && top->mem_awready;
+    bool w_fire = top->mem_wvalid && top->mem_wready;
+    bool r_fire = top->mem_rvalid && top->mem_rready;
+    bool b_fire = top->mem_bvalid && top->mem_bready;
+    uint32_t araddr = top->mem_araddr, arlen = top->mem_arlen;
+    uint32_t awaddr = top->mem_awaddr, awlen = top->mem_awlen;
+    uint32_t wdata = top->mem_wdata, wstrb = top->mem_wstrb;
+    if (r_fire) {
+        mem.rbeat++;
+        mem.next_r = cycle + mem.beat_cycles;
+        if (mem.rbeat == mem.ar.front().beats) {
+            mem.ar.pop_front();
+            mem.rbeat = 0;
+        }
+    }
+    if (w_fire) {
+        Burst& h = mem.aw.front();
+        if (!h.resp) mem.write32(h.addr + 4 * mem.wbeat, wdata, wstrb);
+        mem.wbeat++;
+        mem.next_w = cycle + mem.beat_cycles;
+        if (mem.wbeat == h.beats) {
+            mem.b.push_back({0, 0, cycle + mem.latency, h.resp});
+            mem.aw.pop_front();
+            mem.wbeat = 0;
+        }
+    }
+    if (b_fire) mem.b.pop_front();
+    if (ar_fire) mem.ar.push_back({araddr, arlen + 1, cycle + mem.latency, mem.check(araddr, arlen + 1)});
+    if (aw_fire) mem.aw.push_back({awaddr, awlen + 1, 0, mem.check(awaddr, awlen + 1)});
+}
 
 static bool flush_out(std::vector<uint8_t>& out) {
     size_t off = 0;
@@ -57,12 +163,37 @@ static bool pull_in(std::deque<uint8_t>& in, bool block) {
 }
 
 int main(int argc, char** argv) {
-    for (int i = 1; i + 1 < argc; i++)
+    Memory mem;
+    const char* mem_path = nullptr;
+    mem.bytes = 1 << 20;
+    for (int i = 1; i + 1 < argc; i++) {
         if (!strcmp(argv[i], "--fd")) g_fd = atoi(argv[i + 1]);
+        if (!strcmp(argv[i], "--mem")) mem_path = argv[i + 1];
+        if (!strcmp(argv[i], "--mem-bytes")) mem.bytes = strtoull(argv[i + 1], nullptr, 0);
+        if (!strcmp(argv[i], "--latency")) mem.latency = strtoull(argv[i + 1], nullptr, 0);
+        if (!strcmp(argv[i], "--beat-cycles")) mem.beat_cycles = strtoull(argv[i + 1], nullptr, 0);
+    }
     if (g_fd < 0) {
-        fprintf(stderr, "usage: %s --fd N\n", argv[0]);
+        fprintf(stderr, "usage: %s --fd N [--mem PATH --mem-bytes N --latency L --beat-cycles B]\n", argv[0]);
         return 2;
     }
+    if (mem_path) {
+        int mfd = open(mem_path, O_RDWR);
+        if (mfd < 0) {
+            perror("device memory file");
+            return 2;
+        }
+        void* p = mmap(nullptr, mem.bytes, PROT_READ | PROT_WRITE, MAP_SHARED, mfd, 0);
+        close(mfd);
+        if (p == MAP_FAILED) {
+            perror("mmap of device memory");
+            return 2;
+        }
+        mem.data = (uint8_t*)p;
+    } else {
+        mem.data = (uint8_t*)calloc(mem.bytes, 1);
+    }
+    if (mem.beat_cycles < 1) mem.beat_cycles = 1;
     VerilatedContext* ctx = new VerilatedContext;
     ctx->commandArgs(argc, argv);
     Vsim_top* top = new Vsim_top{ctx};
@@ -80,7 +211,7 @@ int main(int argc, char** argv) {
     uint64_t cycles = 0;
     bool open = true;
     while (open) {
-        if (in.empty() && top->idle && !top->tx_valid) {
+        if (in.empty() && top->idle && !top->tx_valid && !mem.busy()) {
             if (!flush_out(out)) break;
             open = pull_in(in, true);
             if (!open) break;
@@ -90,8 +221,10 @@ int main(int argc, char** argv) {
         }
         top->rx_valid = !in.empty();
         top->rx_data = in.empty() ? 0 : in.front();
+        drive_mem(top, mem, cycles);
         top->clk = 0;
         top->eval();
+        step_mem(top, mem, cycles);
         bool rx_fire = top->rx_valid && top->rx_ready;
         bool tx_fire = top->tx_valid && top->tx_ready;
         uint8_t tx_byte = top->tx_data;
@@ -106,6 +239,7 @@ int main(int argc, char** argv) {
     }
     flush_out(out);
     fprintf(stderr, "cycles=%llu\n", (unsigned long long)cycles);
+    fprintf(stderr, "mem_4k_violations=%llu\n", (unsigned long long)mem.violations);
     top->final();
     delete top;
     delete ctx;

@@ -1,32 +1,54 @@
-"""The accelerator top: engines behind a controller and one AXI4-Lite subordinate.
+"""The accelerator top (contract v2): engines, a controller with programs, a DMA, device memory.
 
-:class:`Accelerator` is the contract of ../shared/DESIGN.md: an AXI4-Lite slave with the
-identity/capability block (including the config as JSON, so a host discovers what it talks to),
-control/status registers, performance counters, the instruction queue, and one window per engine
-(``0x0100_0000 * (i + 1)``). The controller pops instructions and hands each to the engine that
-owns its opcode (``NOP`` 0x00 retires at once; ``SYNC`` 0x01 waits until every engine is idle).
+:class:`Accelerator` is the contract of ../shared/DESIGN.md:
+
+* ``axi``: an AXI4-Lite subordinate with the identity/capability block (the config as JSON, so a
+  host discovers what it talks to), control/status registers, performance counters, the
+  register-written instruction queue (single instructions, bring-up), one window per engine at
+  ``0x0100_0000 * (i + 1)``, and device memory at ``MEM_WINDOW_BASE`` (single words: how the
+  serial transport reaches device buffers);
+* ``mem``: an AXI4 manager to device memory, shared (``hdl/axi4.py``) by the program fetcher, the
+  load and store DMA channels and the AXI4-Lite window onto device memory.
+
+The controller (``controller.py``) runs programs from device memory on three queues with
+dependency tokens; the DMA (``dma.py``) moves strided 2-D blocks between device memory and the
+engines' windows. An engine's single window port is shared: the AXI4-Lite subordinate wins, and
+the load and store channels take turns when both want the same engine.
 :class:`LinkTop` puts the host-link bridge in front: bytes in, bytes out, the same on a board's
-UART and in the Verilator harness.
+UART and in the Verilator harness; its ``mem`` port goes to the board's memory or the harness.
 """
 
 
 import hashlib
 
-from amaranth import Cat, Const, Module, Mux, Signal
+from amaranth import Cat, Module, Mux, Signal
 from amaranth.lib import fifo, memory, stream, wiring
 from amaranth.lib.wiring import In, Out
 
 from ...config import AccelConfig
+from ...hdl.axi4 import AXI4Interconnect, AXI4Signature
 from ...hdl.bus import AXI_DECERR, AXI_OKAY, AXI_SLVERR, AXI4LiteSignature
 from ...hdl.hostlink import HostLinkBridge
 from ..engine import INSTR_BITS, INSTR_WORDS, ErrorCode
 from ..registry import engine_spec
-from .regs import CONFIG_ROM_BASE, CONFIG_ROM_BYTES, MAGIC, PERF_COUNTERS, REG, VERSION
+from .controller import Controller
+from .dma import LoadChannel, StoreChannel
+from .isa import Op
+from .regs import (
+    CONFIG_ROM_BASE,
+    CONFIG_ROM_BYTES,
+    CTRL_BITS,
+    MAGIC,
+    PERF_COUNTERS,
+    REG,
+    STATUS_BITS,
+    VERSION,
+)
 
 __all__ = ["Accelerator", "LinkTop", "OP_NOP", "OP_SYNC", "config_rom_words"]
 
-OP_NOP = 0x00
-OP_SYNC = 0x01
+OP_NOP = Op.NOP
+OP_SYNC = Op.SYNC
 
 
 def config_rom_words(cfg: AccelConfig) -> tuple:
@@ -41,69 +63,81 @@ def config_rom_words(cfg: AccelConfig) -> tuple:
 
 
 class Accelerator(wiring.Component):
-    """All engines of ``cfg`` behind the controller and the AXI4-Lite subordinate ``axi``."""
+    """All engines of ``cfg`` behind the controller, the DMA and the AXI4-Lite subordinate."""
 
     def __init__(self, cfg: AccelConfig):
         self.cfg = cfg
         self.engines = [engine_spec(type(e).kind).build(e) for e in cfg.engines]
         self.specs = [engine_spec(type(e).kind) for e in cfg.engines]
-        super().__init__({"axi": In(AXI4LiteSignature()), "idle": Out(1)})
+        super().__init__(
+            {"axi": In(AXI4LiteSignature()), "mem": Out(AXI4Signature()), "idle": Out(1)}
+        )
 
     def elaborate(self, platform):
         cfg = self.cfg
         m = Module()
-        axi = self.axi
         engines = self.engines
         for i, eng in enumerate(engines):
             m.submodules[f"engine{i}_{eng.kind}"] = eng
 
-        # ---- identity ROM ----------------------------------------------------------------------
         rom_words, rom_len, cfg_hash = config_rom_words(cfg)
         m.submodules.rom = rom = memory.Memory(shape=32, depth=len(rom_words), init=rom_words)
         rom_r = rom.read_port()
 
-        # ---- instruction queue and controller ----------------------------------------------------
-        m.submodules.queue = queue = fifo.SyncFIFOBuffered(width=INSTR_BITS, depth=cfg.queue_depth)
-        assembling = Signal(INSTR_BITS - 32)
-        word_idx = Signal(range(INSTR_WORDS))
-        retired = Signal(32)
-        err_code, err_src = Signal(8), Signal(8)
-        clear_err, clear_perf = Signal(), Signal()
-        scratch = Signal(32)
+        # ---- controller, DMA, device-memory interconnect ----------------------------------------
+        m.submodules.regq = regq = fifo.SyncFIFOBuffered(width=INSTR_BITS, depth=cfg.queue_depth)
+        m.submodules.ctrl = ctrl = Controller(
+            engines, self.specs, queue_depth=cfg.queue_depth, mem_bytes=cfg.mem_bytes,
+            watchdog=cfg.watchdog_cycles, max_burst=cfg.mem_max_burst,
+        )  # fmt: skip
+        m.submodules.load = ld = LoadChannel(max_burst=cfg.mem_max_burst)
+        m.submodules.store = st = StoreChannel(max_burst=cfg.mem_max_burst)
+        m.submodules.interconnect = ic = AXI4Interconnect(n_read=3, n_write=2)
+        wiring.connect(m, ic.bus, wiring.flipped(self.mem))
+        wiring.connect(m, ctrl.fetch, ic.rd1)
+        wiring.connect(m, ld.mem, ic.rd2)
+        wiring.connect(m, st.mem, ic.wr1)
+        wiring.connect(m, ctrl.load, ld.cmd)
+        wiring.connect(m, ctrl.store, st.cmd)
+        m.d.comb += [
+            ctrl.reg_instr.payload.eq(regq.r_data),
+            ctrl.reg_instr.valid.eq(regq.r_rdy),
+            regq.r_en.eq(ctrl.reg_instr.ready),
+        ]
+        host_rd, host_wr = ic.rd0, ic.wr0
 
-        def raise_error(code, src):
-            with m.If(err_code == 0):
-                m.d.sync += [err_code.eq(code), err_src.eq(src)]
-
-        opcode = queue.r_data[:8]
-        any_busy = Signal()
-        m.d.comb += any_busy.eq(Cat(e.busy for e in engines).any())
-        owned = Signal()
-        for i, (eng, spec) in enumerate(zip(engines, self.specs, strict=True)):
-            mine = Signal(name=f"op_engine{i}")
-            m.d.comb += mine.eq(Cat(opcode == op for op in spec.opcodes.values()).any())
-            m.d.comb += [eng.cmd.payload.eq(queue.r_data), eng.cmd.valid.eq(queue.r_rdy & mine)]
-            with m.If(queue.r_rdy & mine):
-                m.d.comb += [owned.eq(1), queue.r_en.eq(eng.cmd.ready)]
-        with m.If(queue.r_rdy & ~owned):
-            with m.If(opcode == OP_NOP):
-                m.d.comb += queue.r_en.eq(1)
-            with m.Elif(opcode == OP_SYNC):
-                m.d.comb += queue.r_en.eq(~any_busy)
-            with m.Else():
-                m.d.comb += queue.r_en.eq(1)
-                raise_error(ErrorCode.BAD_OPCODE, 0xFF)
-        ctrl_retire = queue.r_en & ~owned
-        done_count = sum((e.done for e in engines), start=ctrl_retire)
-        m.d.sync += retired.eq(retired + done_count)
+        # ---- engine window ports: AXI4-Lite first, then the DMA channels in turn ---------------
+        ax_sel = Signal(8)  # engine index + 1 of this cycle's AXI4-Lite window access (0: none)
+        ax_addr, ax_wdata, ax_wen, ax_ren = Signal(22), Signal(32), Signal(), Signal()
+        ax_err = Signal()
+        for port in (ld.win, st.win):
+            m.d.comb += port.grant.eq(0)
         for i, eng in enumerate(engines):
-            with m.If(eng.done & (eng.error != 0)):
-                raise_error(eng.error, i)
-        with m.If(clear_err):
-            m.d.sync += [err_code.eq(0), err_src.eq(0)]
-        m.d.comb += self.idle.eq(~queue.r_rdy & ~any_busy)
+            h = eng.host
+            l_hit, s_hit = Signal(name=f"ld_hit{i}"), Signal(name=f"st_hit{i}")
+            turn = Signal(name=f"turn{i}")
+            m.d.comb += [
+                l_hit.eq(ld.win.w_en & (ld.win.eng == i)),
+                s_hit.eq(st.win.r_en & (st.win.eng == i)),
+            ]
+            with m.If(ax_sel == i + 1):
+                m.d.comb += [h.addr.eq(ax_addr), h.w_data.eq(ax_wdata), h.w_en.eq(ax_wen),
+                             h.r_en.eq(ax_ren), ax_err.eq(h.err)]  # fmt: skip
+            with m.Elif(l_hit & (~s_hit | ~turn)):
+                m.d.comb += [h.addr.eq(ld.win.addr), h.w_data.eq(ld.win.w_data), h.w_en.eq(1),
+                             ld.win.grant.eq(1), ld.win.err.eq(h.err)]  # fmt: skip
+                m.d.sync += turn.eq(s_hit)
+            with m.Elif(s_hit):
+                m.d.comb += [h.addr.eq(st.win.addr), h.r_en.eq(1), st.win.grant.eq(1),
+                             st.win.err.eq(h.err)]  # fmt: skip
+                m.d.sync += turn.eq(0)
+            with m.If(st.win.eng == i):
+                m.d.comb += st.win.r_data.eq(h.r_data)
 
         # ---- performance counters ---------------------------------------------------------------
+        any_busy = Signal()
+        m.d.comb += any_busy.eq(Cat(e.busy for e in engines).any())
+        clear_perf = Signal()
         counters = {
             name: Signal(cfg.perf_width, name=f"perf_{name.lower()}") for name in PERF_COUNTERS
         }
@@ -113,6 +147,9 @@ class Accelerator(wiring.Component):
             "ACTIVE": Cat(e.perf_macs != 0 for e in engines).any(),
             "STALL": Cat(e.perf_stall for e in engines).any(),
             "CYCLES": 1,
+            "LOAD": ld.cmd.words,
+            "STORE": st.cmd.words,
+            "DMA": ld.cmd.busy | st.cmd.busy,
         }
         for name, c in counters.items():
             with m.If(clear_perf):
@@ -121,48 +158,86 @@ class Accelerator(wiring.Component):
                 m.d.sync += c.eq(c + increments[name])
         hi_latch = Signal(max(1, cfg.perf_width - 32))
 
+        m.d.comb += self.idle.eq(ctrl.idle & ~regq.r_rdy & ~ic.outstanding & ~ld.cmd.busy
+                                 & ~st.cmd.busy)  # fmt: skip
+        status = Signal(32)
+        for name, value in {
+            "idle": self.idle, "error": ctrl.err_code != 0, "running": ctrl.running,
+            "program_done": ctrl.prog_done, "queued": regq.level,
+            "free": cfg.queue_depth - regq.level, "pending": ctrl.queued,
+        }.items():  # fmt: skip
+            lsb, width = STATUS_BITS[name]
+            m.d.comb += status[lsb : lsb + width].eq(value)
+
         # ---- AXI4-Lite subordinate ------------------------------------------------------------
-        rdata = Signal(32)
-        rresp = Signal(2)
-        bresp = Signal(2)
+        self._axi_lite(m, rom_r, rom_words, rom_len, cfg_hash, regq, ctrl, host_rd, host_wr,
+                       counters, hi_latch, status, clear_perf,
+                       (ax_sel, ax_addr, ax_wdata, ax_wen, ax_ren, ax_err))  # fmt: skip
+        return m
+
+    def _axi_lite(self, m, rom_r, rom_words, rom_len, cfg_hash, regq, ctrl, host_rd, host_wr,
+                  counters, hi_latch, status, clear_perf, win):  # fmt: skip
+        cfg, axi, engines = self.cfg, self.axi, self.engines
+        ax_sel, ax_addr, ax_wdata, ax_wen, ax_ren, ax_err = win
+        rdata, rresp, bresp = Signal(32), Signal(2), Signal(2)
         from_rom, from_eng = Signal(), Signal(len(engines))
-        addr_w = Signal(32)
+        assembling = Signal(INSTR_BITS - 32)
+        word_idx = Signal(range(INSTR_WORDS))
+        scratch, prog_addr, prog_count = Signal(32), Signal(32), Signal(16)
+        mem_addr, mem_wdata = Signal(32), Signal(32)
+        queue_full = Signal()
+        m.d.comb += [ctrl.prog_addr.eq(prog_addr), ctrl.prog_count.eq(prog_count)]
+        m.d.comb += ctrl.raise_code.eq(Mux(queue_full, ErrorCode.QUEUE_OVERFLOW, 0))
+        m.d.comb += [
+            host_rd.ar.payload.addr.eq(mem_addr),
+            host_rd.ar.payload.len.eq(0),
+            host_wr.aw.payload.addr.eq(mem_addr),
+            host_wr.aw.payload.len.eq(0),
+            host_wr.w.payload.data.eq(mem_wdata),
+            host_wr.w.payload.last.eq(1),
+        ]
+        in_mem = Signal()
 
         def engine_of(address):
-            """(engine select bits, word address in the window)."""
-            sel = address[24:32]
-            return sel, address[2:24]
+            return address[24:31], address[2:24]
 
-        queue_full_err = Signal()
+        ctrl_bits = {n: lsb for n, (lsb, _) in CTRL_BITS.items()}
         with m.FSM(name="axi"):
             with m.State("IDLE"):
                 with m.If(axi.awvalid & axi.wvalid):
                     m.d.comb += [axi.awready.eq(1), axi.wready.eq(1)]
                     a, d = axi.awaddr, axi.wdata
-                    m.d.sync += [bresp.eq(AXI_OKAY), addr_w.eq(a)]
+                    m.d.sync += bresp.eq(AXI_OKAY)
                     sel, waddr = engine_of(a)
-                    with m.If(sel != 0):
-                        for i, eng in enumerate(engines):
-                            with m.If(sel == i + 1):
-                                m.d.comb += [
-                                    eng.host.addr.eq(waddr),
-                                    eng.host.w_data.eq(d),
-                                    eng.host.w_en.eq(1),
-                                ]
-                                with m.If(eng.host.err):
-                                    m.d.sync += bresp.eq(AXI_SLVERR)
-                        with m.If(sel > len(engines)):
+                    m.next = "BRESP"
+                    with m.If(a[31]):
+                        m.d.sync += [mem_addr.eq(a[:31]), mem_wdata.eq(d)]
+                        with m.If(a[:31] >= cfg.mem_bytes):
                             m.d.sync += bresp.eq(AXI_DECERR)
+                        with m.Else():
+                            m.next = "MEMW_A"
+                    with m.Elif(sel != 0):
+                        m.d.comb += [ax_sel.eq(sel), ax_addr.eq(waddr), ax_wdata.eq(d), ax_wen.eq(1)]
+                        with m.If((sel > len(engines)) | ax_err):
+                            m.d.sync += bresp.eq(Mux(sel > len(engines), AXI_DECERR, AXI_SLVERR))
                     with m.Elif(a == REG["CTRL"]):
-                        m.d.comb += [clear_err.eq(d[0]), clear_perf.eq(d[1])]
+                        m.d.comb += [
+                            ctrl.clear.eq(d[ctrl_bits["clear_error"]]),
+                            clear_perf.eq(d[ctrl_bits["clear_perf"]]),
+                            ctrl.prog_start.eq(d[ctrl_bits["start_program"]]),
+                        ]
                     with m.Elif(a == REG["SCRATCH"]):
                         m.d.sync += scratch.eq(d)
+                    with m.Elif(a == REG["PROG_ADDR"]):
+                        m.d.sync += prog_addr.eq(d)
+                    with m.Elif(a == REG["PROG_COUNT"]):
+                        m.d.sync += prog_count.eq(d)
                     with m.Elif(a == REG["QUEUE"]):
                         with m.If(word_idx == INSTR_WORDS - 1):
-                            m.d.comb += [queue.w_data.eq(Cat(assembling, d)), queue.w_en.eq(1)]
+                            m.d.comb += [regq.w_data.eq(Cat(assembling, d)), regq.w_en.eq(1)]
                             m.d.sync += word_idx.eq(0)
-                            with m.If(~queue.w_rdy):
-                                m.d.comb += queue_full_err.eq(1)
+                            with m.If(~regq.w_rdy):
+                                m.d.comb += queue_full.eq(1)
                                 m.d.sync += bresp.eq(AXI_SLVERR)
                         with m.Else():
                             m.d.sync += [
@@ -173,11 +248,11 @@ class Accelerator(wiring.Component):
                         m.d.sync += bresp.eq(AXI_SLVERR)  # identity block is read-only
                     with m.Else():
                         m.d.sync += bresp.eq(AXI_DECERR)
-                    m.next = "BRESP"
                 with m.Elif(axi.arvalid):
                     m.d.comb += axi.arready.eq(1)
                     a = axi.araddr
-                    m.d.sync += [rresp.eq(AXI_OKAY), rdata.eq(0), from_rom.eq(0), from_eng.eq(0)]
+                    m.d.sync += [rresp.eq(AXI_OKAY), rdata.eq(0), from_rom.eq(0), from_eng.eq(0),
+                                 in_mem.eq(0)]  # fmt: skip
                     sel, waddr = engine_of(a)
                     regs = {
                         "MAGIC": MAGIC,
@@ -187,26 +262,31 @@ class Accelerator(wiring.Component):
                         "N_ENGINES": len(engines),
                         "QUEUE_DEPTH": cfg.queue_depth,
                         "LINK_MAX_WORDS": cfg.link_max_words,
-                        "STATUS": Cat(
-                            self.idle,
-                            err_code != 0,
-                            Const(0, 6),
-                            queue.level[:8],
-                            (cfg.queue_depth - queue.level)[:8],
-                        ),
-                        "ERROR": Cat(err_code, err_src),
-                        "RETIRED": retired,
+                        "MEM_BYTES": cfg.mem_bytes,
+                        "MEM_MAX_BURST": cfg.mem_max_burst,
+                        "STATUS": status,
+                        "ERROR": Cat(ctrl.err_code, ctrl.err_src),
+                        "ERROR_ADDR": ctrl.err_addr,
+                        "ERROR_PC": ctrl.err_pc,
+                        "RETIRED": ctrl.retired,
                         "SCRATCH": scratch,
+                        "PROG_ADDR": prog_addr,
+                        "PROG_COUNT": prog_count,
                     }
-                    with m.If(sel != 0):
-                        for i, eng in enumerate(engines):
-                            with m.If(sel == i + 1):
-                                m.d.comb += [eng.host.addr.eq(waddr), eng.host.r_en.eq(1)]
-                                m.d.sync += from_eng.eq(1 << i)
-                                with m.If(eng.host.err):
-                                    m.d.sync += rresp.eq(AXI_SLVERR)
-                        with m.If(sel > len(engines)):
+                    m.next = "RDATA"
+                    with m.If(a[31]):
+                        m.d.sync += mem_addr.eq(a[:31])
+                        with m.If(a[:31] >= cfg.mem_bytes):
                             m.d.sync += rresp.eq(AXI_DECERR)
+                        with m.Else():
+                            m.next = "MEMR_A"
+                    with m.Elif(sel != 0):
+                        m.d.comb += [ax_sel.eq(sel), ax_addr.eq(waddr), ax_ren.eq(1)]
+                        for i in range(len(engines)):
+                            with m.If(sel == i + 1):
+                                m.d.sync += from_eng.eq(1 << i)
+                        with m.If((sel > len(engines)) | ax_err):
+                            m.d.sync += rresp.eq(Mux(sel > len(engines), AXI_DECERR, AXI_SLVERR))
                     with m.Elif((a >= CONFIG_ROM_BASE) & (a < CONFIG_ROM_BASE + CONFIG_ROM_BYTES)):
                         word = (a - CONFIG_ROM_BASE)[2:]
                         with m.If(word < len(rom_words)):
@@ -226,13 +306,37 @@ class Accelerator(wiring.Component):
                                 m.d.sync += rresp.eq(AXI_SLVERR)  # write-only
                             with m.Default():
                                 m.d.sync += rresp.eq(Mux(a[12:] == 0, AXI_OKAY, AXI_DECERR))
-                    m.next = "RDATA"
+            with m.State("MEMW_A"):
+                m.d.comb += host_wr.aw.valid.eq(1)
+                with m.If(host_wr.aw.ready):
+                    m.next = "MEMW_D"
+            with m.State("MEMW_D"):
+                m.d.comb += host_wr.w.valid.eq(1)
+                with m.If(host_wr.w.ready):
+                    m.next = "MEMW_B"
+            with m.State("MEMW_B"):
+                m.d.comb += host_wr.b.ready.eq(1)
+                with m.If(host_wr.b.valid):
+                    m.d.sync += bresp.eq(Mux(host_wr.b.payload != 0, AXI_SLVERR, AXI_OKAY))
+                    m.next = "BRESP"
+            with m.State("MEMR_A"):
+                m.d.comb += host_rd.ar.valid.eq(1)
+                with m.If(host_rd.ar.ready):
+                    m.next = "MEMR_D"
+            with m.State("MEMR_D"):
+                m.d.comb += host_rd.r.ready.eq(1)
+                with m.If(host_rd.r.valid):
+                    m.d.sync += [
+                        rdata.eq(host_rd.r.payload.data),
+                        rresp.eq(Mux(host_rd.r.payload.resp != 0, AXI_SLVERR, AXI_OKAY)),
+                        in_mem.eq(1),
+                    ]
+                    m.next = "RRESP"
             with m.State("BRESP"):
                 m.d.comb += [axi.bvalid.eq(1), axi.bresp.eq(bresp)]
                 with m.If(axi.bready):
                     m.next = "IDLE"
             with m.State("RDATA"):
-                # memory read data is valid now; hold it for the response
                 with m.If(from_rom):
                     m.d.sync += rdata.eq(rom_r.data)
                 for i, eng in enumerate(engines):
@@ -243,20 +347,19 @@ class Accelerator(wiring.Component):
                 m.d.comb += [axi.rvalid.eq(1), axi.rdata.eq(rdata), axi.rresp.eq(rresp)]
                 with m.If(axi.rready):
                     m.next = "IDLE"
-        with m.If(queue_full_err):
-            raise_error(ErrorCode.QUEUE_OVERFLOW, 0xFF)
-        return m
 
 
 class LinkTop(wiring.Component):
     """Host-link bridge + :class:`Accelerator`: the design a board or the simulator runs.
 
-    ``rx``/``tx`` carry the host-link protocol's bytes (see ``hdl/hostlink.py``); ``idle`` is
-    high when no frame is in progress and the accelerator has nothing queued or running.
+    ``rx``/``tx`` carry the host-link protocol's bytes (see ``hdl/hostlink.py``); ``mem`` is the
+    accelerator's AXI4 manager to device memory; ``idle`` is high when no frame is in progress
+    and the accelerator has nothing queued or running.
     """
 
     rx: In(stream.Signature(8))
     tx: Out(stream.Signature(8))
+    mem: Out(AXI4Signature())
     idle: Out(1)
 
     def __init__(self, cfg: AccelConfig):
@@ -272,6 +375,7 @@ class LinkTop(wiring.Component):
         wiring.connect(m, bridge=bridge.axi, accel=accel.axi)
         wiring.connect(m, wiring.flipped(self.rx), bridge.rx)
         wiring.connect(m, bridge.tx, wiring.flipped(self.tx))
+        wiring.connect(m, accel.mem, wiring.flipped(self.mem))
         m.d.comb += self.idle.eq(bridge.idle & accel.idle)
         return m
 

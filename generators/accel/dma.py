@@ -1,0 +1,200 @@
+"""The DMA: strided 2-D copies between device memory and the engines' windows.
+
+Two channels run at once: :class:`LoadChannel` (device memory -> a window, over the AXI4 read
+channel) serves the load queue, :class:`StoreChannel` (a window -> device memory, over the write
+channel) serves the store queue, so the next tile's loads and the previous tile's stores overlap
+the current tile's compute (decoupled access-execute). Both reach the engines' windows through
+:class:`WinPortSignature`, one 32-bit word per granted cycle; the accelerator top arbitrates them
+with the AXI4-Lite subordinate (which wins) on each engine's single window port.
+"""
+
+from amaranth import Module, Mux, Signal
+from amaranth.lib import wiring
+from amaranth.lib.wiring import In, Out
+
+from ...hdl.axi4 import BurstReader, BurstWriter, ReadReqSignature, WriteReqSignature
+
+__all__ = ["WinPortSignature", "DmaCmdSignature", "LoadChannel", "StoreChannel"]
+
+
+class WinPortSignature(wiring.Signature):
+    """A requester's port onto the engines' windows.
+
+    ``w_en``/``r_en`` request an access to ``eng``'s window word ``addr``; it happens in the cycle
+    ``grant`` is high (``err`` then says the engine refused it); read data is on ``r_data`` one
+    cycle after a granted read.
+    """
+
+    def __init__(self):
+        super().__init__(
+            {
+                "eng": Out(4),
+                "addr": Out(22),
+                "w_en": Out(1),
+                "w_data": Out(32),
+                "r_en": Out(1),
+                "grant": In(1),
+                "err": In(1),
+                "r_data": In(32),
+            }
+        )
+
+
+class DmaCmdSignature(wiring.Signature):
+    """Controller -> channel: ``start`` with the decoded LOAD/STORE fields; ``done`` pulses when
+    the copy has finished (``win_err``: a window refused a word; ``mem_err``: device memory
+    answered with an error)."""
+
+    def __init__(self):
+        super().__init__(
+            {
+                "start": Out(1),
+                "engine": Out(4),
+                "rows": Out(16),
+                "row_words": Out(12),
+                "mem_stride": Out(18),
+                "win_stride": Out(16),
+                "win_addr": Out(22),
+                "mem_addr": Out(32),
+                "busy": In(1),
+                "done": In(1),
+                "win_err": In(1),
+                "mem_err": In(1),
+                "words": In(1),  # one word moved this cycle (performance counter)
+            }
+        )
+
+
+class _WindowWalk:
+    """Word addresses of a strided 2-D walk over a window."""
+
+    def __init__(self, m, cmd):
+        self.addr = Signal(22)
+        self.row_base = Signal(22)
+        self.col = Signal(12)
+        self.left = Signal(29)  # words still to move
+        self.row_words = Signal(12)
+        self.stride = Signal(16)
+        with m.If(cmd.start):
+            m.d.sync += [
+                self.addr.eq(cmd.win_addr),
+                self.row_base.eq(cmd.win_addr),
+                self.col.eq(0),
+                self.left.eq(cmd.rows * cmd.row_words),
+                self.row_words.eq(cmd.row_words),
+                self.stride.eq(cmd.win_stride),
+            ]
+
+    def step(self, m):
+        m.d.sync += self.left.eq(self.left - 1)
+        with m.If(self.col + 1 == self.row_words):
+            nxt = self.row_base + self.stride
+            m.d.sync += [self.col.eq(0), self.row_base.eq(nxt), self.addr.eq(nxt)]
+        with m.Else():
+            m.d.sync += [self.col.eq(self.col + 1), self.addr.eq(self.addr + 1)]
+
+
+def _start_transfer(m, xfer, cmd):
+    m.d.comb += [
+        xfer.start.eq(cmd.start),
+        xfer.addr.eq(cmd.mem_addr),
+        xfer.rows.eq(cmd.rows),
+        xfer.row_words.eq(cmd.row_words),
+        xfer.stride.eq(cmd.mem_stride),
+    ]
+
+
+class LoadChannel(wiring.Component):
+    """Device memory -> window (the load queue's copies)."""
+
+    cmd: In(DmaCmdSignature())
+    mem: Out(ReadReqSignature())
+    win: Out(WinPortSignature())
+
+    def __init__(self, *, max_burst: int = 16):
+        self.max_burst = max_burst
+        super().__init__()
+
+    def elaborate(self, platform):
+        m = Module()
+        cmd, win = self.cmd, self.win
+        m.submodules.reader = rd = BurstReader(max_burst=self.max_burst)
+        wiring.connect(m, rd.mem, wiring.flipped(self.mem))
+        _start_transfer(m, rd, cmd)
+        walk = _WindowWalk(m, cmd)
+        eng = Signal(4)
+        running = Signal()
+        werr = Signal()
+        with m.If(cmd.start):
+            m.d.sync += [eng.eq(cmd.engine), running.eq(1), werr.eq(0)]
+        m.d.comb += [
+            win.eng.eq(eng),
+            win.addr.eq(walk.addr),
+            win.w_data.eq(rd.data.payload),
+            win.w_en.eq(running & rd.data.valid & (walk.left != 0)),
+            rd.data.ready.eq(win.w_en & win.grant),
+            cmd.words.eq(win.w_en & win.grant),
+        ]
+        with m.If(win.w_en & win.grant):
+            walk.step(m)
+            with m.If(win.err):
+                m.d.sync += werr.eq(1)
+        with m.If(running & ~cmd.start & (walk.left == 0) & ~rd.busy):
+            m.d.sync += running.eq(0)
+            m.d.comb += cmd.done.eq(1)
+        m.d.comb += [
+            cmd.busy.eq(running),
+            cmd.win_err.eq(werr),
+            cmd.mem_err.eq(rd.err),
+        ]
+        return m
+
+
+class StoreChannel(wiring.Component):
+    """Window -> device memory (the store queue's copies)."""
+
+    cmd: In(DmaCmdSignature())
+    mem: Out(WriteReqSignature())
+    win: Out(WinPortSignature())
+
+    def __init__(self, *, max_burst: int = 16):
+        self.max_burst = max_burst
+        super().__init__()
+
+    def elaborate(self, platform):
+        m = Module()
+        cmd, win = self.cmd, self.win
+        m.submodules.writer = wr = BurstWriter(max_burst=self.max_burst)
+        wiring.connect(m, wr.mem, wiring.flipped(self.mem))
+        _start_transfer(m, wr, cmd)
+        walk = _WindowWalk(m, cmd)
+        eng = Signal(4)
+        running = Signal()
+        werr = Signal()
+        inflight = Signal()  # a granted read whose data arrives this cycle
+        with m.If(cmd.start):
+            m.d.sync += [eng.eq(cmd.engine), running.eq(1), werr.eq(0)]
+        room = Signal()
+        m.d.comb += room.eq(wr.space > Mux(inflight, 1, 0))
+        m.d.comb += [
+            win.eng.eq(eng),
+            win.addr.eq(walk.addr),
+            win.r_en.eq(running & (walk.left != 0) & room),
+            wr.data.payload.eq(win.r_data),
+            wr.data.valid.eq(inflight),
+            cmd.words.eq(inflight),
+        ]
+        m.d.sync += inflight.eq(win.r_en & win.grant)
+        with m.If(win.r_en & win.grant):
+            walk.step(m)
+            with m.If(win.err):
+                m.d.sync += werr.eq(1)
+        with m.If(running & ~cmd.start & (walk.left == 0) & ~inflight & ~wr.busy):
+            m.d.sync += running.eq(0)
+            m.d.comb += cmd.done.eq(1)
+        m.d.comb += [
+            cmd.busy.eq(running),
+            cmd.win_err.eq(werr),
+            cmd.mem_err.eq(wr.err),
+        ]
+        return m

@@ -1,0 +1,169 @@
+"""Instruction programs: build on the host, run from device memory.
+
+    prog = dev.program()
+    prog.load("systolic", win_addr=0, buf=a_buf, rows=4, row_words=64, mem_stride=128,
+              deps=Deps(push_next=True))
+    prog.instr(gemm_words, deps=Deps(pop_prev=True, push_next=True))
+    prog.store("systolic", win_addr=..., buf=c_buf, ..., deps=Deps(pop_prev=True))
+    run = prog.launch()          # one register write starts it; returns at once
+    run.wait()                   # raises DeviceError naming the entry, the address and the error
+
+Every LOAD/STORE is checked against the buffer it names before launch: a copy that would leave
+its buffer is refused here, with the entry and the address. The device checks device memory
+bounds itself (MEM_RANGE) and the watchdog turns a dependency that can never be met into a
+DEADLOCK error instead of a hang. Buffers a running program uses cannot be freed or written.
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+
+from ..errors import DeviceError, UsageError
+from ..generators.accel.isa import ENTRY_WORDS, DmaInstr, Deps, Op, Queue, QUEUE_OF, encode
+
+__all__ = ["Program", "Run", "Deps"]
+
+
+class Program:
+    """A sequence of entries (token header + instruction) for one device."""
+
+    def __init__(self, dev):
+        self.dev = dev
+        self.entries: list[tuple[Deps, list[int], str]] = []
+        self.buffers: set = set()
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+    def _add(self, words: list[int], deps: Deps | None, what: str) -> int:
+        deps = deps or Deps()
+        if len(words) != 4:
+            raise UsageError(f"{what}: an instruction is 4 words, not {len(words)}")
+        for w in words:
+            if not isinstance(w, (int, np.integer)) or not 0 <= int(w) <= 0xFFFF_FFFF:
+                raise UsageError(f"{what}: instruction words must be 32-bit unsigned, not {w!r}")
+        try:
+            deps.check(QUEUE_OF(int(words[0]) & 0xFF), f"entry {len(self.entries)} ({what})")
+        except ValueError as e:
+            raise UsageError(str(e)) from None
+        self.entries.append((deps, [int(w) for w in words], what))
+        return len(self.entries) - 1
+
+    def instr(self, words, deps: Deps | None = None, what: str = "instruction") -> int:
+        """An engine instruction (4 words) on the compute queue; returns its entry index."""
+        return self._add(list(words), deps, what)
+
+    def nop(self, deps: Deps | None = None) -> int:
+        return self._add([Op.NOP, 0, 0, 0], deps, "NOP")
+
+    def sync(self, deps: Deps | None = None) -> int:
+        return self._add([Op.SYNC, 0, 0, 0], deps, "SYNC")
+
+    def _dma(self, op: Op, engine, win_addr, buf, offset, rows, row_words, mem_stride,
+             win_stride, deps, check) -> int:  # fmt: skip
+        what = f"{op.name} {engine}"
+        idx = self.dev._engine_index(engine) if isinstance(engine, str) else int(engine)
+        win_stride = row_words if win_stride is None else win_stride
+        mem_stride = row_words if mem_stride is None else mem_stride
+        if buf is not None:
+            buf._check(op.name.lower())
+            addr = buf.addr + offset
+            span = ((rows - 1) * mem_stride + row_words) * 4 if rows and row_words else 0
+            if check and (offset < 0 or offset + span > buf.nbytes):
+                raise UsageError(
+                    f"entry {len(self.entries)} ({what}): device bytes {addr:#x}..{addr + span:#x} "
+                    f"leave {buf!r} ({buf.nbytes} bytes at {buf.addr:#x})"
+                )
+            self.buffers.add(buf)
+        else:
+            addr = offset  # a raw device address (tests of the device's own checks)
+        try:
+            words = encode(DmaInstr, opcode=op, engine=idx, rows=rows, row_words=row_words,
+                           mem_stride=mem_stride, win_stride=win_stride, win_addr=win_addr,
+                           mem_addr=addr)  # fmt: skip
+        except ValueError as e:
+            raise UsageError(f"entry {len(self.entries)} ({what}): {e}") from None
+        return self._add(words, deps, f"{what} {rows}x{row_words} words, device {addr:#x}, "
+                                       f"window word {win_addr:#x}")  # fmt: skip
+
+    def load(self, engine, *, win_addr: int, buf=None, offset: int = 0, rows: int = 1,
+             row_words: int, mem_stride: int | None = None, win_stride: int | None = None,
+             deps: Deps | None = None, check: bool = True) -> int:  # fmt: skip
+        """Copy ``rows`` x ``row_words`` words from ``buf`` (at byte ``offset``, rows
+        ``mem_stride`` words apart) into ``engine``'s window from word ``win_addr``."""
+        return self._dma(Op.LOAD, engine, win_addr, buf, offset, rows, row_words, mem_stride,
+                         win_stride, deps, check)  # fmt: skip
+
+    def store(self, engine, *, win_addr: int, buf=None, offset: int = 0, rows: int = 1,
+              row_words: int, mem_stride: int | None = None, win_stride: int | None = None,
+              deps: Deps | None = None, check: bool = True) -> int:  # fmt: skip
+        """Copy from ``engine``'s window into ``buf`` (the reverse of :meth:`load`)."""
+        return self._dma(Op.STORE, engine, win_addr, buf, offset, rows, row_words, mem_stride,
+                         win_stride, deps, check)  # fmt: skip
+
+    def words(self) -> np.ndarray:
+        out = np.zeros((len(self.entries), ENTRY_WORDS), dtype=np.uint32)
+        for i, (deps, words, _) in enumerate(self.entries):
+            out[i, 0] = deps.word()
+            out[i, 1:] = words
+        return out.reshape(-1)
+
+    def queues(self) -> dict[str, int]:
+        counts = {q.name.lower(): 0 for q in Queue}
+        for _, words, _ in self.entries:
+            counts[QUEUE_OF(words[0] & 0xFF).name.lower()] += 1
+        return counts
+
+    def launch(self) -> Run:
+        """Write the program to device memory and start it; returns at once."""
+        return self.dev.launch(self)
+
+    def run(self, timeout: float | None = None) -> Run:
+        r = self.launch()
+        r.wait(timeout)
+        return r
+
+
+class Run:
+    """A launched program: :meth:`wait` until it finishes (or raise its error)."""
+
+    def __init__(self, dev, prog: Program, code_buf, start_retired: int):
+        self.dev, self.program, self._code = dev, prog, code_buf
+        self.start_retired = start_retired
+        self.done = False
+        self.wall_s: float | None = None
+        self._t0 = time.monotonic()
+
+    def poll(self) -> bool:
+        """True when the program has finished (raises DeviceError if it stopped on an error)."""
+        if self.done:
+            return True
+        st = self.dev.status()
+        if st["running"]:
+            return False
+        self._finish()
+        if st["error"]:
+            self.dev._raise_program_error(self.program)
+        return True
+
+    def wait(self, timeout: float | None = None) -> None:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        delay = 0.0
+        while not self.poll():
+            if deadline is not None and time.monotonic() > deadline:
+                raise DeviceError(f"the program did not finish within {timeout} s")
+            time.sleep(delay)
+            delay = min(0.005, delay + 0.0002)
+
+    def _finish(self) -> None:
+        if self.done:
+            return
+        self.done = True
+        self.wall_s = time.monotonic() - self._t0
+        for b in self.program.buffers:
+            b._users -= 1
+        self._code._users -= 1
+        self._code.free()
+        self.dev._runs.discard(self)
