@@ -394,12 +394,23 @@ class Device:
             if dataflow is not None:
                 raise UsageError("dataflow applies to the systolic engine, not bitserial")
             return matmul(self, a, b, w_bits=8 if w_bits is None else w_bits, **kwargs)
+        out = kwargs.pop("out", "host")
         if w_bits is not None or kwargs:
             extra = sorted(kwargs) + (["w_bits"] if w_bits is not None else [])
             raise UsageError(f"the systolic engine takes no {', '.join(extra)} argument")
         from .systolic import matmul
 
-        return matmul(self, a, b, dataflow=dataflow)
+        return matmul(self, a, b, dataflow=dataflow, out=out)
+
+    def upload(self, t, role: str = "b", *, dataflow: str | None = None):
+        """Pack a systolic operand (``role`` "a" or "b" of ``a @ b``) into device memory once;
+        pass the returned buffer to :meth:`matmul` as often as you like (it stays resident)."""
+        from .systolic import _systolic_config, default_dataflow, upload
+
+        if role not in ("a", "b"):
+            raise UsageError(f"role must be 'a' or 'b', not {role!r}")
+        df = dataflow or default_dataflow(_systolic_config(self))
+        return upload(self, t, role, df)
 
     def softmax(self, x, dim: int = -1, **kwargs):
         """Softmax on the softmax engine (float in, float out); see host/nonlinear.py."""

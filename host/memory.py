@@ -178,6 +178,8 @@ class Buffer:
     def read(self) -> torch.Tensor:
         """A copy of the buffer's contents as a torch tensor."""
         self._check("read")
+        if hasattr(self.layout, "unpack_from"):
+            return self.layout.unpack_from(self)  # an engine's packed result: the logical tensor
         raw = self.dev._mem_read(self.addr, self.nbytes)
         return torch.from_numpy(raw.view(_NP[self.dtype]).reshape(self.shape).copy())
 

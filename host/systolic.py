@@ -1,15 +1,28 @@
-"""Host driver of the systolic engine: tiling, operand layout, double buffering.
+"""Host driver of the systolic engine: operands in device memory, one program per GEMM.
 
-:func:`matmul` runs ``a @ b`` of any shape. The GEMM is cut into output tiles that fit half of the
-accumulator and K-chunks whose operands fit half of each scratchpad memory; chunk ``i + 1``'s
-operands are written into the other half while chunk ``i`` computes (the engine reads one half,
-the host writes the other), and a tile's results are read back while the next tile computes.
+:func:`matmul` runs ``a @ b`` of any shape. The operands are packed once into the engine's
+layout in device memory (:func:`upload`; a weight uploaded once stays resident and is reused).
+The GEMM is cut into output tiles that fit half of the accumulator and K-chunks whose operands
+fit half of each scratchpad memory, with tile sizes chosen by :func:`plan_dma` from the engine's
+exact cycle model and a DMA traffic model. One program does it all: the load queue brings chunk
+``i + 1``'s operands into the other scratchpad half while chunk ``i`` computes, and the store
+queue writes a finished tile to device memory while the next tile accumulates in the other
+accumulator half; dependency tokens order them (see ``generators/accel/isa.py``).
+
+Device-memory layouts ("panels", ``stride`` words per entry as in the engine's window):
+
+* left (OS): entry ``(mb, k)`` = ``A[mb*R + i, k]`` over ``i``, at ``(mb*K + k)``;
+  left (WS): entry ``(kb, m)`` = ``A[m, kb*R + i]`` over ``i``, at ``(kb*M + m)``;
+* top: entry ``(nb, k)`` = ``B[k, nb*C + j]`` over ``j``, at ``(nb*K + k)``;
+* result: entry ``(nb, m)`` = ``C[m, nb*C + j]`` over ``j``, at ``(nb*M + m)``.
+IS is WS with the roles swapped (``A^T`` in top, ``B^T`` in left; the result holds ``C^T``).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 from ..errors import UsageError
@@ -17,11 +30,27 @@ from ..generators.engine import pack_instr
 from ..generators.systolic import OPCODES
 from ..generators.systolic.config import SystolicConfig
 from ..generators.systolic.engine import DATAFLOW_CODES, GEMM_FIELDS, window_layout
-from ..generators.systolic.layout import os_operands, pack_words, unpack_acc, ws_operands
+from ..generators.systolic.layout import _tiles_along, pack_words, unpack_acc
+from ..generators.systolic.model import cycles as gemm_cycles
+from .memory import Buffer
+from .program import Deps
 
-__all__ = ["matmul", "plan", "Plan", "gemm_instr", "default_dataflow"]
+__all__ = [
+    "matmul",
+    "plan",
+    "plan_dma",
+    "Plan",
+    "gemm_instr",
+    "default_dataflow",
+    "upload",
+    "Packed",
+    "gemm_program",
+]
 
 _MAX_DIM = 65535  # an instruction's M, N, K fields are 16 bits; the host tiles larger shapes
+# Words per cycle the DMA achieves on an engine's window port when loads and stores share it
+# (measured on the simulated board: 2,048 words per chunk took 2,365 cycles, 0.87 words/cycle).
+DMA_EFFICIENCY = 0.85
 
 
 def _ceil(a: int, b: int) -> int:
@@ -106,12 +135,13 @@ def _balanced(total: int, limit: int, grain: int) -> int:
     return rounded if rounded <= limit else size
 
 
-def _check_operands(a, b, cfg: SystolicConfig):
+def _check_operands(a, b, cfg: SystolicConfig, single: str | None = None):
     fmt = cfg.fmt
     want = {"int8": "torch.int8", "uint8": "torch.uint8", "int16": "torch.int16"}.get(
         fmt.name, "an integer dtype"
     )
-    for name, t in (("a", a), ("b", b)):
+    pairs = ((single, a),) if single else (("a", a), ("b", b))
+    for name, t in pairs:
         if not isinstance(t, torch.Tensor):
             raise UsageError(f"{name} must be a torch tensor, not {type(t).__name__}")
         if t.dtype.is_floating_point or t.dtype.is_complex or t.dtype == torch.bool:
@@ -128,27 +158,270 @@ def _check_operands(a, b, cfg: SystolicConfig):
                     f"{name} has values in {lo}..{hi}, outside this engine's {fmt.name} "
                     f"range {fmt.min}..{fmt.max}"
                 )
-    if a.shape[1] != b.shape[0]:
+    if not single and a.shape[1] != b.shape[0]:
         raise UsageError(
             f"a and b do not chain: a is {a.shape[0]}x{a.shape[1]}, b is "
             f"{b.shape[0]}x{b.shape[1]} (a's columns must equal b's rows)"
         )
 
 
-def matmul(dev, a: torch.Tensor, b: torch.Tensor, *, dataflow: str | None = None) -> torch.Tensor:
-    """``a @ b`` on the device's systolic engine.
 
-    ``a`` (M x K) and ``b`` (K x N) are integer tensors whose values fit the engine's format
-    (int8 by default). Returns a torch.int32 tensor (int64 when acc_width > 32) equal to
-    ``a.long() @ b.long()`` reduced modulo ``2**acc_width`` (it is equal outright when no
-    partial sum overflows the accumulator). ``dataflow`` picks one of the built-in dataflows
-    (default: os if built, else ws, else is).
+# ---- operands in device memory ----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Packed:
+    """How a buffer holds a systolic operand or result (``Buffer.layout``)."""
+
+    role: str  # "left", "top" or "result"
+    dataflow: str  # the hardware dataflow the layout is for ("os" or "ws"; IS uses "ws")
+    rows: int  # hardware-role matrix shape: left is (M, K), top is (K, N), result is (M, N)
+    cols: int
+    transposed: bool = False  # the logical tensor is the transpose (IS)
+
+    def unpack_from(self, buf: Buffer) -> torch.Tensor:
+        return self.unpack(buf.read_raw(), _systolic_config(buf.dev))
+
+    def unpack(self, raw: np.ndarray, cfg: SystolicConfig) -> torch.Tensor:
+        if self.role != "result":
+            raise UsageError("only results can be read back from their packed layout")
+        acc = window_layout(cfg)["acc"]
+        out = unpack_acc(raw.view("<u4"), self.rows, self.cols, cfg, acc.stride)
+        out = out.t() if self.transposed else out
+        dtype = torch.int32 if cfg.acc_width <= 32 else torch.int64
+        return out.contiguous().to(dtype)
+
+
+def _entries(t: torch.Tensor, role: str, df: str, cfg: SystolicConfig) -> torch.Tensor:
+    """(entries, elements) of a hardware-role operand in its panel order."""
+    if role == "top":
+        return _tiles_along(t, cfg.cols).reshape(-1, cfg.cols)
+    if df == "os":
+        return _tiles_along(t.t(), cfg.rows).reshape(-1, cfg.rows)
+    m, k = t.shape
+    kt = _ceil(k, cfg.rows)
+    padded = torch.zeros((m, kt * cfg.rows), dtype=t.dtype)
+    padded[:, :k] = t
+    return padded.reshape(m, kt, cfg.rows).permute(1, 0, 2).reshape(-1, cfg.rows)
+
+
+def _hw_df(df: str) -> str:
+    return "ws" if df == "is" else df
+
+
+def upload(dev, t: torch.Tensor, role: str, dataflow: str, *, label: str = "") -> Buffer:
+    """Pack a logical operand into device memory for ``dataflow``; returns the resident buffer.
+
+    ``role`` is the operand's place in ``a @ b``: ``"a"`` or ``"b"``. Keep the buffer to reuse
+    a weight across calls (``dev.matmul(x, w_buf)``); free it when done.
     """
+    cfg = _systolic_config(dev)
+    _check_operands(t, t.t() if role == "a" else t, cfg, single=role)
+    df = dataflow
+    # hardware roles: IS swaps the operands and transposes them
+    if df == "is":
+        hw_role, ht = ("top", t.t()) if role == "a" else ("left", t.t())
+    else:
+        hw_role, ht = ("left", t) if role == "a" else ("top", t)
+    win = window_layout(cfg)[hw_role]
+    ent = _entries(ht.to(torch.int64), hw_role, _hw_df(df), cfg)
+    words = pack_words(ent, cfg.fmt.width, win.width // 32, win.stride)
+    buf = dev.alloc((words.size,), torch.int32, label=label or f"systolic {role}")
+    buf.write_raw(words)
+    r, c = ht.shape
+    buf.layout = Packed(role=hw_role, dataflow=df, rows=r, cols=c)
+    return buf
+
+
+# ---- planning from the cycle and traffic models -------------------------------------------------
+
+
+def _candidates(limit: int, grain: int) -> list[int]:
+    out = {min(limit, _ceil(limit, grain) * grain)}
+    v = grain
+    while v < limit:
+        out.add(v)
+        v *= 2
+    return sorted(x for x in out if x >= 1)
+
+
+def plan_dma(m: int, k: int, n: int, dataflow: str, cfg: SystolicConfig, acfg=None) -> tuple:
+    """(Plan, predicted cycles) minimising the modelled program time (hardware roles).
+
+    Per chunk the program takes the longer of its GEMM (the exact cycle model) and its DMA
+    traffic (load words + its share of the tile's store words over the window port at
+    ``DMA_EFFICIENCY`` words per cycle, ``mem_cycles_per_beat`` per word in device memory); the
+    first chunk's loads and the last tile's stores are not overlapped.
+    """
+    R, C = cfg.rows, cfg.cols
+    lay = window_layout(cfg)
+    half, acc_half = cfg.spad_depth // 2, cfg.acc_depth // 2
+    beat = 1 if acfg is None else acfg.mem_cycles_per_beat
+    ls, ts, as_ = lay["left"].stride, lay["top"].stride, lay["acc"].stride
+    hw = _hw_df(dataflow)
+    best = None
+    for mt in _candidates(min(m, acc_half), R if hw == "os" else 1):
+        for nt in _candidates(n, C):
+            if _ceil(nt, C) * mt > acc_half or mt > _MAX_DIM or nt > _MAX_DIM:
+                continue
+            for kc in _candidates(k, 1 if hw == "os" else R):
+                if hw == "os":
+                    left_e = _ceil(mt, R) * kc
+                else:
+                    left_e = _ceil(kc, R) * mt
+                if left_e > half or _ceil(nt, C) * kc > half or kc > _MAX_DIM:
+                    continue
+                p = Plan(mt=_balanced(m, mt, R if hw == "os" else 1), nt=_balanced(n, nt, C),
+                         kc=_balanced(k, kc, 1 if hw == "os" else R))  # fmt: skip
+                cost = _model(p, m, k, n, hw, cfg, ls, ts, as_, beat)
+                if best is None or cost < best[1]:
+                    best = (p, cost)
+    if best is None:
+        p = plan(m, k, n, dataflow, cfg)
+        best = (p, _model(p, m, k, n, hw, cfg, ls, ts, as_, beat))
+    return best
+
+
+def _model(p: Plan, m, k, n, hw, cfg, ls, ts, as_, beat) -> int:
+    R, C = cfg.rows, cfg.cols
+    total = 0
+    first = None
+    last_store = 0
+    k_chunks = _ceil(k, p.kc)
+    for m0 in range(0, m, p.mt):
+        mt = min(p.mt, m - m0)
+        for n0 in range(0, n, p.nt):
+            nt = min(p.nt, n - n0)
+            store = _ceil(nt, C) * mt * as_ * beat
+            for k0 in range(0, k, p.kc):
+                kc = min(p.kc, k - k0)
+                left = (_ceil(mt, R) * kc if hw == "os" else _ceil(kc, R) * mt) * ls
+                load = (left + _ceil(nt, C) * kc * ts) * beat / DMA_EFFICIENCY
+                compute = gemm_cycles(mt, kc, nt, hw, cfg) + 4
+                if first is None:
+                    first = load
+                total += max(compute, load + store / DMA_EFFICIENCY / k_chunks)
+            last_store = store / DMA_EFFICIENCY
+    return int(total + (first or 0) + last_store)
+
+
+# ---- one program per GEMM ---------------------------------------------------------------------
+
+
+def gemm_program(dev, left: Buffer, top: Buffer, out: Buffer, p: Plan, hw: str,
+                 cfg: SystolicConfig, prog=None):  # fmt: skip
+    """Append the double-buffered, token-ordered program of ``out = left @ top`` to ``prog``."""
+    prog = prog or dev.program()
+    lay = window_layout(cfg)
+    lw, tw, aw = lay["left"], lay["top"], lay["acc"]
+    half, acc_half = cfg.spad_depth // 2, cfg.acc_depth // 2
+    hm, hk = left.layout.rows, left.layout.cols
+    hn = top.layout.cols
+    R, C = cfg.rows, cfg.cols
+    lwords, twords = lw.width // 32, tw.width // 32
+    awords = C * _ceil(cfg.acc_width, 32)
+    chunks = list(p.chunks(hm, hk, hn))
+    n_tiles = chunks[-1][3] + 1 if chunks else 0
+
+    def panels(kind, buf, win, words, stride, first_panel, n_panels, entry0, per_panel,
+               panel_entries, win_entry, deps_first, deps_last):  # fmt: skip
+        """Load ``n_panels`` panels' entries [entry0, entry0 + per_panel) into the window."""
+        ops = []
+        if words == stride:
+            ops.append(dict(offset=4 * stride * (first_panel * panel_entries + entry0),
+                            rows=n_panels, row_words=per_panel * stride,
+                            mem_stride=panel_entries * stride,
+                            win_addr=win.offset + win_entry * stride,
+                            win_stride=per_panel * stride))  # fmt: skip
+        else:
+            for q in range(n_panels):
+                ops.append(dict(offset=4 * stride * ((first_panel + q) * panel_entries + entry0),
+                                rows=per_panel, row_words=words, mem_stride=stride,
+                                win_addr=win.offset + (win_entry + q * per_panel) * stride,
+                                win_stride=stride))  # fmt: skip
+        for j, op in enumerate(ops):
+            d = Deps(
+                pop_next=deps_first.pop_next and j == 0,
+                pop_prev=deps_first.pop_prev and j == 0,
+                push_next=deps_last.push_next and j == len(ops) - 1,
+                push_prev=deps_last.push_prev and j == len(ops) - 1,
+            )
+            getattr(prog, kind)("systolic", buf=buf, deps=d, **op)
+
+    def loads(i):
+        m0, n0, k0, _, _, _ = chunks[i]
+        mt, nt, kc = min(p.mt, hm - m0), min(p.nt, hn - n0), min(p.kc, hk - k0)
+        buf = i % 2
+        first = Deps(pop_next=i >= 2)
+        none = Deps()
+        if hw == "os":
+            panels("load", left, lw, lwords, lw.stride, m0 // R, _ceil(mt, R), k0, kc, hk,
+                   buf * half, first, none)  # fmt: skip
+        else:
+            panels("load", left, lw, lwords, lw.stride, k0 // R, _ceil(kc, R), m0, mt, hm,
+                   buf * half, first, none)  # fmt: skip
+        panels("load", top, tw, twords, tw.stride, n0 // C, _ceil(nt, C), k0, kc, hk,
+               buf * half, none, Deps(push_next=True))  # fmt: skip
+
+    if chunks:
+        loads(0)
+    for i, (m0, n0, k0, tile, first, last) in enumerate(chunks):
+        if i + 1 < len(chunks):
+            loads(i + 1)
+        mt, nt, kc = min(p.mt, hm - m0), min(p.nt, hn - n0), min(p.kc, hk - k0)
+        ah = tile % 2
+        prog.instr(
+            gemm_instr(hw, mt, kc, nt, acc=ah * acc_half, left=(i % 2) * half,
+                       top=(i % 2) * half, accumulate=not first),  # fmt: skip
+            deps=Deps(pop_prev=True, pop_next=first and tile >= 2, push_prev=i + 2 < len(chunks),
+                      push_next=last),  # fmt: skip
+            what=f"GEMM {hw} {mt}x{kc}x{nt} (tile {tile}, k0 {k0})",
+        )
+        if last:
+            panels("store", out, aw, awords, aw.stride, n0 // C, _ceil(nt, C), m0, mt, hm,
+                   ah * acc_half, Deps(pop_prev=True), Deps(push_prev=tile + 2 < n_tiles))  # fmt: skip
+    return prog
+
+
+def _systolic_config(dev) -> SystolicConfig:
     cfg = dev.config.engine("systolic")
     if cfg is None:
         have = ", ".join(type(e).kind for e in dev.config.engines)
         raise UsageError(f"this accelerator has no systolic engine (it has: {have})")
-    _check_operands(a, b, cfg)
+    return cfg
+
+
+def _operand(dev, x, role: str, df: str, cfg, temps: list) -> Buffer:
+    """A packed buffer for operand ``x`` (a tensor, or a buffer already packed for ``df``)."""
+    if isinstance(x, Buffer):
+        lay = x.layout
+        if isinstance(lay, Packed) and lay.dataflow == df and lay.role != "result":
+            return x
+        if lay is not None:
+            raise UsageError(
+                f"{role} is a device buffer packed for {getattr(lay, 'dataflow', '?')} "
+                f"{getattr(lay, 'role', '?')}; this matmul needs one packed for {df} "
+                f"(upload it with dataflow={df!r})"
+            )
+        x = x.read()
+    buf = upload(dev, x, role, df)
+    temps.append(buf)
+    return buf
+
+
+def matmul(dev, a, b, *, dataflow: str | None = None, out: str = "host"):
+    """``a @ b`` on the device's systolic engine.
+
+    ``a`` (M x K) and ``b`` (K x N) are integer tensors whose values fit the engine's format
+    (int8 by default), or device buffers from :func:`upload` (``dev.upload(w, "b",
+    dataflow=...)``: a weight packed once and kept resident). Returns a torch.int32 tensor
+    (int64 when acc_width > 32) equal to ``a.long() @ b.long()`` reduced modulo
+    ``2**acc_width`` (equal outright when no partial sum overflows the accumulator); with
+    ``out="device"`` it returns the result's device buffer instead (``.read()`` gives the
+    tensor). ``dataflow`` picks one of the built-in dataflows (default: os if built, else ws,
+    else is).
+    """
+    cfg = _systolic_config(dev)
     df = dataflow or default_dataflow(cfg)
     if df not in DATAFLOW_CODES:
         raise UsageError(f"dataflow must be one of os, ws, is, not {df!r}")
@@ -157,61 +430,59 @@ def matmul(dev, a: torch.Tensor, b: torch.Tensor, *, dataflow: str | None = None
             f"dataflow {df!r} is not built into this accelerator "
             f"(built: {', '.join(cfg.dataflows)})"
         )
+    if out not in ("host", "device"):
+        raise UsageError(f"out must be 'host' or 'device', not {out!r}")
+    if isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor):
+        _check_operands(a, b, cfg)
+    M, K = _logical_shape(a, "a")
+    K2, N = _logical_shape(b, "b")
+    if K != K2:
+        raise UsageError(
+            f"a and b do not chain: a is {M}x{K}, b is {K2}x{N} (a's columns must equal b's rows)"
+        )
     out_dtype = torch.int32 if cfg.acc_width <= 32 else torch.int64
-    M, K, N = a.shape[0], a.shape[1], b.shape[1]
     if 0 in (M, K, N):
-        return torch.zeros((M, N), dtype=out_dtype)
-    if df == "is":
-        ha, hb = b.t().to(torch.int64), a.t().to(torch.int64)
-    else:
-        ha, hb = a.to(torch.int64), b.to(torch.int64)
-    hm, hk, hn = ha.shape[0], ha.shape[1], hb.shape[1]
-    out = _run(dev, ha, hb, df, cfg, plan(hm, hk, hn, df, cfg))
-    out = out.t() if df == "is" else out
-    return out.contiguous().to(out_dtype)
+        z = torch.zeros((M, N), dtype=out_dtype)
+        return z
+    temps: list[Buffer] = []
+    try:
+        la = _operand(dev, a, "a", df, cfg, temps)
+        lb = _operand(dev, b, "b", df, cfg, temps)
+        left, top = (lb, la) if df == "is" else (la, lb)
+        hw = _hw_df(df)
+        hm, hk, hn = left.layout.rows, left.layout.cols, top.layout.cols
+        p, _ = plan_dma(hm, hk, hn, df, cfg, dev.config)
+        acc = window_layout(cfg)["acc"]
+        res = dev.alloc((_ceil(hn, cfg.cols) * hm * acc.stride,), torch.int32, label="systolic result")
+        res.layout = Packed(role="result", dataflow=df, rows=hm, cols=hn, transposed=df == "is")
+        try:
+            gemm_program(dev, left, top, res, p, hw, cfg).run()
+        except BaseException:
+            if not res.busy:
+                res.free()
+            raise
+        if out == "device":
+            return res
+        with res:
+            return res.layout.unpack(res.read_raw(), cfg)
+    finally:
+        for t in temps:
+            if not t.freed and not t.busy:
+                t.free()
 
 
-def _run(dev, ha, hb, df, cfg: SystolicConfig, p: Plan) -> torch.Tensor:
-    lay = window_layout(cfg)
-    base = dev.window_base("systolic")
-    lw, tw, aw = lay["left"], lay["top"], lay["acc"]
-    half, acc_half = cfg.spad_depth // 2, cfg.acc_depth // 2
-    hm, hk, hn = ha.shape[0], ha.shape[1], hb.shape[1]
-    out = torch.zeros((hm, hn), dtype=torch.int64)
-    start = dev.retired()
-    pending: list[tuple[int, int, int, int, int]] = []  # (issue index, m0, n0, acc half, tile)
-
-    def read_tile(entry):
-        idx, m0, n0, ah, _ = entry
-        dev.wait_retired(start + idx + 1)
-        mt, nt = min(p.mt, hm - m0), min(p.nt, hn - n0)
-        rows = _ceil(nt, cfg.cols) * mt
-        words = dev.read(base + 4 * (aw.offset + ah * acc_half * aw.stride), rows * aw.stride)
-        out[m0 : m0 + mt, n0 : n0 + nt] = unpack_acc(words, mt, nt, cfg, aw.stride)
-
-    for idx, (m0, n0, k0, tile, first, last) in enumerate(p.chunks(hm, hk, hn)):
-        buf = idx % 2
-        if idx >= 2:
-            dev.wait_retired(start + idx - 1)  # chunk idx-2 used this buffer
-        ah = tile % 2
-        if first:
-            for e in [e for e in pending if e[3] == ah]:
-                read_tile(e)  # its accumulator half is about to be reused
-                pending.remove(e)
-        mt, nt, kc = min(p.mt, hm - m0), min(p.nt, hn - n0), min(p.kc, hk - k0)
-        sa = ha[m0 : m0 + mt, k0 : k0 + kc]
-        sb = hb[k0 : k0 + kc, n0 : n0 + nt]
-        left, top = os_operands(sa, sb, cfg) if df == "os" else ws_operands(sa, sb, cfg)
-        w = cfg.fmt.width
-        dev.write(base + 4 * (lw.offset + buf * half * lw.stride),
-                  pack_words(left, w, lw.width // 32, lw.stride))  # fmt: skip
-        dev.write(base + 4 * (tw.offset + buf * half * tw.stride),
-                  pack_words(top, w, tw.width // 32, tw.stride))  # fmt: skip
-        instr = gemm_instr(df, mt, kc, nt, acc=ah * acc_half, left=buf * half, top=buf * half,
-                           accumulate=not first)  # fmt: skip
-        dev.execute([instr])
-        if last:
-            pending.append((idx, m0, n0, ah, tile))
-    for e in pending:
-        read_tile(e)
-    return out
+def _logical_shape(x, name: str) -> tuple[int, int]:
+    if isinstance(x, Buffer):
+        lay = x.layout
+        if isinstance(lay, Packed) and lay.role != "result":
+            r, c = lay.rows, lay.cols
+            # IS buffers hold the transpose of the logical operand
+            return (c, r) if lay.dataflow == "is" else (r, c)
+        if len(x.shape) != 2:
+            raise UsageError(f"{name} must be a 2-D buffer, not {x.shape}")
+        return x.shape
+    if not isinstance(x, torch.Tensor):
+        raise UsageError(f"{name} must be a torch tensor or a device buffer, not {type(x).__name__}")
+    if x.dim() != 2:
+        raise UsageError(f"{name} must be 2-D (rows x columns), not {x.dim()}-D {tuple(x.shape)}")
+    return tuple(x.shape)
