@@ -242,6 +242,8 @@ class Device:
 
         if self._runs:
             raise UsageError("a program is already running on this device: wait for it first")
+        if len(prog) > 0xFFFF:
+            raise UsageError(f"a program holds at most 65535 entries, not {len(prog)}: split it")
         st = self.status()
         if st["error"]:
             self._check_error()

@@ -7,6 +7,7 @@ import torch
 from gatesmith.errors import DeviceError, UsageError
 from gatesmith.generators.accel.regs import REG
 from gatesmith.generators.systolic import model
+from gatesmith.host.systolic import plan_dma
 
 SEED = 20261122
 
@@ -57,8 +58,15 @@ def test_perf_counters_and_cycle_model(dev_4x4):
         dev_4x4.reset_perf()
         dev_4x4.matmul(a, b, dataflow=df)
         p = dev_4x4.perf()
-        # one instruction (it fits): busy cycles == the cycle model, exactly
-        assert p["busy"] == model.cycles(8, 40, 12, df, scfg), df
+        # busy cycles == the cycle model summed over the program's GEMM instructions, exactly
+        hm, hk, hn = (12, 40, 8) if df == "is" else (8, 40, 12)
+        plan, _ = plan_dma(hm, hk, hn, df, scfg, dev_4x4.config)
+        want = sum(
+            model.cycles(min(plan.mt, hm - m0), min(plan.kc, hk - k0), min(plan.nt, hn - n0),
+                         "ws" if df == "is" else df, scfg)  # fmt: skip
+            for m0, n0, k0, *_ in plan.chunks(hm, hk, hn)
+        )
+        assert p["busy"] == want, df
         assert p["macs"] >= 8 * 40 * 12
         assert p["cycles"] > p["busy"]
 
@@ -110,7 +118,7 @@ def test_host_errors_name_the_argument(dev_small):
     assert str(e.value) == "a must be 2-D (rows x columns), not 1-D (3,)"
     with pytest.raises(UsageError) as e:
         dev_small.matmul([[1]], a)
-    assert str(e.value) == "a must be a torch tensor, not list"
+    assert str(e.value) == "a must be a torch tensor or a device buffer, not list"
     empty = dev_small.matmul(torch.zeros((0, 3), dtype=torch.int8), a.t())
     assert empty.shape == (0, 2)
 
