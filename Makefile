@@ -16,7 +16,7 @@ $(STAMP): pyproject.toml constraints.txt
 setup: $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/gatesmith run --config examples/demo.yaml --m 64 --k 96 --n 48
+	$(BIN)/gatesmith run --config examples/demo.yaml --m 256 --k 256 --n 256
 
 test: $(STAMP)
 	$(BIN)/pytest -q -n 2 --durations=15

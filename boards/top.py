@@ -24,18 +24,47 @@ from ..errors import ConfigError
 from ..hdl.uart import UART
 from .registry import Board, get_board
 
-__all__ = ["BoardTop", "LINK_SIGNATURE", "default_link"]
+__all__ = ["BoardTop", "LINK_SIGNATURE", "MemLinkTop", "default_link"]
 
 LINK_SIGNATURE = wiring.Signature(
     {"rx": In(stream.Signature(8)), "tx": Out(stream.Signature(8)), "idle": Out(1)}
 )
 
 
-def default_link(cfg):
-    """The accelerator's link top for ``cfg`` (``gatesmith.generators.accel.top.LinkTop``)."""
-    from ..generators.accel.top import LinkTop
+class MemLinkTop(wiring.Component):
+    """The accelerator's LinkTop with its device memory in block RAM (``cfg.mem_bytes`` bytes).
 
-    return LinkTop(cfg)
+    Until the boards have an SDRAM controller, device memory is on-chip: give a board config a
+    ``mem_bytes`` that fits its block RAM (``examples/ulx3s.yaml``: 64 KiB, 32 of the ECP5-85F's
+    208 EBRs; ``examples/icebreaker.yaml``: 4 KiB, 8 of the UP5K's 30).
+    """
+
+    rx: In(stream.Signature(8))
+    tx: Out(stream.Signature(8))
+    idle: Out(1)
+
+    def __init__(self, cfg):
+        from ..generators.accel.top import LinkTop
+        from ..hdl.axi4 import AXI4RAM
+
+        self.link = LinkTop(cfg)
+        self.ram = AXI4RAM(cfg.mem_bytes)
+        super().__init__()
+
+    def elaborate(self, platform):
+        m = Module()
+        m.submodules.link = link = self.link
+        m.submodules.ram = ram = self.ram
+        wiring.connect(m, link.mem, ram.bus)
+        wiring.connect(m, wiring.flipped(self.rx), link.rx)
+        wiring.connect(m, link.tx, wiring.flipped(self.tx))
+        m.d.comb += self.idle.eq(link.idle)
+        return m
+
+
+def default_link(cfg):
+    """The accelerator's link top for ``cfg`` with block-RAM device memory (:class:`MemLinkTop`)."""
+    return MemLinkTop(cfg)
 
 
 class BoardTop(Elaboratable):

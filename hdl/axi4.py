@@ -31,6 +31,7 @@ __all__ = [
     "BurstReader",
     "BurstWriter",
     "burst_len",
+    "AXI4RAM",
 ]
 
 BurstReq = data.StructLayout({"addr": 32, "len": 8})  # len = beats - 1, as AXI's AxLEN
@@ -381,4 +382,74 @@ class BurstWriter(wiring.Component):
         with m.Elif(b_fire & (self.mem.b.payload != 0)):
             m.d.sync += self.err.eq(1)
         m.d.comb += self.busy.eq(t.active | (unacked != 0) | (left != 0))
+        return m
+
+
+class AXI4RAM(wiring.Component):
+    """Device memory in block RAM: an AXI4 subordinate of ``size`` bytes (a power of two).
+
+    What a board's device memory is until an SDRAM controller exists. One read or write burst
+    at a time, one beat per cycle; addresses wrap modulo ``size`` (the accelerator checks its DMA
+    ranges against ``mem_bytes`` before it issues them).
+    """
+
+    def __init__(self, size: int):
+        if size < 4 or size & (size - 1):
+            raise ValueError(f"size must be a power of two of at least 4 bytes, not {size}")
+        self.size = size
+        super().__init__({"bus": In(AXI4Signature())})
+
+    def elaborate(self, platform):
+        from amaranth.lib import memory
+
+        m = Module()
+        bus = self.bus
+        depth = self.size // 4
+        aw = max(1, ceil_log2(depth))
+        m.submodules.mem = mem = memory.Memory(shape=32, depth=depth, init=[])
+        rd = mem.read_port()
+        wp = mem.write_port(granularity=8)
+        cur = Signal(aw)
+        left = Signal(8)
+        m.d.comb += [bus.rid.eq(0), bus.bid.eq(0), bus.rresp.eq(0), bus.bresp.eq(0)]
+        with m.FSM(name="rd"):
+            with m.State("IDLE"):
+                m.d.comb += [bus.arready.eq(1), rd.addr.eq(bus.araddr[2 : 2 + aw])]
+                with m.If(bus.arvalid):
+                    m.d.sync += [cur.eq(bus.araddr[2 : 2 + aw]), left.eq(bus.arlen)]
+                    m.next = "DATA"
+            with m.State("DATA"):
+                fire = bus.rvalid & bus.rready
+                m.d.comb += [
+                    bus.rvalid.eq(1),
+                    bus.rdata.eq(rd.data),
+                    bus.rlast.eq(left == 0),
+                    rd.addr.eq(Mux(fire, cur + 1, cur)),
+                ]
+                with m.If(fire):
+                    m.d.sync += [cur.eq(cur + 1), left.eq(left - 1)]
+                    with m.If(left == 0):
+                        m.next = "IDLE"
+        wcur = Signal(aw)
+        with m.FSM(name="wr"):
+            with m.State("IDLE"):
+                m.d.comb += bus.awready.eq(1)
+                with m.If(bus.awvalid):
+                    m.d.sync += wcur.eq(bus.awaddr[2 : 2 + aw])
+                    m.next = "DATA"
+            with m.State("DATA"):
+                m.d.comb += [
+                    bus.wready.eq(1),
+                    wp.addr.eq(wcur),
+                    wp.data.eq(bus.wdata),
+                    wp.en.eq(Mux(bus.wvalid, bus.wstrb, 0)),
+                ]
+                with m.If(bus.wvalid):
+                    m.d.sync += wcur.eq(wcur + 1)
+                    with m.If(bus.wlast):
+                        m.next = "RESP"
+            with m.State("RESP"):
+                m.d.comb += bus.bvalid.eq(1)
+                with m.If(bus.bready):
+                    m.next = "IDLE"
         return m

@@ -18,6 +18,10 @@ A vector word holds ``lanes`` elements, element ``j`` of a row in word ``j // la
 
 from __future__ import annotations
 
+from amaranth.lib import data
+
+from .fields import struct_fields
+
 __all__ = [
     "check_int",
     "check_common",
@@ -26,7 +30,21 @@ __all__ = [
     "words_per_row",
 ]
 
-INSTR_FIELDS = {"src": (8, 24), "dst": (32, 24), "len": (64, 13), "rows": (80, 16)}
+# The row instruction of the nonlinear engines (128 bits, bit 0 first): the RTL decoder and the
+# host encoder both use this one description.
+ROW_INSTR = data.StructLayout(
+    {
+        "opcode": 8,
+        "src": 24,
+        "dst": 24,
+        "reserved0": 8,
+        "len": 13,
+        "reserved1": 3,
+        "rows": 16,
+        "reserved2": 32,
+    }
+)
+INSTR_FIELDS = struct_fields(ROW_INSTR)
 
 
 def check_int(name, value, lo, hi):

@@ -111,14 +111,6 @@ def _write_region(dev, kind, win, rows, lanes):
     dev.write(dev.window_base(kind) + 4 * win.offset, words)
 
 
-def _read_region(dev, kind, win, rows, n, lanes, signed):
-    width = win.width // lanes
-    nwords = rows * -(-n // lanes) * win.stride
-    words = dev.read(dev.window_base(kind) + 4 * win.offset, nwords)
-    return unpack_rows(words, rows=rows, n=n, lanes=lanes, width=width, stride=win.stride,
-                       signed=signed)  # fmt: skip
-
-
 def _run_rows(dev, kind, x2d: torch.Tensor, *, signed_out: bool) -> torch.Tensor:
     """Run ``[rows, n]`` integer rows through engine ``kind``, in chunks that fit its memories."""
     cfg, wins = _engine(dev, kind)
@@ -134,14 +126,77 @@ def _run_rows(dev, kind, x2d: torch.Tensor, *, signed_out: bool) -> torch.Tensor
             f"rows of {n} elements need {wpr} vector words, more than this {kind} engine's "
             f"depth of {cfg.depth}"
         )
+    if rows == 0:
+        return torch.zeros(0, n, dtype=torch.int64)
+    if hasattr(dev, "program"):  # contract v2: device memory, DMA, one program
+        return _run_program(dev, kind, cfg, wins, x2d, n, wpr, per_chunk, signed_out)
+    return _run_windows(dev, kind, cfg, wins, x2d, n, per_chunk, signed_out)
+
+
+def _run_windows(dev, kind, cfg, wins, x2d, n, per_chunk, signed_out):
+    """Bring-up path for a device with only the window primitives (write/read/execute/wait)."""
     out = []
-    for start in range(0, rows, per_chunk):
+    for start in range(0, x2d.shape[0], per_chunk):
         chunk = x2d[start : start + per_chunk].numpy()
         _write_region(dev, kind, wins["in"], chunk, cfg.lanes)
         dev.execute([pack_row_instr(_OPCODES[kind], src=0, dst=0, length=n, rows=len(chunk))])
         dev.wait()
-        out.append(_read_region(dev, kind, wins["out"], len(chunk), n, cfg.lanes, signed_out))
-    return torch.from_numpy(np.concatenate(out, axis=0)) if out else torch.zeros(0, n)
+        win = wins["out"]
+        words = dev.read(dev.window_base(kind) + 4 * win.offset,
+                         len(chunk) * -(-n // cfg.lanes) * win.stride)  # fmt: skip
+        out.append(unpack_rows(words, rows=len(chunk), n=n, lanes=cfg.lanes,
+                               width=win.width // cfg.lanes, stride=win.stride,
+                               signed=signed_out))  # fmt: skip
+    return torch.from_numpy(np.concatenate(out, axis=0))
+
+
+def _run_program(dev, kind, cfg, wins, x2d, n, wpr, per_chunk, signed_out):
+    """All rows in device memory, one program: LOAD a chunk, run it, STORE its results.
+
+    Tokens let chunk ``i + 1``'s load overlap chunk ``i``'s store (the engine's in and out
+    regions are each used by one chunk at a time).
+    """
+    from .program import Deps
+
+    win_in, win_out = wins["in"], wins["out"]
+    rows = x2d.shape[0]
+    in_words = pack_rows(x2d.numpy(), lanes=cfg.lanes, width=win_in.width // cfg.lanes,
+                         stride=win_in.stride)  # fmt: skip
+    row_in, row_out = wpr * win_in.stride, wpr * win_out.stride
+    chunks = list(range(0, rows, per_chunk))
+    with dev.alloc((in_words.size,), torch.int32, label=f"{kind} in") as bin_, \
+            dev.alloc((rows * row_out,), torch.int32, label=f"{kind} out") as bout:  # fmt: skip
+        bin_.write_raw(in_words)
+        prog = dev.program()
+        for i, start in enumerate(chunks):
+            cnt = min(per_chunk, rows - start)
+            last = i + 1 == len(chunks)
+            for part, (off, r0) in enumerate(_row_blocks(cnt, row_in)):
+                prog.load(kind, win_addr=win_in.offset + r0 * row_in, buf=bin_,
+                          offset=4 * (start + r0) * row_in, rows=off, row_words=row_in,
+                          deps=Deps(pop_next=i > 0 and part == 0,
+                                    push_next=r0 + off == cnt))  # fmt: skip
+            prog.instr(pack_row_instr(_OPCODES[kind], src=0, dst=0, length=n, rows=cnt),
+                       deps=Deps(pop_prev=True, pop_next=i > 0, push_prev=not last,
+                                 push_next=True),  # fmt: skip
+                       what=f"{kind} rows {start}..{start + cnt}")
+            for part, (off, r0) in enumerate(_row_blocks(cnt, row_out)):
+                prog.store(kind, win_addr=win_out.offset + r0 * row_out, buf=bout,
+                           offset=4 * (start + r0) * row_out, rows=off, row_words=row_out,
+                           deps=Deps(pop_prev=part == 0,
+                                     push_prev=not last and r0 + off == cnt))  # fmt: skip
+        prog.run()
+        words = bout.read_raw().view("<u4")
+    out = unpack_rows(words, rows=rows, n=n, lanes=cfg.lanes, width=win_out.width // cfg.lanes,
+                      stride=win_out.stride, signed=signed_out)  # fmt: skip
+    return torch.from_numpy(out)
+
+
+def _row_blocks(count: int, row_words: int):
+    """(rows, first row) pieces of at most 65535 rows (a DMA instruction's ``rows`` field)."""
+    del row_words
+    for r0 in range(0, count, 65535):
+        yield min(65535, count - r0), r0
 
 
 def _as_int(x, fmt, name):

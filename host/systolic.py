@@ -26,10 +26,10 @@ import numpy as np
 import torch
 
 from ..errors import UsageError
-from ..generators.engine import pack_instr
+from ..hdl.fields import pack_struct
 from ..generators.systolic import OPCODES
 from ..generators.systolic.config import SystolicConfig
-from ..generators.systolic.engine import DATAFLOW_CODES, GEMM_FIELDS, window_layout
+from ..generators.systolic.engine import DATAFLOW_CODES, GemmInstr, window_layout
 from ..generators.systolic.layout import _tiles_along, pack_words, unpack_acc
 from ..generators.systolic.model import cycles as gemm_cycles
 from .memory import Buffer
@@ -60,20 +60,9 @@ def _ceil(a: int, b: int) -> int:
 def gemm_instr(dataflow: str, m: int, k: int, n: int, *, acc: int = 0, left: int = 0,
                top: int = 0, accumulate: bool = False) -> list[int]:  # fmt: skip
     """The 4 instruction words of one GEMM (hardware roles: IS passes M/N swapped)."""
-    f = GEMM_FIELDS
-    return pack_instr(
-        OPCODES["gemm"],
-        [
-            (f["dataflow"][0], 2, DATAFLOW_CODES[dataflow]),
-            (f["accumulate"][0], 1, int(accumulate)),
-            (f["m"][0], 16, m),
-            (f["n"][0], 16, n),
-            (f["k"][0], 16, k),
-            (f["acc_base"][0], 16, acc),
-            (f["left_base"][0], 16, left),
-            (f["top_base"][0], 16, top),
-        ],
-    )
+    return pack_struct(GemmInstr, opcode=OPCODES["gemm"], dataflow=DATAFLOW_CODES[dataflow],
+                       accumulate=accumulate, m=m, n=n, k=k, acc_base=acc, left_base=left,
+                       top_base=top)  # fmt: skip
 
 
 def default_dataflow(cfg: SystolicConfig) -> str:

@@ -270,7 +270,8 @@ def test_accelerator_ulx3s_build(tmp_path):
     from gatesmith.generators.systolic.config import SystolicConfig
 
     engine = SystolicConfig(rows=2, cols=2, dataflows=("os",), spad_depth=16, acc_depth=16)
-    cfg = AccelConfig(name="acc2x2", engines=(engine,), queue_depth=2, link_max_words=16)
+    cfg = AccelConfig(name="acc2x2", engines=(engine,), queue_depth=2, link_max_words=16,
+                      mem_bytes=4096)
     report = build_bitstream(cfg, "ulx3s", tmp_path, freq_mhz=25)
     check_report(report, tmp_path, get_board("ulx3s"))
     assert report.utilisation["dsp"].used == 4  # one MULT18X18D per int8 PE

@@ -126,10 +126,13 @@ def test_board_top_errors():
 
 
 def test_board_top_uses_the_accelerator_link_top():
+    from gatesmith.boards.top import MemLinkTop
     from gatesmith.generators.accel.top import LinkTop
     from gatesmith.generators.systolic.config import SystolicConfig
 
-    cfg = AccelConfig(engines=(SystolicConfig(rows=2, cols=2, spad_depth=16, acc_depth=16),))
+    cfg = AccelConfig(engines=(SystolicConfig(rows=2, cols=2, spad_depth=16, acc_depth=16),),
+                      mem_bytes=4096)  # fmt: skip
     top = BoardTop(cfg, "ulx3s")
-    assert isinstance(top.link, LinkTop)
+    assert isinstance(top.link, MemLinkTop) and isinstance(top.link.link, LinkTop)
+    assert top.link.ram.size == 4096  # device memory in block RAM
     assert top.uart.divisor == 25  # 25 MHz oscillator, 1 Mbaud

@@ -186,14 +186,25 @@ def test_out_of_memory_lists_allocations(dev_small):
 
 
 def test_no_burst_crosses_4k():
-    """The harness answers a burst across a 4 KiB boundary with SLVERR and counts it."""
+    """Rows that start just before a 4 KiB boundary: the DMA must split every burst there (the
+    harness answers a crossing burst with SLVERR and counts it)."""
     with gatesmith.host.open("sim", config=SIM_4X4) as dev:
         lay = _win(dev)
-        with dev.alloc((3000,), torch.int32) as buf:
-            buf.write_raw(np.arange(3000, dtype=np.uint32))
+        with dev.alloc((3000,), torch.int32) as src, dev.alloc((3000,), torch.int32) as dst:
+            src.write_raw(np.arange(3000, dtype=np.uint32))
+            dst.write_raw(np.zeros(3000, dtype=np.uint32))
+            s_off = (src.addr // 4096 + 1) * 4096 - 40 - src.addr
+            d_off = (dst.addr // 4096 + 1) * 4096 - 8 - dst.addr
             p = dev.program()
-            p.load("systolic", win_addr=lay["left"].offset, buf=buf, offset=4 * 999, rows=2,
-                   row_words=250, mem_stride=1003)  # fmt: skip
+            p.load("systolic", win_addr=lay["left"].offset, buf=src, offset=s_off, rows=2,
+                   row_words=120, mem_stride=1024, deps=Deps(push_next=True))  # fmt: skip
+            p.nop(deps=Deps(pop_prev=True, push_next=True))
+            p.store("systolic", win_addr=lay["left"].offset, buf=dst, offset=d_off, rows=2,
+                    row_words=120, mem_stride=1024, deps=Deps(pop_prev=True))  # fmt: skip
             p.run(timeout=60)
+            got = dst.read_raw().view("<u4")
         board = dev._board
+    for r in range(2):
+        s0, d0 = s_off // 4 + 1024 * r, d_off // 4 + 1024 * r
+        assert np.array_equal(got[d0 : d0 + 120], np.arange(s0, s0 + 120, dtype=np.uint32))
     assert board.mem_4k_violations == 0

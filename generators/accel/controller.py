@@ -244,7 +244,7 @@ class Controller(wiring.Component):
                 with m.Elif(c_op == Op.NOP):
                     m.next = "RETIRE"
                 with m.Elif(c_op == Op.SYNC):
-                    with m.If(~lq.r_rdy & ~sq.r_rdy & ~units_busy[0] & ~units_busy[1]
+                    with m.If((lq.level == 0) & (sq.level == 0) & ~units_busy[0] & ~units_busy[1]
                               & ~any_engine_busy):  # fmt: skip
                         m.next = "RETIRE"
                 with m.Else():
@@ -264,7 +264,8 @@ class Controller(wiring.Component):
 
         # ---- program state, watchdog, idle ----------------------------------------------------------
         queues_empty = Signal()
-        m.d.comb += queues_empty.eq(~lq.r_rdy & ~cq.r_rdy & ~sq.r_rdy)
+        # (level, not r_rdy: a buffered FIFO shows a new entry at its output a cycle later)
+        m.d.comb += queues_empty.eq((lq.level == 0) & (cq.level == 0) & (sq.level == 0))
         all_idle = Signal()
         m.d.comb += all_idle.eq(queues_empty & ~Cat(*units_busy).any())
         with m.If(self.prog_start & ~running):

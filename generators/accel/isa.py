@@ -27,6 +27,8 @@ import enum
 
 from amaranth.lib import data
 
+from ...hdl.fields import pack_struct
+
 __all__ = [
     "Op",
     "DmaInstr",
@@ -102,40 +104,12 @@ class Deps:
             raise ValueError(f"{what}: {'; '.join(bad)}")
 
 
-def _fields(layout: data.StructLayout):
-    for name, fld in layout:
-        yield name, fld.offset, fld.width
-
-
 def encode(layout, **values) -> list:
-    """The instruction words of ``layout`` (a Struct class or StructLayout) with ``values``.
-
-    Every field must be given except ``reserved``; each must fit its width (ValueError naming
-    the field otherwise).
-    """
-    lay = data.Layout.cast(layout)
-    value = 0
-    names = set()
-    for name, offset, width in _fields(lay):
-        names.add(name)
-        if name not in values:
-            if name == "reserved":
-                continue
-            raise ValueError(f"{name} is missing")
-        v = values[name]
-        if isinstance(v, bool):
-            v = int(v)
-        if not isinstance(v, int) or not 0 <= v < (1 << width):
-            raise ValueError(f"{name} must be an integer in 0..{(1 << width) - 1}, not {v!r}")
-        value |= v << offset
-    extra = sorted(set(values) - names)
-    if extra:
-        raise ValueError(f"{extra[0]} is not a field (fields: {', '.join(sorted(names))})")
-    words = -(-lay.size // 32)
-    return [(value >> (32 * i)) & 0xFFFF_FFFF for i in range(words)]
+    """The instruction words of ``layout`` with ``values`` (see ``hdl/fields.py``)."""
+    return pack_struct(layout, **values)
 
 
 def decode(layout, words) -> dict:
-    lay = data.Layout.cast(layout)
     value = sum(int(w) << (32 * i) for i, w in enumerate(words))
-    return {name: (value >> off) & ((1 << w) - 1) for name, off, w in _fields(lay)}
+    lay = data.Layout.cast(layout)
+    return {name: (value >> f.offset) & ((1 << f.width) - 1) for name, f in lay}

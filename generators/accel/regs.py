@@ -108,11 +108,13 @@ REGISTERS = (
     Reg("PERF_STORE_HI", 0x1134, "r", ""),
     Reg("PERF_DMA_LO", 0x1138, "r", "cycles with a DMA channel busy"),
     Reg("PERF_DMA_HI", 0x113C, "r", ""),
+    Reg("PERF_PROGRAM_LO", 0x1140, "r", "cycles with a program running (from its start to its end)"),
+    Reg("PERF_PROGRAM_HI", 0x1144, "r", ""),
     # instruction queue
     Reg("QUEUE", 0x1200, "w", "instruction words; every 4th write enqueues one instruction"),
 )
 REG = {r.name: r.offset for r in REGISTERS}
-PERF_COUNTERS = ("BUSY", "MACS", "ACTIVE", "STALL", "CYCLES", "LOAD", "STORE", "DMA")
+PERF_COUNTERS = ("BUSY", "MACS", "ACTIVE", "STALL", "CYCLES", "LOAD", "STORE", "DMA", "PROGRAM")
 
 
 def fields(bits: dict, value: int) -> dict:

@@ -150,6 +150,7 @@ class Accelerator(wiring.Component):
             "LOAD": ld.cmd.words,
             "STORE": st.cmd.words,
             "DMA": ld.cmd.busy | st.cmd.busy,
+            "PROGRAM": ctrl.running,
         }
         for name, c in counters.items():
             with m.If(clear_perf):
@@ -158,7 +159,7 @@ class Accelerator(wiring.Component):
                 m.d.sync += c.eq(c + increments[name])
         hi_latch = Signal(max(1, cfg.perf_width - 32))
 
-        m.d.comb += self.idle.eq(ctrl.idle & ~regq.r_rdy & ~ic.outstanding & ~ld.cmd.busy
+        m.d.comb += self.idle.eq(ctrl.idle & (regq.level == 0) & ~ic.outstanding & ~ld.cmd.busy
                                  & ~st.cmd.busy)  # fmt: skip
         status = Signal(32)
         for name, value in {

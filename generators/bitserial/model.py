@@ -34,6 +34,9 @@ from dataclasses import dataclass, fields
 import numpy as np
 import torch
 
+from amaranth.lib import data
+
+from ...hdl.fields import struct_fields
 from ..engine import ErrorCode, pack_instr, unpack_instr
 from .config import SCALE_BITS, BitserialConfig
 
@@ -82,21 +85,26 @@ DATATYPES = {
 }
 
 # Bit offsets of the MATMUL instruction fields (bit 0 = bit 0 of word 0; [7:0] is the opcode).
-FIELDS = {
-    "w_bits_m1": (8, 3),
-    "a_bits_m1": (11, 3),
-    "w_enc": (14, 1),  # 0 two's complement, 1 bipolar-INT
-    "a_enc": (15, 1),
-    "mixed": (16, 1),  # per-group BitMoD datatype ids from the group memory
-    "scaled": (17, 1),  # per-group scales from the group memory (else 1)
-    "m": (18, 14),
-    "n": (32, 14),
-    "k": (46, 16),
-    "w_base": (62, 16),
-    "a_base": (78, 16),
-    "g_base": (94, 16),
-    "r_base": (110, 16),
-}
+MatmulLayout = data.StructLayout(
+    {
+        "opcode": 8,
+        "w_bits_m1": 3,
+        "a_bits_m1": 3,
+        "w_enc": 1,  # 0 two's complement, 1 bipolar-INT
+        "a_enc": 1,
+        "mixed": 1,  # per-group BitMoD datatype ids from the group memory
+        "scaled": 1,  # per-group scales from the group memory (else 1)
+        "m": 14,
+        "n": 14,
+        "k": 16,
+        "w_base": 16,
+        "a_base": 16,
+        "g_base": 16,
+        "r_base": 16,
+        "reserved": 2,
+    }
+)
+FIELDS = struct_fields(MatmulLayout)
 
 
 @dataclass(frozen=True)

@@ -24,21 +24,32 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from amaranth.lib import data
+
+from ...hdl.fields import struct_fields
 from ..engine import ErrorCode, pack_instr, unpack_instr
 
 __all__ = ["OPCODE_GEMV", "FIELDS", "GemvInstr", "check_instr", "window_layout", "region_size"]
 
 OPCODE_GEMV = 0x40
 
-FIELDS = {
-    "col_mode": (8, 1),
-    "rounds": (16, 16),
-    "segments": (32, 16),
-    "cols_last": (48, 16),
-    "w_row": (64, 16),
-    "x_seg": (80, 16),
-    "y_base": (96, 16),
-}
+# The GEMV instruction (128 bits, bit 0 first): one description for the RTL decoder and the host.
+GemvLayout = data.StructLayout(
+    {
+        "opcode": 8,
+        "col_mode": 1,
+        "reserved0": 7,
+        "rounds": 16,
+        "segments": 16,
+        "cols_last": 16,
+        "w_row": 16,
+        "x_seg": 16,
+        "y_base": 16,
+        "reserved1": 16,
+    }
+)
+
+FIELDS = struct_fields(GemvLayout)
 
 
 @dataclass(frozen=True)

@@ -38,23 +38,33 @@ from amaranth import Cat, Const, Module, Mux, Signal
 from amaranth.lib import data, fifo, memory, wiring
 from amaranth.utils import ceil_log2
 
+from ...hdl.fields import struct_fields
 from ..engine import ErrorCode, Window, engine_ports
 from .array import SystolicArray
 from .config import SystolicConfig
 
-__all__ = ["SystolicEngine", "GEMM_FIELDS", "DATAFLOW_CODES", "window_layout"]
+__all__ = ["SystolicEngine", "GemmInstr", "GEMM_FIELDS", "DATAFLOW_CODES", "window_layout"]
 
 DATAFLOW_CODES = {"os": 0, "ws": 1, "is": 2}
-GEMM_FIELDS = {  # name -> (bit offset, width) in the 128-bit instruction
-    "dataflow": (8, 2),
-    "accumulate": (10, 1),
-    "m": (32, 16),
-    "n": (48, 16),
-    "k": (64, 16),
-    "acc_base": (80, 16),
-    "left_base": (96, 16),
-    "top_base": (112, 16),
-}
+
+
+# The GEMM instruction (128 bits, bit 0 first), shared by the decoder below and the host encoder.
+GemmInstr = data.StructLayout(
+    {
+        "opcode": 8,
+        "dataflow": 2,  # DATAFLOW_CODES
+        "accumulate": 1,  # add into ACC (else overwrite)
+        "reserved0": 21,
+        "m": 16,
+        "n": 16,
+        "k": 16,
+        "acc_base": 16,  # accumulator row
+        "left_base": 16,  # left scratchpad word
+        "top_base": 16,  # top scratchpad word
+    }
+)
+
+GEMM_FIELDS = struct_fields(GemmInstr)  # name -> (bit offset, width)
 
 
 def _sat(value, width: int):
