@@ -25,12 +25,19 @@ from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
 
-from amaranth.lib import wiring
+from amaranth.lib import data, wiring
 
 from ..config import AccelConfig
 from ..errors import BuildError
-from ..generators.accel.regs import CONFIG_ROM_BASE, REGISTERS
-from ..generators.accel.top import OP_NOP, OP_SYNC, Accelerator, LinkTop
+from ..generators.accel.isa import ENTRY_WORDS, DmaInstr, EntryHeader, Op
+from ..generators.accel.regs import (
+    CONFIG_ROM_BASE,
+    CTRL_BITS,
+    MEM_WINDOW_BASE,
+    REGISTERS,
+    STATUS_BITS,
+)
+from ..generators.accel.top import Accelerator, LinkTop
 from ..generators.engine import ENGINE_WINDOW_BASE, ENGINE_WINDOW_SIZE
 from ..sim.cocotb_runner import WAIVERS, verilog_of
 from ..sim.toolchain import verilator_bin, verilator_env
@@ -77,6 +84,11 @@ def versions() -> dict[str, str]:
 def _write_if_changed(path: Path, text: str) -> None:
     if not path.exists() or path.read_text() != text:
         path.write_text(text)
+
+
+def _layout(layout) -> dict:
+    """``{field: [bit offset, width]}`` of a Struct layout, for the manifest."""
+    return {name: [f.offset, f.width] for name, f in data.Layout.cast(layout)}
 
 
 def _engine_entries(accel: Accelerator) -> list[dict]:
@@ -133,7 +145,11 @@ def generate(cfg: AccelConfig, out_dir, *, lint_output: bool = True, progress=No
             for fname, text in files.items()
         },
         "tops": {
-            name: {"file": f"{name}.v", "bus": "AXI4-Lite (prefix axi_)", "ports": ports_of(accel)},
+            name: {
+                "file": f"{name}.v",
+                "bus": "AXI4-Lite subordinate (prefix axi_), AXI4 manager to device memory (prefix mem_)",
+                "ports": ports_of(accel),
+            },
             f"{name}_link": {
                 "file": f"{name}_link.v",
                 "bus": "host-link byte streams (rx, tx)",
@@ -141,8 +157,20 @@ def generate(cfg: AccelConfig, out_dir, *, lint_output: bool = True, progress=No
             },
         },
         "registers": [r.as_dict() for r in REGISTERS],
+        "register_fields": {"CTRL": CTRL_BITS, "STATUS": STATUS_BITS},
+        "device_memory": {
+            "axi_lite_window": MEM_WINDOW_BASE,
+            "bytes": cfg.mem_bytes,
+            "data_width": cfg.mem_data_width,
+            "max_burst": cfg.mem_max_burst,
+        },
         "config_rom": {"byte_address": CONFIG_ROM_BASE, "format": "JSON, little-endian words"},
-        "instructions": {"words": 4, "opcodes": {"nop": OP_NOP, "sync": OP_SYNC}},
+        "instructions": {
+            "words": 4,
+            "opcodes": {op.name.lower(): int(op) for op in Op},
+            "dma_layout": _layout(DmaInstr),
+            "program_entry": {"words": ENTRY_WORDS, "header": _layout(EntryHeader)},
+        },
         "engines": _engine_entries(accel),
         "versions": versions(),
     }
