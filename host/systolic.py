@@ -271,27 +271,31 @@ def plan_dma(m: int, k: int, n: int, dataflow: str, cfg: SystolicConfig, acfg=No
     return best
 
 
+def _sizes(total: int, tile: int) -> list[tuple[int, int]]:
+    """(size, count) of the tiles along one dimension: full ones and the remainder."""
+    full, rest = divmod(total, tile)
+    return [(tile, full)] * (full > 0) + [(rest, 1)] * (rest > 0)
+
+
 def _model(p: Plan, m, k, n, hw, cfg, ls, ts, as_, beat) -> int:
     R, C = cfg.rows, cfg.cols
-    total = 0
-    first = None
-    last_store = 0
     k_chunks = _ceil(k, p.kc)
-    for m0 in range(0, m, p.mt):
-        mt = min(p.mt, m - m0)
-        for n0 in range(0, n, p.nt):
-            nt = min(p.nt, n - n0)
-            store = _ceil(nt, C) * mt * as_ * beat
-            for k0 in range(0, k, p.kc):
-                kc = min(p.kc, k - k0)
+    total = 0.0
+    for mt, cm in _sizes(m, p.mt):
+        for nt, cn in _sizes(n, p.nt):
+            store = _ceil(nt, C) * mt * as_ * beat / DMA_EFFICIENCY
+            for kc, ck in _sizes(k, p.kc):
                 left = (_ceil(mt, R) * kc if hw == "os" else _ceil(kc, R) * mt) * ls
                 load = (left + _ceil(nt, C) * kc * ts) * beat / DMA_EFFICIENCY
                 compute = gemm_cycles(mt, kc, nt, hw, cfg) + 4
-                if first is None:
-                    first = load
-                total += max(compute, load + store / DMA_EFFICIENCY / k_chunks)
-            last_store = store / DMA_EFFICIENCY
-    return int(total + (first or 0) + last_store)
+                total += cm * cn * ck * max(compute, load + store / k_chunks)
+    # the first chunk's loads and the last tile's stores are not overlapped
+    mt0, nt0, kc0 = min(p.mt, m), min(p.nt, n), min(p.kc, k)
+    left0 = (_ceil(mt0, R) * kc0 if hw == "os" else _ceil(kc0, R) * mt0) * ls
+    first = (left0 + _ceil(nt0, C) * kc0 * ts) * beat / DMA_EFFICIENCY
+    mt1, nt1 = _sizes(m, p.mt)[-1][0], _sizes(n, p.nt)[-1][0]
+    last = _ceil(nt1, C) * mt1 * as_ * beat / DMA_EFFICIENCY
+    return int(total + first + last)
 
 
 # ---- one program per GEMM ---------------------------------------------------------------------
