@@ -21,7 +21,6 @@ import time
 from pathlib import Path
 
 import cocotb
-import torch
 from cocotb.clock import Clock
 from cocotb.triggers import ClockCycles, ReadOnly, RisingEdge
 
@@ -125,6 +124,8 @@ def _shape(cfg, want_rows):
 
 def _edges(x, fmt, g, *, masked=True):
     """Overwrite the first rows of ``x`` with the format's edge cases (as many as there are)."""
+    import torch
+
     rows, n = x.shape
     edges = [
         torch.randint(fmt.min, fmt.max + 1, (n,), generator=g),  # the full range
@@ -140,6 +141,8 @@ def _edges(x, fmt, g, *, masked=True):
 
 
 def _softmax_case(cfg, g, rows, n):
+    import torch
+
     from gatesmith.generators.softmax.engine import SoftmaxEngine
     from gatesmith.generators.softmax.model import softmax_model
 
@@ -156,6 +159,8 @@ def _softmax_case(cfg, g, rows, n):
 
 
 def _gelu_case(cfg, g, rows, n):
+    import torch
+
     from gatesmith.generators.gelu.engine import GeluEngine
     from gatesmith.generators.gelu.model import gelu_model
 
@@ -172,6 +177,8 @@ def _gelu_case(cfg, g, rows, n):
 
 
 def _layernorm_case(cfg, g, rows, n):
+    import torch
+
     from gatesmith.generators.layernorm.engine import LayerNormEngine
     from gatesmith.generators.layernorm.model import layernorm_model
 
@@ -204,6 +211,8 @@ def verify(cfg, ecfg, *, seed: int = 1, count: int = 8, cocotb: bool = True, pro
 
     if not cocotb:
         return []
+    import torch
+
     kind = type(ecfg).kind
     g = torch.Generator().manual_seed(seed)
     rows, n = _shape(ecfg, max(count, 6))
@@ -221,8 +230,8 @@ def verify(cfg, ecfg, *, seed: int = 1, count: int = 8, cocotb: bool = True, pro
     instrs.append(pack_row_instr(op, src=ecfg.depth - wpr, dst=0, length=n, rows=2))
     want.append(None)
     errors = [0] * (len(instrs) - 1) + [int(ErrorCode.OUT_OF_RANGE)]
-    case = dict(seed=seed, cmd_gap=3, writes=writes, instrs=instrs, expect=expect,
-                errors=errors, cycles=want, max_cycles=2_000_000, bad_addr=(1 << 22) - 1)  # fmt: skip
+    case = dict(seed=seed, cmd_gap=3, writes=writes, instrs=instrs, expect=expect, errors=errors,
+                cycles=want, max_cycles=2_000_000, bad_addr=(1 << 22) - 1)
     name = type(eng).__name__.lower()
     say = progress or (lambda msg: None)
     say(f"{kind}: bench_nonlinear_rows on Verilator (the first build takes a minute)")
