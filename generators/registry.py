@@ -1,8 +1,8 @@
 """The engine registry: which engine kinds exist, their Config classes and components.
 
 Each engine package calls :func:`register` at import; :func:`engines` imports them all. The
-accelerator config (``gatesmith.config``), the accelerator top and the CLI find engines here, so
-adding an engine touches no shared file but ``_ENGINE_MODULES`` below.
+accelerator config (``gatesmith.config``), the accelerator top, the CLI and ``gatesmith verify``
+find engines here, so adding an engine touches no shared file but ``_ENGINE_MODULES`` below.
 """
 
 from __future__ import annotations
@@ -31,6 +31,11 @@ class EngineSpec:
     build: Callable  # config -> engine Component (see generators/engine.py)
     opcodes: dict  # name -> opcode (8-bit), unique across engines
     doc: str = ""
+    # The engine's verify bench, "module:function", imported only by ``gatesmith verify``
+    # (flows/verify.py) so that registering an engine imports neither cocotb nor the simulator.
+    # The function is called as fn(accel_cfg, engine_cfg, *, seed, count, cocotb) and returns
+    # rows (check, case, ok, note); it raises AssertionError when a cocotb bench fails.
+    verify: str = ""
 
 
 _REGISTRY: dict[str, EngineSpec] = {}

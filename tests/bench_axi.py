@@ -1,35 +1,43 @@
-"""cocotb bench: the accelerator's AXI4-Lite subordinate driven by cocotbext-axi's AxiLiteMaster.
+"""cocotb bench: the AXI4-Lite checks that hold for every accelerator, whatever its engines.
 
-The config comes in ``GATESMITH_CFG`` (JSON), the seed in ``GATESMITH_SEED``. Checked here: the
-identity block and config ROM, CSRs, the instruction queue, GEMMs in every built dataflow
-(bit-exact against the golden model, shapes that are not multiples of the array), back-to-back
-instructions, errors (bad opcode, a dataflow not built, read-only and unmapped addresses) and
-the performance counters, with and without pauses on every AXI channel (backpressure).
+Driven by cocotbext-axi's AxiLiteMaster, each test with and without pauses on every AXI channel
+(backpressure). The config comes in ``GATESMITH_CFG`` (JSON). Checked here: the identity block and
+the config ROM, the control/status registers and the performance counters, the instruction queue
+(NOP and SYNC retire, an opcode no engine owns is an error that CTRL clears), and the error
+responses to read-only, write-only and unmapped addresses. Each engine's own bench is found
+through its registry entry (``EngineSpec.verify``); ``gatesmith verify`` runs both.
+
+The helpers here (``setup``, ``rd``, ``wr_words``, ``push``, ``wait_idle``) are shared with the
+engines' AXI benches (``bench_axi_systolic``).
 """
 
+import functools
 import itertools
 import json
 import os
-import random
 
 import cocotb
 import numpy as np
-import torch
 from cocotb.clock import Clock
 from cocotb.triggers import ClockCycles
 from cocotbext.axi import AxiLiteBus, AxiLiteMaster, AxiResp
 
 from gatesmith.config import AccelConfig
-from gatesmith.generators.accel.regs import CONFIG_ROM_BASE, MAGIC, REG
+from gatesmith.generators.accel.regs import CONFIG_ROM_BASE, MAGIC, REG, VERSION
 from gatesmith.generators.accel.top import config_rom_words
 from gatesmith.generators.engine import ENGINE_WINDOW_BASE, ErrorCode
-from gatesmith.generators.systolic import model
-from gatesmith.generators.systolic.engine import window_layout
-from gatesmith.generators.systolic.layout import os_operands, pack_words, unpack_acc, ws_operands
-from gatesmith.host.systolic import gemm_instr
 
-CFG = AccelConfig.from_dict(json.loads(os.environ["GATESMITH_CFG"]))
-SEED = int(os.environ.get("GATESMITH_SEED", "1"))
+PAUSE = [0, 1, 1, 0, 0, 0, 1]  # cycled on every channel when a test runs with backpressure
+
+
+@functools.cache
+def config() -> AccelConfig:
+    """The accelerator under test (read when a test runs, so the module imports anywhere)."""
+    return AccelConfig.from_dict(json.loads(os.environ["GATESMITH_CFG"]))
+
+
+def seed() -> int:
+    return int(os.environ.get("GATESMITH_SEED", "1"))
 
 
 async def setup(dut, pause=False):
@@ -37,11 +45,10 @@ async def setup(dut, pause=False):
     dut.rst.value = 1
     master = AxiLiteMaster(AxiLiteBus.from_prefix(dut, "axi_"), dut.clk, dut.rst)
     if pause:
-        pattern = [0, 1, 1, 0, 0, 0, 1]
         for ch in (master.write_if.aw_channel, master.write_if.w_channel,
                    master.write_if.b_channel, master.read_if.ar_channel,
                    master.read_if.r_channel):  # fmt: skip
-            ch.set_pause_generator(itertools.cycle(pattern))
+            ch.set_pause_generator(itertools.cycle(PAUSE))
     await ClockCycles(dut.clk, 3)
     dut.rst.value = 0
     await ClockCycles(dut.clk, 2)
@@ -52,6 +59,11 @@ async def rd(master, addr):
     r = await master.read(addr, 4)
     assert r.resp == AxiResp.OKAY, f"read {addr:#x}: {r.resp}"
     return int.from_bytes(r.data, "little")
+
+
+async def rd64(master, name):
+    lo = await rd(master, REG[f"PERF_{name}_LO"])  # reading _LO latches _HI
+    return lo | await rd(master, REG[f"PERF_{name}_HI"]) << 32
 
 
 async def wr_words(master, addr, words):
@@ -74,111 +86,82 @@ async def wait_idle(dut, master, limit=200_000):
     raise AssertionError("accelerator never became idle")
 
 
-async def run_gemm(dut, master, df, a, b, scfg):
-    lay = window_layout(scfg)
-    base = ENGINE_WINDOW_BASE + CFG.engine_index("systolic") * 0x0100_0000
-    if df == "is":
-        ha, hb = b.t(), a.t()
-    else:
-        ha, hb = a, b
-    hm, hk, hn = ha.shape[0], ha.shape[1], hb.shape[1]
-    left, top = os_operands(ha, hb, scfg) if df == "os" else ws_operands(ha, hb, scfg)
-    lw, tw, aw = lay["left"], lay["top"], lay["acc"]
-    w = scfg.fmt.width
-    await wr_words(master, base + 4 * lw.offset, pack_words(left, w, lw.width // 32, lw.stride))
-    await wr_words(master, base + 4 * tw.offset, pack_words(top, w, tw.width // 32, tw.stride))
-    await push(master, gemm_instr(df, hm, hk, hn))
-    st = await wait_idle(dut, master)
-    assert not st & 2, f"error {await rd(master, REG['ERROR']):#x}"
-    rows = -(-hn // scfg.cols) * hm
-    r = await master.read(base + 4 * aw.offset, 4 * rows * aw.stride)
-    assert r.resp == AxiResp.OKAY
-    res = unpack_acc(np.frombuffer(r.data, dtype="<u4"), hm, hn, scfg, aw.stride)
-    return res.t() if df == "is" else res
-
-
-@cocotb.test()
-async def identity_block(dut):
-    master = await setup(dut)
+@cocotb.test
+@cocotb.parametrize(pause=[False, True])
+async def identity_block(dut, pause):
+    cfg = config()
+    master = await setup(dut, pause)
     assert await rd(master, REG["MAGIC"]) == MAGIC
-    words, length, digest = config_rom_words(CFG)
+    assert await rd(master, REG["VERSION"]) == VERSION
+    words, length, digest = config_rom_words(cfg)
     assert await rd(master, REG["CONFIG_LEN"]) == length
     assert await rd(master, REG["CONFIG_HASH"]) == digest
-    assert await rd(master, REG["N_ENGINES"]) == len(CFG.engines)
+    assert await rd(master, REG["N_ENGINES"]) == len(cfg.engines)
+    assert await rd(master, REG["QUEUE_DEPTH"]) == cfg.queue_depth
+    assert await rd(master, REG["LINK_MAX_WORDS"]) == cfg.link_max_words
     r = await master.read(CONFIG_ROM_BASE, 4 * len(words))
-    assert json.loads(r.data[:length].decode()) == json.loads(CFG.to_json())
-    await master.write_dword(REG["SCRATCH"], 0xDEADBEEF)
-    assert await rd(master, REG["SCRATCH"]) == 0xDEADBEEF
-    # read-only and unmapped locations answer with errors, never silently
-    assert (await master.write(REG["MAGIC"], b"\0\0\0\0")).resp == AxiResp.SLVERR
-    assert (await master.read(0x00F0_0000, 4)).resp == AxiResp.DECERR
-    assert (await master.read(REG["QUEUE"], 4)).resp == AxiResp.SLVERR
-    bad_engine = ENGINE_WINDOW_BASE + len(CFG.engines) * 0x0100_0000
-    assert (await master.read(bad_engine, 4)).resp == AxiResp.DECERR
+    assert r.resp == AxiResp.OKAY
+    assert json.loads(r.data[:length].decode()) == json.loads(cfg.to_json())
 
 
-async def _gemms(dut, pause):
-    master = await setup(dut, pause=pause)
-    scfg = CFG.engine("systolic")
-    rng = random.Random(SEED)
-    g = torch.Generator().manual_seed(SEED)
-    fmt = scfg.fmt
+@cocotb.test
+@cocotb.parametrize(pause=[False, True])
+async def registers(dut, pause):
+    cfg = config()
+    master = await setup(dut, pause)
+    for value in (0xDEADBEEF, 0, 0xFFFF_FFFF, 0x1234_5678):
+        await master.write_dword(REG["SCRATCH"], value)
+        assert await rd(master, REG["SCRATCH"]) == value
+    st = await rd(master, REG["STATUS"])
+    assert st & 0xFF == 1, f"STATUS {st:#x}: not idle or in error after reset"
+    assert (st >> 8) & 0xFF == 0, f"STATUS {st:#x}: instructions queued after reset"
+    assert await rd(master, REG["ERROR"]) == 0
+    assert await rd(master, REG["RETIRED"]) == 0
+    # the cycle counter runs, nothing else counts while idle; CTRL bit 1 clears them
+    c0 = await rd64(master, "CYCLES")
+    await ClockCycles(dut.clk, 50)
+    c1 = await rd64(master, "CYCLES")
+    assert c1 >= c0 + 50, (c0, c1)
+    for name in ("BUSY", "MACS", "ACTIVE", "STALL"):
+        assert await rd64(master, name) == 0, name
     await master.write_dword(REG["CTRL"], 2)
-    n_ops = 0
-    for df in scfg.dataflows:
-        for _ in range(2):
-            m = rng.randint(1, 2 * scfg.rows + 1)
-            k = rng.randint(1, 3 * scfg.rows)
-            n = rng.randint(1, 2 * scfg.cols + 1)
-            a = torch.randint(fmt.min, fmt.max + 1, (m, k), generator=g)
-            b = torch.randint(fmt.min, fmt.max + 1, (k, n), generator=g)
-            res = await run_gemm(dut, master, df, a, b, scfg)
-            assert torch.equal(res, model.gemm(a, b, scfg)), (df, m, k, n)
-            n_ops += 1
-    assert await rd(master, REG["RETIRED"]) == n_ops
-    busy = await rd(master, REG["PERF_BUSY_LO"])
-    macs = await rd(master, REG["PERF_MACS_LO"])
-    assert busy > 0 and macs > 0
-    assert await rd(master, REG["PERF_MACS_HI"]) == 0
+    assert await rd64(master, "CYCLES") < c1
+    # read-only, write-only and unmapped locations answer with errors, never silently
+    assert (await master.write(REG["MAGIC"], b"\0\0\0\0")).resp == AxiResp.SLVERR
+    assert (await master.read(REG["QUEUE"], 4)).resp == AxiResp.SLVERR
+    assert (await master.read(0x00F0_0000, 4)).resp == AxiResp.DECERR
+    bad_engine = ENGINE_WINDOW_BASE + len(cfg.engines) * 0x0100_0000
+    assert (await master.read(bad_engine, 4)).resp == AxiResp.DECERR
+    assert await rd(master, REG["MAGIC"]) == MAGIC
 
 
-@cocotb.test()
-async def gemms_every_dataflow(dut):
-    await _gemms(dut, pause=False)
-
-
-@cocotb.test()
-async def gemms_with_backpressure(dut):
-    await _gemms(dut, pause=True)
-
-
-@cocotb.test()
-async def back_to_back_and_errors(dut):
+@cocotb.xfail(reason=("STATUS free entries sit at [20:13], not [23:16]: the queued field before "
+                      "them is queue.level, ceil_log2(queue_depth + 1) bits wide, not 8 "
+                      "(generators/accel/top.py)"))
+@cocotb.test
+async def status_free_entries(dut):
+    """STATUS [15:8] queued and [23:16] free queue entries, as REGISTERS describes them."""
+    cfg = config()
     master = await setup(dut)
-    scfg = CFG.engine("systolic")
-    # NOP, SYNC and several GEMMs queued back to back; all retire
+    st = await rd(master, REG["STATUS"])
+    assert (st >> 16) & 0xFF == cfg.queue_depth, f"STATUS {st:#x}: free entries after reset"
+
+
+@cocotb.test
+@cocotb.parametrize(pause=[False, True])
+async def queue_and_errors(dut, pause):
+    master = await setup(dut, pause)
+    # NOP and SYNC queued back to back; both retire
     await push(master, [0x00, 0, 0, 0])
-    await push(master, gemm_instr(scfg.dataflows[0], 3, 5, 2))
-    await push(master, gemm_instr(scfg.dataflows[0], 2, 2, 2, accumulate=True))
     await push(master, [0x01, 0, 0, 0])
     await wait_idle(dut, master)
-    assert await rd(master, REG["RETIRED"]) == 4
+    assert await rd(master, REG["RETIRED"]) == 2
     assert await rd(master, REG["ERROR"]) == 0
     # an opcode no engine owns
     await push(master, [0x7F, 0, 0, 0])
-    await wait_idle(dut, master)
+    st = await wait_idle(dut, master)
+    assert st & 2, f"STATUS {st:#x}: no error bit"
     assert await rd(master, REG["ERROR"]) == (0xFF << 8) | ErrorCode.BAD_OPCODE
-    assert (await rd(master, REG["STATUS"])) & 2
     await master.write_dword(REG["CTRL"], 1)
     assert await rd(master, REG["ERROR"]) == 0
-    # a zero dimension
-    await push(master, gemm_instr(scfg.dataflows[0], 0, 4, 4))
-    await wait_idle(dut, master)
-    idx = CFG.engine_index("systolic")
-    assert await rd(master, REG["ERROR"]) == (idx << 8) | ErrorCode.BAD_SHAPE
-    await master.write_dword(REG["CTRL"], 1)
-    missing = [d for d in ("os", "ws", "is") if d not in scfg.dataflows]
-    if missing:
-        await push(master, gemm_instr(missing[0], 2, 2, 2))
-        await wait_idle(dut, master)
-        assert await rd(master, REG["ERROR"]) == (idx << 8) | ErrorCode.BAD_DATAFLOW
+    assert not (await rd(master, REG["STATUS"])) & 2

@@ -18,6 +18,7 @@ SPEC = register(
         config_cls=BitserialConfig,
         build=_build,
         opcodes=OPCODES,
+        verify="gatesmith.tests.bench_bitserial:verify",
         doc="bit-serial weights x bit-parallel activations; precision and BitMoD datatype per "
         "instruction; per-group integer dequantisation",
     )

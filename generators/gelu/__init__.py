@@ -18,6 +18,7 @@ SPEC = register(
         config_cls=GeluConfig,
         build=_build,
         opcodes=OPCODES,
+        verify="gatesmith.tests.bench_nonlinear_rows:verify",
         doc="elementwise GELU over int8/int16 fixed point rows",
     )
 )

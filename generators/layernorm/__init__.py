@@ -18,6 +18,7 @@ SPEC = register(
         config_cls=LayerNormConfig,
         build=_build,
         opcodes=OPCODES,
+        verify="gatesmith.tests.bench_nonlinear_rows:verify",
         doc="row LayerNorm over int8/int16 fixed point with int16 gamma/beta",
     )
 )

@@ -25,6 +25,7 @@ SPEC = register(
         config_cls=PimConfig,
         build=_build,
         opcodes=OPCODES,
+        verify="gatesmith.tests.bench_pim:verify",
         doc="banks x lanes int MACs beside DRAM-like row buffers; GEMV over resident weights",
     )
 )

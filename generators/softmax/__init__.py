@@ -18,6 +18,7 @@ SPEC = register(
         config_cls=SoftmaxConfig,
         build=_build,
         opcodes=OPCODES,
+        verify="gatesmith.tests.bench_nonlinear_rows:verify",
         doc="row softmax over int8/int16 fixed point, uint16 probabilities (1.0 = 2**15)",
     )
 )

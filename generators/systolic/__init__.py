@@ -18,6 +18,7 @@ SPEC = register(
         config_cls=SystolicConfig,
         build=_build,
         opcodes=OPCODES,
+        verify="gatesmith.tests.bench_axi_systolic:verify",
         doc="rows x cols int MAC array; GEMM from scratchpad, OS/WS/IS chosen per instruction",
     )
 )
