@@ -4,7 +4,8 @@
 // accelerator is idle and no byte is pending, the harness blocks on the socket (no spinning).
 //
 // usage: simv --fd N            (N: a connected stream socket inherited from the host)
-// On EOF it prints "cycles=<n>" to stderr and exits 0.
+// On EOF it prints "cycles=<n>" to stderr and exits 0. SIGUSR1 pulses the design's reset (the
+// board's reset button): the socket and the bytes in flight on it are kept, as a UART's are.
 #include "Vsim_top.h"
 #include "verilated.h"
 
@@ -14,12 +15,25 @@
 #include <cstdlib>
 #include <cstring>
 #include <deque>
+#include <csignal>
 #include <poll.h>
 #include <sys/socket.h>
 #include <unistd.h>
 #include <vector>
 
 static int g_fd = -1;
+static volatile sig_atomic_t g_reset = 0;
+
+static void on_usr1(int) { g_reset = 1; }
+
+static void pulse_reset(Vsim_top* top) {
+    top->rst = 1;
+    for (int i = 0; i < 4; i++) {
+        top->clk = 0; top->eval();
+        top->clk = 1; top->eval();
+    }
+    top->rst = 0;
+}
 
 static bool flush_out(std::vector<uint8_t>& out) {
     size_t off = 0;
@@ -42,7 +56,10 @@ static bool pull_in(std::deque<uint8_t>& in, bool block) {
         if (block) {
             struct pollfd p = {g_fd, POLLIN, 0};
             int r = poll(&p, 1, -1);
-            if (r < 0 && errno == EINTR) continue;
+            if (r < 0 && errno == EINTR) {
+                if (g_reset) return true;  // run the loop once: it applies the reset
+                continue;
+            }
         }
         ssize_t n = recv(g_fd, buf, sizeof buf, block ? 0 : MSG_DONTWAIT);
         if (n > 0) {
@@ -66,20 +83,24 @@ int main(int argc, char** argv) {
     VerilatedContext* ctx = new VerilatedContext;
     ctx->commandArgs(argc, argv);
     Vsim_top* top = new Vsim_top{ctx};
+    struct sigaction sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_handler = on_usr1;  // no SA_RESTART: a blocking poll() returns EINTR
+    sigaction(SIGUSR1, &sa, nullptr);
     top->clk = 0;
-    top->rst = 1;
     top->tx_ready = 1;
-    for (int i = 0; i < 4; i++) {
-        top->clk = 0; top->eval();
-        top->clk = 1; top->eval();
-    }
-    top->rst = 0;
+    pulse_reset(top);
 
     std::deque<uint8_t> in;
     std::vector<uint8_t> out;
     uint64_t cycles = 0;
     bool open = true;
     while (open) {
+        if (g_reset) {
+            g_reset = 0;
+            pulse_reset(top);
+            cycles += 4;
+        }
         if (in.empty() && top->idle && !top->tx_valid) {
             if (!flush_out(out)) break;
             open = pull_in(in, true);
