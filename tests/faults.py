@@ -15,9 +15,9 @@ KINDS = ("corrupt", "drop", "duplicate", "insert", "delay")
 
 
 class FaultyTransport(Transport):
-    """``inner`` with faults of ``kind`` at ``rate`` per byte (``fault_rate``), in ``directions`` ("tx": host to
-    device, "rx": device to host). ``enabled`` switches the faults; ``injected`` counts them.
-    A delay holds the byte stream for a random time up to ``max_delay`` seconds."""
+    """``inner`` with faults of ``kind`` at ``rate`` per byte (``fault_rate``), in
+    ``directions`` ("tx": host to device, "rx": device to host). ``enabled`` switches the
+    faults; ``injected`` counts them. A delay holds the byte stream for a random time up to ``max_delay`` seconds."""
 
     def __init__(self, inner: Transport, *, kind: str, rate: float, seed: int,
                  directions=("tx", "rx"), max_delay: float = 0.3):  # fmt: skip

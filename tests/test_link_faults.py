@@ -226,3 +226,68 @@ def test_primitive_arguments_are_checked(dev_small):
     assert str(e.value).startswith("no register named 'NOPE'; the registers are MAGIC, VERSION")
     dev_small.write(REG["SCRATCH"], [0xFFFF_FFFF])
     assert dev_small.read_reg("SCRATCH") == 0xFFFF_FFFF
+
+
+def test_parser_does_not_trust_a_corrupted_count():
+    from gatesmith.hdl.crc import crc16
+    from gatesmith.host.protocol import Response, ResponseParser
+
+    def answer(seq, words, status=0):
+        body = bytes([seq]) + len(words).to_bytes(2, "little")
+        body += b"".join(w.to_bytes(4, "little") for w in words) + bytes([status])
+        return b"\x5a" + body + crc16(body).to_bytes(2, "little")
+
+    bad = bytearray(answer(7, [1, 2]))
+    bad[3] = 0x40  # count 2 -> 16386 words: the old parser waited for 64 KB
+    good = answer(8, [3])
+    got = ResponseParser(64).feed(bytes(bad) + good, {7: 2, 8: 1})
+    assert got[0] == "response 7 failed its CRC check"
+    assert got[-1] == Response(8, 1, (3).to_bytes(4, "little"), 0, 0)
+    # with only the set of read seqs, the count is bounded by the device's maximum
+    got = ResponseParser(64).feed(bytes(bad) + good, {7, 8})
+    assert got[0] == "response 7 claims 16386 words, above the device's maximum of 64"
+    assert got[-1] == Response(8, 1, (3).to_bytes(4, "little"), 0, 0)
+    # an error answer to a read carries no payload
+    got = ResponseParser(64).feed(answer(9, [], status=1) + good, {9: 4, 8: 1})
+    assert got == [Response(9, 0, b"", 1, 0), Response(8, 1, (3).to_bytes(4, "little"), 0, 0)]
+
+
+def test_serial_transport_recovers_from_faults():
+    import pty
+    import threading
+    import tty
+
+    from gatesmith.host.transport import SerialTransport
+
+    from .test_serial_transport import _relay
+
+    b = SimBoard(SIM_SMALL)
+    master_fd, slave_fd = pty.openpty()
+    tty.setraw(slave_fd)
+    stop = threading.Event()
+    th = threading.Thread(target=_relay, args=(master_fd, b.sock, stop), daemon=True)
+    th.start()
+    try:
+        inner = SerialTransport(os.ttyname(slave_fd), 1_000_000)
+        t = FaultyTransport(inner, kind="corrupt", rate=1e-3, seed=SEED)
+        dev = Device(t, SIM_SMALL)
+        g = torch.Generator().manual_seed(SEED)
+        t.enabled = True
+        for _ in range(4):
+            a, b_ = _operands(g)
+            try:
+                c = dev.matmul(a, b_)
+            except DeviceError:
+                continue
+            assert torch.equal(c.long(), a.long() @ b_.long())
+        t.enabled = False
+        a, b_ = _operands(g)
+        assert torch.equal(dev.matmul(a, b_).long(), a.long() @ b_.long())
+        assert t.injected > 0 and dev.stats["faults"] > 0
+        dev.transport.close()
+    finally:
+        stop.set()
+        th.join(timeout=5)
+        os.close(slave_fd)
+        os.close(master_fd)
+        b.close()
