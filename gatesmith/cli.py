@@ -203,8 +203,16 @@ def cmd_run(args) -> int:
     return 0 if ok else 1
 
 
+class _ArgumentParser(argparse.ArgumentParser):
+    """argparse exits 2 on a bad flag; here 2 means a build error, so a usage error exits 1."""
+
+    def error(self, message: str):
+        self.print_usage(sys.stderr)
+        self.exit(1, f"{self.prog}: error: {message}\n")
+
+
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="gatesmith", description=__doc__.split("\n")[0])
+    p = _ArgumentParser(prog="gatesmith", description=__doc__.split("\n")[0])
     p.add_argument("-v", "--verbose", action="count", default=0)
     p.add_argument("-q", "--quiet", action="store_true")
     p.add_argument("--debug", action="store_true", help="show tracebacks")
@@ -243,7 +251,10 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     p = _parser()
-    args = p.parse_args(argv)
+    try:
+        args = p.parse_args(argv)
+    except SystemExit as e:  # --help (0) or a usage error (1): returned like every other code
+        return e.code if isinstance(e.code, int) else 1
     logging.basicConfig(
         level=logging.WARNING - 10 * args.verbose if not args.quiet else logging.ERROR,
         format="%(levelname)s %(name)s: %(message)s",

@@ -258,11 +258,18 @@ def load_config(cfg=None) -> AccelConfig:
         if not p.is_file():
             raise ConfigError(f"config file {str(p)!r} does not exist")
         try:
-            data = yaml.safe_load(p.read_text())
+            data = yaml.safe_load(p.read_bytes().decode("utf-8"))
+        except UnicodeDecodeError as e:
+            raise ConfigError(
+                f"config file {str(p)!r} is not UTF-8 text (byte {e.object[e.start]:#04x} at "
+                f"offset {e.start})"
+            ) from None
         except yaml.YAMLError as e:
             raise ConfigError(f"config file {str(p)!r} is not valid YAML: {e}") from None
         if data is None:
-            data = {}
+            raise ConfigError(
+                f"config file {str(p)!r} is empty; write {{}} in it for the default design"
+            )
         return AccelConfig.from_dict(data, path=p.name)
     raise ConfigError(
         "config must be a path to a YAML file, a mapping, an AccelConfig or an engine Config, "

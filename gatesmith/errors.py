@@ -34,3 +34,8 @@ class DeviceError(GatesmithError):
     """The accelerator reported an error, or the host link failed (timeout, bad frame, CRC)."""
 
     exit_code = 4
+
+
+class DeviceResetError(DeviceError):
+    """The device was reset (or replaced) while a session was open: its memories, queue and
+    programs are gone. The message says how it was detected; open the device again."""

@@ -16,6 +16,17 @@ stops at the first AXI error; its response's count says how many words were writ
 returns all count words (zero where the bus answered an error) and the first error's status.
 A frame that stops arriving for ``timeout`` cycles is dropped and the bridge hunts for the next
 start byte; unexpected bytes between frames are ignored.
+
+Exactly-once frames: ``cmd | Cmd.ONCE`` (PING, WRITE or WRITE_FIXED; the instruction queue and
+anything else that must not run twice). The bridge records the sequence number, status and count
+of the last ONCE frame it executed; a ONCE frame with a good CRC and that same sequence number
+is not executed again but answered with the recorded status and count, with ``Flag.REPLAYED``
+set. So a host that lost an answer re-sends the same frame and learns the outcome from the
+device. The host must not reuse the last ONCE sequence number for a new ONCE frame.
+
+The response's status byte: bits [5:0] the status code, bit 6 ``Flag.SESSION`` (the bridge has
+executed a ONCE frame since reset: a host that opened a session with a ONCE PING sees a device
+reset as this bit going low), bit 7 ``Flag.REPLAYED``.
 """
 
 from amaranth import Cat, Module, Mux, Signal
@@ -26,7 +37,7 @@ from amaranth.utils import ceil_log2
 from .bus import AXI4LiteSignature
 from .crc import CRC_INIT, crc16_update
 
-__all__ = ["HostLinkBridge", "SOF_REQ", "SOF_RSP", "Cmd", "Status"]
+__all__ = ["HostLinkBridge", "SOF_REQ", "SOF_RSP", "Cmd", "Status", "Flag"]
 
 SOF_REQ = 0xA5
 SOF_RSP = 0x5A
@@ -37,6 +48,7 @@ class Cmd:
     WRITE = 0x01
     READ = 0x02
     WRITE_FIXED = 0x03
+    ONCE = 0x80  # flag: execute at most once (see the module docstring)
 
 
 class Status:
@@ -46,6 +58,14 @@ class Status:
     BAD_LENGTH = 3
     SLVERR = 4
     DECERR = 5
+
+
+class Flag:
+    """Bits of a response's status byte above the status code."""
+
+    CODE_MASK = 0x3F
+    SESSION = 0x40
+    REPLAYED = 0x80
 
 
 class HostLinkBridge(wiring.Component):
@@ -87,6 +107,11 @@ class HostLinkBridge(wiring.Component):
         done_words = Signal(16)
         silence = Signal(ceil_log2(self.timeout + 1))
         hdr = Signal(64)  # seq, cmd, addr, count as received
+        # the exactly-once record: the last ONCE frame executed (seq, status, count)
+        once = Signal()  # this frame has the ONCE flag
+        once_exec = Signal()  # this frame is a ONCE frame being executed: record it
+        once_valid = Signal()  # a ONCE frame was executed since reset (the SESSION flag)
+        once_seq, once_status, once_count = Signal(8), Signal(8), Signal(16)
 
         byte_in = rx.payload
         crc_next = crc16_update(crc, byte_in)
@@ -109,7 +134,7 @@ class HostLinkBridge(wiring.Component):
             m.d.sync += silence.eq(silence + 1)
         timed_out = silence >= self.timeout
 
-        write_cmd = (cmd == Cmd.WRITE) | (cmd == Cmd.WRITE_FIXED)
+        write_cmd = (cmd == Cmd.WRITE) | (cmd == Cmd.WRITE_FIXED)  # cmd: without ONCE
         step = Mux(cmd == Cmd.WRITE_FIXED, 0, 4)
 
         with m.FSM(name="link"):
@@ -130,15 +155,16 @@ class HostLinkBridge(wiring.Component):
             with m.State("HDR_DONE"):
                 m.d.sync += [
                     seq.eq(hdr[0:8]),
-                    cmd.eq(hdr[8:16]),
+                    cmd.eq(hdr[8:15]),
+                    once.eq(hdr[15]),
                     addr.eq(hdr[16:48]),
                     count.eq(hdr[48:64]),
                     status.eq(Status.OK),
                     done_words.eq(0),
                     word.eq(0),
                 ]
-                h_cmd, h_count = hdr[8:16], hdr[48:64]
-                with m.If(h_cmd > Cmd.WRITE_FIXED):
+                h_cmd, h_once, h_count = hdr[8:15], hdr[15], hdr[48:64]
+                with m.If((h_cmd > Cmd.WRITE_FIXED) | (h_once & (h_cmd == Cmd.READ))):
                     m.d.sync += status.eq(Status.BAD_CMD)
                 with m.Elif((h_count > self.max_words) | ((h_cmd != Cmd.PING) & (h_count == 0))):
                     m.d.sync += status.eq(Status.BAD_LENGTH)
@@ -179,12 +205,18 @@ class HostLinkBridge(wiring.Component):
                 with m.Elif(status != Status.OK):
                     m.d.sync += count.eq(0)
                     m.next = "RSP_SOF"
-                with m.Elif(write_cmd):
-                    m.next = "W_FETCH"
-                with m.Else():
-                    with m.If(cmd == Cmd.PING):
-                        m.d.sync += count.eq(0)
+                with m.Elif(once & once_valid & (seq == once_seq)):
+                    # a duplicate: answer what the first execution answered, execute nothing
+                    m.d.sync += [status.eq(once_status | Flag.REPLAYED), count.eq(once_count)]
                     m.next = "RSP_SOF"
+                with m.Else():
+                    m.d.sync += once_exec.eq(once)
+                    with m.If(write_cmd):
+                        m.next = "W_FETCH"
+                    with m.Else():
+                        with m.If(cmd == Cmd.PING):
+                            m.d.sync += count.eq(0)
+                        m.next = "RSP_SOF"
 
             # ---- writes: one AXI4-Lite write per buffered word -------------------------------
             aw_done, w_done = Signal(), Signal()
@@ -226,6 +258,15 @@ class HostLinkBridge(wiring.Component):
 
             # ---- response ---------------------------------------------------------------------
             with m.State("RSP_SOF"):
+                # status and count are final here: record an executed ONCE frame's answer
+                with m.If(once_exec):
+                    m.d.sync += [
+                        once_exec.eq(0),
+                        once_valid.eq(1),
+                        once_seq.eq(seq),
+                        once_status.eq(status),
+                        once_count.eq(count),
+                    ]
                 send(SOF_RSP, into_crc=False)
                 with m.If(tx.ready):
                     m.d.sync += idx.eq(0)
@@ -263,7 +304,7 @@ class HostLinkBridge(wiring.Component):
                         with m.Else():
                             m.next = "R_ADDR"
             with m.State("RSP_STATUS"):
-                send(status)
+                send(status | Mux(once_valid, Flag.SESSION, 0))
                 with m.If(tx.ready):
                     m.next = "RSP_CRC0"
             with m.State("RSP_CRC0"):

@@ -36,30 +36,33 @@ from ..generators.accel.regs import (
     STATUS_BITS,
     fields,
 )
+from .link import Link, check_span, reg_offset, words_u32
 from .memory import Allocator, Buffer, element_bytes
-from .protocol import STATUS_TEXT, Cmd, Response, ResponseParser, Status, encode_request
+from .protocol import Cmd, Response
 from .transport import SerialTransport, SocketTransport, Transport
 
 __all__ = ["Device", "open", "TRANSPORTS"]
 
 TRANSPORTS = ("sim", "serial")
-_IN_FLIGHT = 8  # request frames sent before waiting for their responses
 
 
 class Device:
     """An accelerator behind a transport. Use :func:`open` to make one."""
 
     def __init__(self, transport: Transport, config: AccelConfig | None = None, *,
-                 timeout: float = 60.0, max_words: int | None = None, board=None):  # fmt: skip
+                 timeout: float = 60.0, max_words: int | None = None, board=None,
+                 retries: int = 3):  # fmt: skip
         self.transport = transport
         self.timeout = timeout
         self.shared_memory = True  # use the simulated board's shared pages when there are some
         self._board = board
-        self._seq = 0
-        self._parser = ResponseParser()
-        self._max_words = max_words or 16
         self._closed = False
-        self.stats = {"bytes_sent": 0, "bytes_received": 0, "frames": 0}
+        # the link (host/link.py): sequence numbers, parser, retries, timeouts (scaled to the
+        # transfer, ``timeout`` at most), recovery, reset detection and the stats
+        self._link = Link(transport, timeout=timeout, retries=retries, max_words=max_words or 16)
+        self._link.open()
+        self._max_words = self._link.max_words
+        self.stats = self._link.stats
         magic = self.read_reg("MAGIC")
         if magic != MAGIC:
             raise DeviceError(f"no gatesmith accelerator answered (magic {magic:#010x})")
@@ -96,52 +99,15 @@ class Device:
 
     # ---- link ---------------------------------------------------------------------------------
     def _transact(self, requests: list[tuple[int, int, int, bytes]]) -> list[Response]:
-        """Send (cmd, addr, count, payload) frames, up to _IN_FLIGHT at a time; check every answer."""
+        """Send (cmd, addr, count, payload) frames and return their checked answers (Link)."""
         if self._closed:
             raise DeviceError("the device is closed")
-        out: list[Response] = []
-        pending: list[tuple[int, int]] = []  # (seq, cmd)
-        todo = list(requests)
-        while todo or pending:
-            while todo and len(pending) < _IN_FLIGHT:
-                cmd, addr, count, payload = todo.pop(0)
-                seq = self._seq
-                self._seq = (self._seq + 1) & 0xFF
-                frame = encode_request(seq, cmd, addr, count, payload)
-                self.transport.send(frame)
-                self.stats["bytes_sent"] += len(frame)
-                self.stats["frames"] += 1
-                pending.append((seq, cmd))
-            reads = {s for s, c in pending if c == Cmd.READ}
-            deadline = time.monotonic() + self.timeout
-            got: list = []
-            while not got:
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    raise DeviceError(
-                        f"no answer from the device within {self.timeout:.0f} s "
-                        f"(waiting for frame {pending[0][0]})"
-                    )
-                data = self.transport.recv(min(left, 1.0))
-                self.stats["bytes_received"] += len(data)
-                got = self._parser.feed(data, reads)
-            for r in got:
-                if isinstance(r, str):
-                    raise DeviceError(f"host link: {r}")
-                seq, cmd = pending.pop(0)
-                if r.seq != seq:
-                    raise DeviceError(f"host link: expected answer {seq}, got {r.seq}")
-                if r.status != Status.OK:
-                    raise DeviceError(
-                        f"host link: {STATUS_TEXT.get(r.status, f'status {r.status}')} "
-                        f"(frame {seq})"
-                    )
-                out.append(r)
-        return out
+        return self._link.transact(requests)
 
     def write(self, addr: int, words, *, fixed: bool = False) -> None:
         """Write 32-bit ``words`` from byte address ``addr`` (all to ``addr`` if ``fixed``)."""
-        w = np.ascontiguousarray(np.asarray(words, dtype=np.uint32).reshape(-1))
+        w = words_u32(words)
+        check_span(addr, 1 if fixed else len(w))
         reqs = []
         mw = self._max_words
         for i in range(0, len(w), mw):
@@ -153,6 +119,7 @@ class Device:
 
     def read(self, addr: int, n_words: int) -> np.ndarray:
         """Read ``n_words`` 32-bit words from byte address ``addr``."""
+        check_span(addr, n_words)
         mw = self._max_words
         reqs = [(Cmd.READ, addr + 4 * i, min(mw, n_words - i), b"") for i in range(0, n_words, mw)]
         rsp = self._transact(reqs)
@@ -160,10 +127,10 @@ class Device:
         return np.frombuffer(data, dtype="<u4").astype(np.uint32)
 
     def read_reg(self, name: str) -> int:
-        return int(self.read(REG[name], 1)[0])
+        return int(self.read(reg_offset(name), 1)[0])
 
     def write_reg(self, name: str, value: int) -> None:
-        self.write(REG[name], [value])
+        self.write(reg_offset(name), [value])
 
     def ping(self) -> None:
         self._transact([(Cmd.PING, 0, 0, b"")])

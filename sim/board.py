@@ -8,6 +8,7 @@ Builds are cached by content hash (Verilog, harness, waivers, flags, Verilator v
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import subprocess
 import tempfile
@@ -177,5 +178,9 @@ class SimBoard:
 
     def alive(self) -> bool:
         return self.proc.poll() is None
+
+    def reset(self) -> None:
+        """Pulse the design's reset (a board's reset button); the link stays connected."""
+        self.proc.send_signal(signal.SIGUSR1)
 
 

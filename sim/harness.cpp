@@ -11,6 +11,9 @@
 //
 // usage: simv --fd N [--mem PATH --mem-bytes N --latency L --beat-cycles B]
 // On EOF it prints "cycles=<n>" and "mem_4k_violations=<n>" to stderr and exits 0.
+//
+// SIGUSR1 pulses the design's reset (the board's reset button): the socket and the bytes in
+// flight on it are kept, as a UART's are; bursts in flight in the memory model are dropped.
 #include "Vsim_top.h"
 #include "verilated.h"
 
@@ -20,6 +23,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <deque>
+#include <csignal>
 #include <fcntl.h>
 #include <poll.h>
 #include <sys/mman.h>
@@ -28,6 +32,18 @@
 #include <vector>
 
 static int g_fd = -1;
+static volatile sig_atomic_t g_reset = 0;
+
+static void on_usr1(int) { g_reset = 1; }
+
+static void pulse_reset(Vsim_top* top) {
+    top->rst = 1;
+    for (int i = 0; i < 4; i++) {
+        top->clk = 0; top->eval();
+        top->clk = 1; top->eval();
+    }
+    top->rst = 0;
+}
 
 // ---- device memory model --------------------------------------------------------------------
 struct Burst {
@@ -148,7 +164,10 @@ static bool pull_in(std::deque<uint8_t>& in, bool block) {
         if (block) {
             struct pollfd p = {g_fd, POLLIN, 0};
             int r = poll(&p, 1, -1);
-            if (r < 0 && errno == EINTR) continue;
+            if (r < 0 && errno == EINTR) {
+                if (g_reset) return true;  // run the loop once: it applies the reset
+                continue;
+            }
         }
         ssize_t n = recv(g_fd, buf, sizeof buf, block ? 0 : MSG_DONTWAIT);
         if (n > 0) {
@@ -197,20 +216,28 @@ int main(int argc, char** argv) {
     VerilatedContext* ctx = new VerilatedContext;
     ctx->commandArgs(argc, argv);
     Vsim_top* top = new Vsim_top{ctx};
+    struct sigaction sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_handler = on_usr1;  // no SA_RESTART: a blocking poll() returns EINTR
+    sigaction(SIGUSR1, &sa, nullptr);
     top->clk = 0;
-    top->rst = 1;
     top->tx_ready = 1;
-    for (int i = 0; i < 4; i++) {
-        top->clk = 0; top->eval();
-        top->clk = 1; top->eval();
-    }
-    top->rst = 0;
+    pulse_reset(top);
 
     std::deque<uint8_t> in;
     std::vector<uint8_t> out;
     uint64_t cycles = 0;
     bool open = true;
     while (open) {
+        if (g_reset) {
+            g_reset = 0;
+            pulse_reset(top);
+            cycles += 4;
+            mem.ar.clear();
+            mem.aw.clear();
+            mem.b.clear();
+            mem.rbeat = mem.wbeat = 0;
+        }
         if (in.empty() && top->idle && !top->tx_valid && !mem.busy()) {
             if (!flush_out(out)) break;
             open = pull_in(in, true);

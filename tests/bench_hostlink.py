@@ -3,7 +3,8 @@
 Bytes go in on ``rx`` with random gaps and come out on ``tx`` under random backpressure. Checked:
 ping, register and window reads/writes, the queue via WRITE_FIXED and a GEMM end to end, a
 corrupted frame (CRC error, nothing written), unknown commands and bad lengths, junk between
-frames, a truncated frame (dropped after the timeout, the link recovers).
+frames, a truncated frame (dropped after the timeout, the link recovers), exactly-once frames
+(a duplicate is answered from the record and not executed; the session flag; reset clears it).
 """
 
 import json
@@ -22,6 +23,7 @@ from gatesmith.generators.engine import ENGINE_WINDOW_BASE
 from gatesmith.generators.systolic import model
 from gatesmith.generators.systolic.engine import window_layout
 from gatesmith.generators.systolic.layout import os_operands, pack_words, unpack_acc
+from gatesmith.generators.engine import INSTR_WORDS
 from gatesmith.host.protocol import Cmd, Response, ResponseParser, Status, encode_request
 from gatesmith.host.systolic import gemm_instr
 
@@ -68,13 +70,13 @@ class Link:
             await RisingEdge(self.dut.clk)
         raise AssertionError("no response")
 
-    async def request(self, cmd, addr, count=0, payload=b"", *, corrupt=False):
-        self.seq = (self.seq + 1) & 0xFF
+    async def request(self, cmd, addr, count=0, payload=b"", *, corrupt=False, seq=None):
+        self.seq = (self.seq + 1) & 0xFF if seq is None else seq
         frame = bytearray(encode_request(self.seq, cmd, addr, count, payload))
         if corrupt:
             frame[-3] ^= 0x40
         await self.send(bytes(frame))
-        r = await self.response(cmd == Cmd.READ)
+        r = await self.response(cmd & ~Cmd.ONCE == Cmd.READ)
         assert r.seq == self.seq
         return r
 
@@ -172,3 +174,45 @@ async def truncated_frame_times_out(dut):
     await link.send(frame[:6])  # the rest never comes
     await ClockCycles(dut.clk, CFG.link_timeout_cycles + 10)
     assert (await link.read(REG["SCRATCH"], 1))[0] == 0
+
+
+@cocotb.test()
+async def once_frames_execute_exactly_once(dut):
+    link = await setup(dut, 0.2)
+    r = await link.request(Cmd.PING, 0)
+    assert r.status == Status.OK and not r.session and not r.replayed
+    one = (1).to_bytes(4, "little")
+    r = await link.request(Cmd.WRITE | Cmd.ONCE, REG["SCRATCH"], 1, one, seq=40)
+    assert (r.status, r.count, r.session, r.replayed) == (Status.OK, 1, True, False)
+    await link.write(REG["SCRATCH"], [2])
+    # the same ONCE frame again (its answer was "lost"): the recorded answer, nothing executed
+    r = await link.request(Cmd.WRITE | Cmd.ONCE, REG["SCRATCH"], 1, one, seq=40)
+    assert (r.status, r.count, r.session, r.replayed) == (Status.OK, 1, True, True)
+    assert (await link.read(REG["SCRATCH"], 1))[0] == 2
+    # a corrupted ONCE frame is not recorded: re-sending it executes it
+    nops = b"\0" * (4 * INSTR_WORDS * 2)
+    r = await link.request(Cmd.WRITE_FIXED | Cmd.ONCE, REG["QUEUE"], 2 * INSTR_WORDS, nops,
+                           corrupt=True, seq=41)  # fmt: skip
+    assert r.status == Status.CRC_ERROR
+    retired = (await link.read(REG["RETIRED"], 1))[0]
+    for replayed in (False, True, True):
+        r = await link.request(Cmd.WRITE_FIXED | Cmd.ONCE, REG["QUEUE"], 2 * INSTR_WORDS, nops,
+                               seq=41)  # fmt: skip
+        assert (r.status, r.count, r.replayed) == (Status.OK, 2 * INSTR_WORDS, replayed)
+    for _ in range(100):
+        if (await link.read(REG["STATUS"], 1))[0] & 1:
+            break
+    assert (await link.read(REG["RETIRED"], 1))[0] == retired + 2  # two NOPs, once
+    # a failed ONCE write is recorded with its status; READ cannot be ONCE
+    r = await link.request(Cmd.WRITE | Cmd.ONCE, REG["MAGIC"], 1, one, seq=42)
+    assert (r.status, r.count) == (Status.SLVERR, 0)
+    r = await link.request(Cmd.WRITE | Cmd.ONCE, REG["MAGIC"], 1, one, seq=42)
+    assert (r.status, r.count, r.replayed) == (Status.SLVERR, 0, True)
+    r = await link.request(Cmd.READ | Cmd.ONCE, 0, 1, seq=43)
+    assert r.status == Status.BAD_CMD
+    # a reset forgets the record: the session flag drops
+    dut.rst.value = 1
+    await ClockCycles(dut.clk, 2)
+    dut.rst.value = 0
+    r = await link.request(Cmd.PING, 0)
+    assert r.status == Status.OK and not r.session

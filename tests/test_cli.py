@@ -70,6 +70,27 @@ def test_errors_exit_1_with_a_message(capsys, argv, message):
     assert err.strip().splitlines()[-1].startswith(message), err
 
 
+def test_bad_flag_values_and_config_files_exit_1(capsys, tmp_path):
+    code, _, err = run(capsys, "generate", "systolic", "--rows", "abc", "-o", "x")
+    assert code == 1  # not 2, which means a build error
+    assert err.strip().splitlines()[-1] == (
+        "gatesmith generate: error: argument --rows: invalid int value: 'abc'"
+    )
+    latin = tmp_path / "latin.yaml"
+    latin.write_bytes(b"name: caf\xe9\n")
+    code, _, err = run(capsys, "generate", "--config", str(latin), "-o", "x")
+    assert code == 1
+    assert err.strip() == f"error: config file '{latin}' is not UTF-8 text (byte 0xe9 at offset 9)"
+    empty = tmp_path / "empty.yaml"
+    empty.write_text("# nothing here\n")
+    code, _, err = run(capsys, "generate", "--config", str(empty), "-o", "x")
+    assert code == 1
+    assert err.strip() == (
+        f"error: config file '{empty}' is empty; write {{}} in it for the default design"
+    )
+    assert run(capsys, "--help")[0] == 0
+
+
 def test_run_on_the_simulated_board(capsys, tmp_path):
     cfg = tmp_path / "small.yaml"
     cfg.write_text(yaml.safe_dump(SIM_SMALL.to_dict()))
