@@ -6,7 +6,8 @@ Requesters speak two small stream interfaces instead of raw AXI:
 * :class:`ReadReqSignature`: ``ar`` (byte address, beats - 1) out, ``r`` (data, last, resp) in;
 * :class:`WriteReqSignature`: ``aw`` out, ``w`` (data, last) out, ``b`` (resp) in.
 
-:class:`AXI4Interconnect` grants the AR channel by fixed priority (requester 0 first) and keeps
+:class:`AXI4Interconnect` grants the AR channel by fixed priority (requester 0 first; a request
+waiting for ARREADY keeps its grant, so the address stays stable while VALID) and keeps
 a tag FIFO of who asked, so read bursts may be outstanding from several requesters at once and
 their data is routed back in order (all transactions use ID 0, so the subordinate answers in
 order). Writes are granted a burst at a time: the AW of the winner, then all its W beats.
@@ -140,9 +141,15 @@ class AXI4Interconnect(wiring.Component):
         m.submodules.rtag = rtag = fifo.SyncFIFO(width=tbits, depth=self.tags)
         granted = Signal(tbits)
         any_ar = Signal()
-        for i in reversed(range(self.n_read)):
-            with m.If(rds[i].ar.valid):
-                m.d.comb += [granted.eq(i), any_ar.eq(1)]
+        # a request waiting for ARREADY keeps its grant (AXI: address stable while VALID)
+        ar_locked, ar_lock_sel = Signal(), Signal(tbits)
+        with m.If(ar_locked):
+            m.d.comb += [granted.eq(ar_lock_sel), any_ar.eq(1)]
+        with m.Else():
+            for i in reversed(range(self.n_read)):
+                with m.If(rds[i].ar.valid):
+                    m.d.comb += [granted.eq(i), any_ar.eq(1)]
+        m.d.sync += [ar_locked.eq(bus.arvalid & ~bus.arready), ar_lock_sel.eq(granted)]
         with m.Switch(granted):
             for i, rd in enumerate(rds):
                 with m.Case(i):
@@ -172,9 +179,14 @@ class AXI4Interconnect(wiring.Component):
             with m.State("IDLE"):
                 pick = Signal(tbits)
                 any_aw = Signal()
-                for i in reversed(range(self.n_write)):
-                    with m.If(wrs[i].aw.valid):
-                        m.d.comb += [pick.eq(i), any_aw.eq(1)]
+                aw_locked, aw_lock_sel = Signal(), Signal(tbits)
+                with m.If(aw_locked):
+                    m.d.comb += [pick.eq(aw_lock_sel), any_aw.eq(1)]
+                with m.Else():
+                    for i in reversed(range(self.n_write)):
+                        with m.If(wrs[i].aw.valid):
+                            m.d.comb += [pick.eq(i), any_aw.eq(1)]
+                m.d.sync += [aw_locked.eq(bus.awvalid & ~bus.awready), aw_lock_sel.eq(pick)]
                 with m.Switch(pick):
                     for i, wr in enumerate(wrs):
                         with m.Case(i):

@@ -135,9 +135,6 @@ async def registers(dut, pause):
     assert await rd(master, REG["MAGIC"]) == MAGIC
 
 
-@cocotb.xfail(reason=("STATUS free entries sit at [20:13], not [23:16]: the queued field before "
-                      "them is queue.level, ceil_log2(queue_depth + 1) bits wide, not 8 "
-                      "(generators/accel/top.py)"))
 @cocotb.test
 async def status_free_entries(dut):
     """STATUS [15:8] queued and [23:16] free queue entries, as REGISTERS describes them."""
