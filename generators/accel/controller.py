@@ -80,9 +80,10 @@ class Controller(wiring.Component):
         m.d.comb += [
             fr.start.eq(self.prog_start & ~running),
             fr.addr.eq(self.prog_addr),
-            fr.rows.eq(1),
-            fr.row_words.eq(self.prog_count * ENTRY_WORDS),
-            fr.stride.eq(0),
+            # one row per entry: a row's length is 16 bits, a program's up to 65535 entries
+            fr.rows.eq(self.prog_count),
+            fr.row_words.eq(ENTRY_WORDS),
+            fr.stride.eq(ENTRY_WORDS),
         ]
         word = Signal(range(ENTRY_WORDS))
         entry = Signal(_ENTRY_BITS)
@@ -270,8 +271,9 @@ class Controller(wiring.Component):
         m.d.comb += all_idle.eq(queues_empty & ~Cat(*units_busy).any())
         with m.If(self.prog_start & ~running):
             m.d.sync += [running.eq(1), self.prog_done.eq(0), fetched.eq(0), word.eq(0)]
-        with m.Elif(running & (fetched == self.prog_count) & ~entry_valid & ~fr.busy & all_idle
-                    & ~self.prog_start):  # fmt: skip
+        with m.Elif(running & ((fetched == self.prog_count) | halt) & ~entry_valid & ~fr.busy
+                    & all_idle & ~self.prog_start):  # fmt: skip
+            # done: every entry retired, or an error stopped the program (the rest is dropped)
             m.d.sync += [running.eq(0), self.prog_done.eq(1)]
         m.d.comb += progress.eq(Cat(*units_busy).any() | accept | drop
                                 | (fr.data.valid & fr.data.ready))  # fmt: skip
