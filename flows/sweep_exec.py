@@ -29,8 +29,23 @@ __all__ = ["PoolExecutor", "RayExecutor", "CONNECT_TIMEOUT_S"]
 CONNECT_TIMEOUT_S = 30.0  # bound on joining a Ray cluster
 
 
+# Modules a pool worker needs, imported once by the fork server (torch alone takes seconds):
+# every pool of the process forks its workers from that already-warm, single-threaded server.
+_PRELOAD = ["gatesmith.flows.sweep_stages", "gatesmith.flows.verilog", "gatesmith.flows.workload",
+            "gatesmith.host.systolic", "gatesmith.host.bitserial", "gatesmith.host.pim"]
+
+
+def _mp_context():
+    if "forkserver" in multiprocessing.get_all_start_methods():
+        ctx = multiprocessing.get_context("forkserver")
+        ctx.set_forkserver_preload(_PRELOAD)
+        return ctx
+    return multiprocessing.get_context("spawn")
+
+
 class PoolExecutor:
-    """``jobs`` worker processes (spawned: torch and forked threads do not mix)."""
+    """``jobs`` worker processes, forked from a fork server that has imported gatesmith (a plain
+    fork of the driver is unsafe once it runs threads; a spawn pays every import per worker)."""
 
     def __init__(self, jobs: int):
         if isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1:
@@ -40,8 +55,7 @@ class PoolExecutor:
         self._pool = None
 
     def __enter__(self):
-        self._pool = cf.ProcessPoolExecutor(self.capacity,
-                                            mp_context=multiprocessing.get_context("spawn"))
+        self._pool = cf.ProcessPoolExecutor(self.capacity, mp_context=_mp_context())
         return self
 
     def __exit__(self, *exc):
@@ -61,8 +75,7 @@ class PoolExecutor:
                 out.append((f, None, "the worker process died (crash or out of memory)"))
         if broken:  # every task in flight is lost with the pool: start a new one
             self._pool.shutdown(wait=False, cancel_futures=True)
-            self._pool = cf.ProcessPoolExecutor(self.capacity,
-                                                mp_context=multiprocessing.get_context("spawn"))
+            self._pool = cf.ProcessPoolExecutor(self.capacity, mp_context=_mp_context())
         return out
 
 

@@ -248,25 +248,25 @@ def test_unreachable_ray_address_fails_fast(tmp_path):
     assert not (tmp_path / "out").exists()  # refused before OUT was touched
 
 
-def test_out_holding_another_sweep(tmp_path):
-    data = dict(SMALL, stages=["cycles"])
-    run_sweep(write(tmp_path, data, "a.yaml"), tmp_path / "out")
-    other = dict(data, workload={"gemms": [[4, 4, 4]]})
+def test_out_holding_another_sweep(pool_run, tmp_path):
+    path, out, _ = pool_run
+    other = dict(SMALL, workload={"gemms": [[4, 4, 4]]})
     with pytest.raises(ConfigError) as e:
-        run_sweep(write(tmp_path, other, "b.yaml"), tmp_path / "out")
-    assert str(e.value) == (f"{tmp_path / 'out'} holds a different sweep ('small' from "
-                            f"{str(tmp_path / 'a.yaml')!r}): its options differ; choose another "
-                            "-o directory")  # fmt: skip
+        run_sweep(write(tmp_path, other, "b.yaml"), out)
+    assert str(e.value) == (f"{out} holds a different sweep ('small' from {str(path)!r}): its "
+                            "options differ; choose another -o directory")  # fmt: skip
 
 
-def test_cli_exit_codes(tmp_path, capsys):
+def test_cli_exit_codes(pool_run, tmp_path, capsys):
     bad = write(tmp_path, {**SMALL, "axes": {"engines.systolic.rows": []}})
     assert main(["sweep", str(bad), "-o", str(tmp_path / "out")]) == 1
     assert capsys.readouterr().err.strip().endswith(
         "error: axis 'engines.systolic.rows' has no values")
-    good = write(tmp_path, dict(SMALL, stages=["cycles"]), "good.yaml")
-    assert main(["sweep", str(good), "-o", str(tmp_path / "ok"), "-j", "1"]) == 0
-    assert json.loads((tmp_path / "ok" / "results.json").read_text())["trials"][0]["status"] == "ok"
+    path, out, pool = pool_run
+    shutil.copytree(out, tmp_path / "again")  # served from the cache: no worker starts
+    assert main(["sweep", str(path), "-o", str(tmp_path / "again"), "-j", "2"]) == 0
+    res = json.loads((tmp_path / "again" / "results.json").read_text())
+    assert [r["metrics"] for r in res["trials"]] == [r["metrics"] for r in pool["trials"]]
 
 
 @pytest.mark.slow
