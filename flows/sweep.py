@@ -44,7 +44,8 @@ Output: ``OUT/results.json``
 ----------------------------
 ``{"gatesmith_sweep": 1, "sweep": {...}, "metrics": {name: meaning}, "pareto": {...},
 "trials": [record, ...]}`` where ``sweep`` holds ``name``, ``file``, ``identity``, ``mode``,
-``axes`` (path -> values), ``stages``, ``options``, ``executor``, ``seconds``; ``pareto`` holds
+``axes`` (path -> values), ``stages``, ``options``, ``executor``, ``startup_s`` (joining Ray;
+null when no trial ran), ``seconds`` (wall time of the run); ``pareto`` holds
 ``objectives`` (``[metric, "min"|"max"]`` pairs) and ``front`` (trial ids); and each record is:
 
 * ``id``: first 12 hex digits of the trial config's SHA-256; ``index``: position in the sweep;
@@ -176,7 +177,8 @@ def _parse_axes(axes, base: dict) -> list:
 
 def _parse_objectives(objs, stages) -> list:
     have = {m for s in stages for m in STAGE_METRICS[s]}
-    have |= {f"cycles_{k}" for k in ("systolic", "bitserial", "pim")} if "cycles" in stages else set()
+    if "cycles" in stages:
+        have |= {f"cycles_{k}" for k in ("systolic", "bitserial", "pim")}
     if objs is None:
         objs = (["lut:min", "cycles:min", "fmax_mhz:max"] if "build" in stages
                 else ["verilog_bytes:min", "cycles:min"])  # fmt: skip
@@ -189,8 +191,9 @@ def _parse_objectives(objs, stages) -> list:
         if sense not in ("min", "max"):
             raise ConfigError(f"objectives[{i}] must be METRIC:min or METRIC:max, not {o!r}")
         if metric not in have:
-            raise ConfigError(f"objectives[{i}]: metric {metric!r} is not produced by the stages "
-                              f"{', '.join(stages)}; they give {', '.join(sorted(have))}")  # fmt: skip
+            raise ConfigError(f"objectives[{i}]: metric {metric!r} is not produced by the "
+                              f"stages {', '.join(stages)}; they give "
+                              f"{', '.join(sorted(have))}")  # fmt: skip
         out.append((metric, sense))
     return out
 
@@ -247,7 +250,8 @@ def load_sweep(path) -> SweepSpec:
         if "workload" not in data:
             raise ConfigError("the cycles stage needs a workload: {gemms: [[M, K, N], ...]}")
         workload = parse_workload(data["workload"])
-        options["cycles"] = {**workload, "gemms": [dataclasses.asdict(g) for g in workload["gemms"]]}
+        gemms = [dataclasses.asdict(g) for g in workload["gemms"]]
+        options["cycles"] = {**workload, "gemms": gemms}
     mode = data.get("mode", "grid")
     if mode not in ("grid", "random"):
         raise ConfigError(f"mode must be grid or random, not {mode!r}")
@@ -313,7 +317,8 @@ def make_trials(spec: SweepSpec) -> list[dict]:
             t["config"], t["id"] = cfg.to_dict(), cfg.content_hash[:12]
         except ConfigError as e:
             t["config"], t["error"] = _apply(spec.base, pt), str(e)
-            t["id"] = hashlib.sha256(json.dumps(t["config"], sort_keys=True).encode()).hexdigest()[:12]
+            blob = json.dumps(t["config"], sort_keys=True).encode()
+            t["id"] = hashlib.sha256(blob).hexdigest()[:12]
         if t["id"] in seen:
             continue
         seen.add(t["id"])
@@ -456,7 +461,7 @@ def run_sweep(spec: SweepSpec | str | Path, out_dir, *, jobs: int = 1, ray: str 
                                           "options": options, "out_dir": str(out.resolve())}))
         _drive(executor, queue, cache, finish, tally)
     recs = sorted(records.values(), key=lambda r: r["index"])
-    return _write_outputs(spec, out, recs, executor.name, time.monotonic() - t0)
+    return _write_outputs(spec, out, recs, executor, time.monotonic() - t0)
 
 
 def _drive(executor, queue, cache, finish, tally) -> None:
@@ -484,7 +489,7 @@ def _drive(executor, queue, cache, finish, tally) -> None:
                 finish(t, {**hits, **results}, set(hits))
 
 
-# ---- results.json, results.md, the plot -----------------------------------------------------------
+# ---- results.json, results.md, the plot ------------------------------------------------------
 def _fmt(v) -> str:
     if isinstance(v, float):
         return f"{v:.4g}"
@@ -497,13 +502,14 @@ def _markdown(res: dict) -> str:
     sw, recs = res["sweep"], res["trials"]
     axes = list(sw["axes"])
     objs = [k for k, _ in res["pareto"]["objectives"]]
-    cols = list(dict.fromkeys(objs + [c for c in ("cycles", "utilisation", "time_s", "lut",
-                                                    "fmax_mhz") if any(c in r["metrics"] for r in recs)]))  # fmt: skip
+    extra = ("cycles", "utilisation", "time_s", "lut", "fmax_mhz")
+    cols = list(dict.fromkeys(objs + [c for c in extra if any(c in r["metrics"] for r in recs)]))
     n_ok = sum(r["status"] == "ok" for r in recs)
+    objectives = ", ".join(f"{k} ({s})" for k, s in res["pareto"]["objectives"]) or "none"
     lines = [f"# Sweep {sw['name']}", "",
              f"{len(recs)} trials ({n_ok} ok, {len(recs) - n_ok} failed or invalid), stages "
              f"{', '.join(sw['stages'])}, on {sw['executor']} in {sw['seconds']:.1f} s. Pareto "
-             f"objectives: {', '.join(f'{k} ({s})' for k, s in res['pareto']['objectives']) or 'none'};"
+             f"objectives: {objectives};"
              " front rows are marked *.", "",
              "| id | " + " | ".join(a.rsplit(".", 1)[-1] for a in axes) + " | status | "
              + " | ".join(cols) + " | front | error |",
@@ -517,7 +523,7 @@ def _markdown(res: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _write_outputs(spec: SweepSpec, out: Path, recs: list, executor: str, seconds: float) -> dict:
+def _write_outputs(spec: SweepSpec, out: Path, recs: list, executor, seconds: float) -> dict:
     from .pareto import pareto_front, plot_front
 
     front = pareto_front(recs, spec.objectives) if len(spec.objectives) >= 2 else []
@@ -529,7 +535,9 @@ def _write_outputs(spec: SweepSpec, out: Path, recs: list, executor: str, second
         "sweep": {"name": spec.name, "file": spec.file, "identity": spec.identity,
                   "mode": spec.mode, "seed": spec.seed,
                   "axes": {", ".join(p): v for p, v in spec.axes}, "stages": list(spec.stages),
-                  "options": spec.options, "executor": executor, "seconds": round(seconds, 2)},
+                  "options": spec.options, "executor": executor.name,
+                  "startup_s": getattr(executor, "startup_s", None),
+                  "seconds": round(seconds, 2)},
         "metrics": metrics,
         "pareto": {"objectives": [list(o) for o in spec.objectives], "front": front},
         "trials": recs,

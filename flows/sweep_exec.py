@@ -20,6 +20,7 @@ import multiprocessing
 import os
 import socket
 import threading
+import time
 
 from ..errors import ConfigError, ToolMissingError
 from .sweep_stages import run_trial
@@ -56,6 +57,7 @@ class PoolExecutor:
 
     def __enter__(self):
         self._pool = cf.ProcessPoolExecutor(self.capacity, mp_context=_mp_context())
+        self.startup_s = 0.0  # workers start with the first tasks
         return self
 
     def __exit__(self, *exc):
@@ -135,6 +137,7 @@ class RayExecutor:
         return ray
 
     def __enter__(self):
+        t0 = time.monotonic()
         ray = self._init()
         self._ray = ray
         total = ray.cluster_resources().get("CPU", 1)
@@ -143,6 +146,7 @@ class RayExecutor:
         if self.memory_mb:
             opts["memory"] = int(self.memory_mb) * 2**20
         self._remote = ray.remote(run_trial).options(**opts)
+        self.startup_s = round(time.monotonic() - t0, 3)
         return self
 
     def __exit__(self, *exc):

@@ -58,8 +58,9 @@ def test_pool_sweep_generates_and_counts_cycles(pool_run):
     assert [t["point"] for t in trials] == [{"engines.systolic.cols": 1},
                                             {"engines.systolic.cols": 2}]  # fmt: skip
     for t in trials:
+        fields = t["config"]["engines"]["systolic"]
         cfg = SystolicConfig(**{k: tuple(v) if isinstance(v, list) else v
-                                for k, v in t["config"]["engines"]["systolic"].items()})  # fmt: skip
+                                for k, v in fields.items()})  # fmt: skip
         assert cfg.cols == t["point"]["engines.systolic.cols"]
         # every GEMM is a single instruction here, so its cycles are the model's for the best
         # built dataflow; utilisation is ideal / cycles
@@ -224,7 +225,8 @@ def test_invalid_combination_is_a_row(tmp_path):
          "objectives[0]: metric 'lut' is not produced by the stages generate, cycles; they give "
          "clock_mhz, content_hash, cycles, cycles_bitserial, cycles_pim, cycles_systolic, "
          "ideal_cycles, lint_warnings, time_s, utilisation, verilog_bytes"),
-        ({"workload": {"gemms": [[8, 0, 8]]}}, "workload.gemms[0].k must be an integer >= 1, not 0"),
+        ({"workload": {"gemms": [[8, 0, 8]]}},
+         "workload.gemms[0].k must be an integer >= 1, not 0"),
         ({"mode": "random"}, "mode random needs samples, an integer >= 1, not None"),
         ({"colour": 1},
          "sweep file has no key 'colour'; valid keys are axes, base, build, generate, mode, name, "
