@@ -61,6 +61,9 @@ class PoolExecutor:
         return self
 
     def __exit__(self, *exc):
+        if exc[0] is not None:  # interrupted: stop running trials now, not when they end
+            for proc in list((self._pool._processes or {}).values()):
+                proc.terminate()
         self._pool.shutdown(wait=exc[0] is None, cancel_futures=True)
 
     def submit(self, task: dict):
@@ -116,6 +119,10 @@ class RayExecutor:
             kw.update(include_dashboard=False, num_cpus=self.local_cpus)
         else:
             kw["address"] = self.address
+        if self.address == "local":  # Ray starts its processes from the main thread only
+            ray.init(**kw)
+            self._owned = True
+            return ray
         box: dict = {}
 
         def connect():
@@ -133,7 +140,6 @@ class RayExecutor:
                 f"--ray {self.address}: could not join the Ray cluster: {why} (a cluster with "
                 "token authentication needs RAY_AUTH_MODE=token; `ray start --head` starts one)"
             )
-        self._owned = self.address == "local"
         return ray
 
     def __enter__(self):

@@ -202,10 +202,12 @@ class _StageFailed(Exception):
         self.metrics = metrics
 
 
-def _error(stage: str, e: BaseException) -> dict:
+def _error(stage: str, e: BaseException, out_dir: str = "") -> dict:
     from ..errors import GatesmithError
 
-    err = {"stage": stage, "type": type(e).__name__, "message": str(e)}
+    # paths under OUT are written OUT/..., so a record does not depend on where OUT is
+    msg = str(e).replace(out_dir.rstrip("/") + "/", "OUT/") if out_dir else str(e)
+    err = {"stage": stage, "type": type(e).__name__, "message": msg}
     if isinstance(e, _StageFailed):
         err["type"] = "StageFailed"
     elif not isinstance(e, GatesmithError):  # a bug, not a user error: keep where it happened
@@ -237,7 +239,7 @@ def run_trial(task: dict) -> dict:
         except Exception as e:  # noqa: BLE001 - a failing trial is a row, never the sweep's end
             res["status"] = "failed"
             res["metrics"] = getattr(e, "metrics", {})
-            res["error"] = _error(stage, e)
+            res["error"] = _error(stage, e, task["out_dir"])
         res["seconds"] = round(time.monotonic() - t0, 3)
         out[stage] = res
         if res["status"] != "ok":

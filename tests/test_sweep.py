@@ -200,6 +200,30 @@ def test_invalid_combination_is_a_row(tmp_path):
     }
 
 
+def test_random_zipped_and_engine_axes(tmp_path):
+    grid = {"engines.systolic.rows": [1, 2, 4, 8], "engines.systolic.cols": [1, 2, 4, 8]}
+    data = dict(SMALL, mode="random", samples=5, seed=3, axes=grid)
+    picks = [t["point"] for t in make_trials(load_sweep(write(tmp_path, data)))]
+    assert len(picks) == 5 and len({json.dumps(p) for p in picks}) == 5  # no repeats
+    assert picks == [t["point"] for t in make_trials(load_sweep(write(tmp_path, data)))]
+    every = [{"engines.systolic.rows": r, "engines.systolic.cols": c}
+             for r in grid["engines.systolic.rows"] for c in grid["engines.systolic.cols"]]
+    assert all(p in every for p in picks)
+    other = dict(data, seed=4)
+    assert picks != [t["point"] for t in make_trials(load_sweep(write(tmp_path, other)))]
+    big = dict(data, samples=100)  # more samples than points: the whole grid, once each
+    assert [t["point"] for t in make_trials(load_sweep(write(tmp_path, big)))] == every
+
+    zipped = dict(SMALL, axes={"engines.systolic.rows, engines.systolic.cols": [[2, 2], [4, 8]],
+                               "engines.pim": [None, {"banks": 2}]})  # fmt: skip
+    trials = make_trials(load_sweep(write(tmp_path, zipped)))
+    engs = [t["config"]["engines"] for t in trials]
+    shapes = [(e["systolic"]["rows"], e["systolic"]["cols"], e.get("pim", {}).get("banks"))
+              for e in engs]  # fmt: skip
+    assert shapes == [(2, 2, None), (2, 2, 2), (4, 8, None), (4, 8, 2)]
+    assert len({t["id"] for t in trials}) == 4
+
+
 @pytest.mark.parametrize(
     "change, message",
     [
