@@ -459,7 +459,12 @@ def run_sweep(spec: SweepSpec | str | Path, out_dir, *, jobs: int = 1, ray: str 
                 options["cycles"]["workload"] = spec.workload
             queue.append((t, keys, hits, {"id": t["id"], "config": t["config"], "stages": todo,
                                           "options": options, "out_dir": str(out.resolve())}))
-        _drive(executor, queue, cache, finish, tally)
+        try:
+            _drive(executor, queue, cache, finish, tally)
+        except KeyboardInterrupt:  # keep what finished: results of the trials done so far
+            recs = sorted(records.values(), key=lambda r: r["index"])
+            _write_outputs(spec, out, recs, executor, time.monotonic() - t0)
+            raise
     recs = sorted(records.values(), key=lambda r: r["index"])
     return _write_outputs(spec, out, recs, executor, time.monotonic() - t0)
 

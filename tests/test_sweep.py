@@ -297,15 +297,17 @@ def test_cli_exit_codes(pool_run, tmp_path, capsys):
 
 @pytest.mark.slow
 def test_bitstream_sweep(tmp_path):
-    """Four configurations through generate, an iCE40 bitstream build and the cycle model."""
+    """Four configurations through generate, an ECP5 (ULX3S) bitstream build and the cycle model."""
     data = {
-        "name": "ice40",
-        "base": {"name": "sw", "clock_hz": 12_000_000, "baud": 115_200,
-                 "engines": {"systolic": {"rows": 1, "cols": 1, "dataflows": ["os"],
-                                          "spad_depth": 64, "acc_depth": 64}}},
-        "axes": {"engines.systolic.rows": [1, 2], "engines.systolic.cols": [1, 2]},
+        "name": "ecp5",
+        "base": {"name": "sw", "clock_hz": 25_000_000, "link_max_words": 64, "queue_depth": 2,
+                 "perf_width": 32,
+                 "engines": {"systolic": {"rows": 2, "cols": 1, "acc_width": 24,
+                                          "dataflows": ["os"], "spad_depth": 64,
+                                          "acc_depth": 64}}},
+        "axes": {"engines.systolic.cols": [1, 2], "engines.systolic.dtype": ["int4", "int8"]},
         "stages": ["generate", "build", "cycles"],
-        "build": {"board": "icebreaker", "timeout_s": 1800},
+        "build": {"board": "ulx3s", "timeout_s": 1800},
         "workload": {"gemms": GEMMS},
     }  # fmt: skip
     res = run_sweep(write(tmp_path, data), tmp_path / "out", jobs=2)
@@ -314,7 +316,15 @@ def test_bitstream_sweep(tmp_path):
         m = t["metrics"]
         assert m["lut"] > 0 and m["fmax_mhz"] > 0
         assert m["clock_mhz"] == m["fmax_mhz"]
-        assert (tmp_path / "out" / "trials" / t["id"] / "build" / "sw.bin").exists()
+        assert m["time_s"] == m["cycles"] / (m["fmax_mhz"] * 1e6)
+        report = json.loads((tmp_path / "out" / "trials" / t["id"] / "build" / "report.json")
+                            .read_text())  # fmt: skip
+        assert report["fmax_mhz"] == m["fmax_mhz"]
+        assert (tmp_path / "out" / "trials" / t["id"] / "build" / "sw.bit").exists()
+    lut = {(t["point"]["engines.systolic.cols"], t["point"]["engines.systolic.dtype"]):
+           t["metrics"]["lut"] for t in res["trials"]}  # fmt: skip
+    for dtype in ("int4", "int8"):
+        assert lut[(1, dtype)] < lut[(2, dtype)]  # twice the PEs cost more LUTs
     assert res["pareto"]["objectives"] == [["lut", "min"], ["cycles", "min"], ["fmax_mhz", "max"]]
     assert res["pareto"]["front"]
     assert (tmp_path / "out" / "pareto.svg").exists()
