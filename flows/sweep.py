@@ -507,7 +507,8 @@ def _markdown(res: dict) -> str:
     sw, recs = res["sweep"], res["trials"]
     axes = list(sw["axes"])
     objs = [k for k, _ in res["pareto"]["objectives"]]
-    extra = ("cycles", "utilisation", "time_s", "lut", "fmax_mhz")
+    extra = ("cycles", "utilisation", "time_s", "lut", "fmax_mhz", "verify_passed",
+             "verify_failed")
     cols = list(dict.fromkeys(objs + [c for c in extra if any(c in r["metrics"] for r in recs)]))
     n_ok = sum(r["status"] == "ok" for r in recs)
     objectives = ", ".join(f"{k} ({s})" for k, s in res["pareto"]["objectives"]) or "none"
@@ -516,15 +517,15 @@ def _markdown(res: dict) -> str:
              f"{', '.join(sw['stages'])}, on {sw['executor']} in {sw['seconds']:.1f} s. Pareto "
              f"objectives: {objectives};"
              " front rows are marked *.", "",
-             "| id | " + " | ".join(a.rsplit(".", 1)[-1] for a in axes) + " | status | "
-             + " | ".join(cols) + " | front | error |",
+             "| " + " | ".join(["id", *(a.rsplit(".", 1)[-1] for a in axes), "status", *cols,
+                                 "front", "error"]) + " |",
              "|" + "---|" * (len(axes) + len(cols) + 4)]  # fmt: skip
     for r in recs:
         err = "" if not r["error"] else f"{r['error']['stage']}: {r['error']['message']}"
         err = err.replace("|", "/").replace("\n", " ")[:160]
-        lines.append(f"| {r['id']} | " + " | ".join(_fmt(r["point"].get(a)) for a in axes)
-                     + f" | {r['status']} | " + " | ".join(_fmt(r["metrics"].get(c)) for c in cols)
-                     + f" | {'*' if r['pareto'] else ''} | {err} |")  # fmt: skip
+        cells = [r["id"], *(_fmt(r["point"].get(a)) for a in axes), r["status"],
+                 *(_fmt(r["metrics"].get(c)) for c in cols), "*" if r["pareto"] else "", err]
+        lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 

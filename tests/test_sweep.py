@@ -300,8 +300,7 @@ def test_bitstream_sweep(tmp_path):
     """Four configurations through generate, an ECP5 (ULX3S) bitstream build and the cycle model."""
     data = {
         "name": "ecp5",
-        "base": {"name": "sw", "clock_hz": 25_000_000, "link_max_words": 64, "queue_depth": 2,
-                 "perf_width": 32,
+        "base": {"name": "sw", "clock_hz": 25_000_000,
                  "engines": {"systolic": {"rows": 2, "cols": 1, "acc_width": 24,
                                           "dataflows": ["os"], "spad_depth": 64,
                                           "acc_depth": 64}}},
