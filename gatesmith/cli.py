@@ -5,6 +5,7 @@
     gatesmith verify --config accel.yaml
     gatesmith build --board ulx3s --config accel.yaml -o out/
     gatesmith run --config accel.yaml --m 64 --k 64 --n 64
+    gatesmith sweep examples/sweep.yaml -o sweep_out/ [-j 2 | --ray auto] [--resume]
 
 Exit codes: 0 ok, 1 user or config error, 2 build error, 3 missing tool, 4 device error,
 130 interrupted. Tracebacks only with ``--debug``.
@@ -203,6 +204,17 @@ def cmd_run(args) -> int:
     return 0 if ok else 1
 
 
+def cmd_sweep(args) -> int:
+    from .flows.sweep import rich_sweep_progress, run_sweep, summary
+
+    con = _console()
+    with rich_sweep_progress(console=con) as progress:
+        res = run_sweep(args.sweep, args.output, jobs=args.jobs, ray=args.ray, resume=args.resume,
+                        cache_dir=args.cache, use_cache=not args.no_cache, progress=progress)
+    con.print(summary(res, args.output))
+    return 0
+
+
 class _ArgumentParser(argparse.ArgumentParser):
     """argparse exits 2 on a bad flag; here 2 means a build error, so a usage error exits 1."""
 
@@ -246,6 +258,16 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--dataflow", choices=("os", "ws", "is"))
     r.add_argument("--seed", type=int, default=0)
     r.set_defaults(func=cmd_run)
+
+    s = sub.add_parser("sweep", help="run a design-space sweep (local pool or Ray)")
+    s.add_argument("sweep", help="sweep file (YAML: base config, axes, stages)")
+    s.add_argument("-o", "--output", required=True, help="output directory (results.json, .md)")
+    s.add_argument("-j", "--jobs", type=int, default=1, help="local worker processes")
+    s.add_argument("--ray", metavar="ADDRESS", help="run on Ray: local, auto or HOST:PORT")
+    s.add_argument("--resume", action="store_true", help="keep the trials OUT already recorded")
+    s.add_argument("--cache", metavar="DIR", help="stage cache (default OUT/cache)")
+    s.add_argument("--no-cache", action="store_true", help="neither read nor write the cache")
+    s.set_defaults(func=cmd_sweep)
     return p
 
 
