@@ -4,9 +4,10 @@ A workload is a list of GEMMs ``C[M x N] = A[M x K] @ B[K x N]``. Each GEMM is p
 engine of the accelerator that runs GEMMs, and costed with the cycle model the engine's tests hold
 equal to its RTL, for exactly the instructions its host driver issues:
 
-* ``systolic``: ``host/systolic.plan`` tiles the GEMM; every tile's instruction costs
-  ``generators/systolic/model.cycles`` (in the dataflow asked for, or the fastest built one).
-  Ideal: ``M*K*N / (rows*cols)``.
+* ``systolic``: ``host/systolic.plan_dma`` tiles the GEMM as the driver does; every tile's
+  instruction costs ``generators/systolic/model.cycles`` (in the dataflow asked for, or the
+  fastest built one); ``program_cycles`` is the planner's end-to-end estimate with the DMA
+  traffic of operands in device memory. Ideal: ``M*K*N / (rows*cols)``.
 * ``bitserial``: ``host/bitserial.plan`` blocks; each instruction costs
   ``generators/bitserial/model.cycles`` at the GEMM's ``w_bits``/``a_bits`` (default: the
   engine's maximum). Ideal: ``M*K*N * ceil(w_bits / bits_per_cycle) / (lanes*pes)``.
@@ -94,7 +95,7 @@ def parse_workload(data, path: str = "workload") -> dict:
 
 def _systolic(g: Gemm, cfg, dataflow: str) -> dict:
     from ..generators.systolic import model
-    from ..host.systolic import plan
+    from ..host.systolic import plan_dma
 
     dfs = cfg.dataflows if dataflow == "best" else (dataflow,)
     if dataflow != "best" and dataflow not in cfg.dataflows:
@@ -102,14 +103,14 @@ def _systolic(g: Gemm, cfg, dataflow: str) -> dict:
     best = None
     for df in dfs:
         hm, hk, hn = (g.n, g.k, g.m) if df == "is" else (g.m, g.k, g.n)  # IS runs b.T @ a.T
-        p = plan(hm, hk, hn, df, cfg)
+        p, program = plan_dma(hm, hk, hn, df, cfg)
         total = 0
         for m0, n0, k0, _tile, _first, _last in p.chunks(hm, hk, hn):
             mt, nt, kc = min(p.mt, hm - m0), min(p.nt, hn - n0), min(p.kc, hk - k0)
             m, k, n = (nt, kc, mt) if df == "is" else (mt, kc, nt)
             total += model.cycles(m, k, n, df, cfg)
         if best is None or total < best["cycles"]:
-            best = {"cycles": total, "dataflow": df}
+            best = {"cycles": total, "dataflow": df, "program_cycles": program}
     best["ideal"] = g.macs / (cfg.rows * cfg.cols)
     return best
 
