@@ -39,17 +39,13 @@ class MemLinkTop(wiring.Component):
     208 EBRs; ``examples/icebreaker.yaml``: 4 KiB, 8 of the UP5K's 30).
     """
 
-    rx: In(stream.Signature(8))
-    tx: Out(stream.Signature(8))
-    idle: Out(1)
-
     def __init__(self, cfg):
         from ..generators.accel.top import LinkTop
         from ..hdl.axi4 import AXI4RAM
 
         self.link = LinkTop(cfg)
         self.ram = AXI4RAM(cfg.mem_bytes)
-        super().__init__()
+        super().__init__(LINK_SIGNATURE)
 
     def elaborate(self, platform):
         m = Module()

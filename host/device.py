@@ -207,8 +207,13 @@ class Device:
         """Write ``prog`` to device memory and start it (see host/program.py)."""
         from .program import Run
 
-        if self._runs:
-            raise UsageError("a program is already running on this device: wait for it first")
+        for stale in list(self._runs):
+            # a program whose wait was interrupted (Ctrl-C): let it finish; its result was
+            # abandoned, so an error it ended with is cleared rather than raised here
+            try:
+                stale.wait()
+            except DeviceError:
+                pass
         if len(prog) > 0xFFFF:
             raise UsageError(f"a program holds at most 65535 entries, not {len(prog)}: split it")
         st = self.status()

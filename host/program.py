@@ -33,6 +33,7 @@ class Program:
         self.dev = dev
         self.entries: list[tuple[Deps, list[int], str]] = []
         self.buffers: set = set()
+        self.temporaries: list = []  # buffers freed when the program has finished
 
     def __len__(self) -> int:
         return len(self.entries)
@@ -167,3 +168,6 @@ class Run:
         self._code._users -= 1
         self._code.free()
         self.dev._runs.discard(self)
+        for b in self.program.temporaries:
+            if not b.freed and not b.busy:
+                b.free()

@@ -448,9 +448,12 @@ def matmul(dev, a, b, *, dataflow: str | None = None, out: str = "host"):
         acc = window_layout(cfg)["acc"]
         res = dev.alloc((_ceil(hn, cfg.cols) * hm * acc.stride,), torch.int32, label="systolic result")
         res.layout = Packed(role="result", dataflow=df, rows=hm, cols=hn, transposed=df == "is")
+        prog = gemm_program(dev, left, top, res, p, hw, cfg)
         try:
-            gemm_program(dev, left, top, res, p, hw, cfg).run()
+            prog.run()
         except BaseException:
+            # interrupted or failed: the buffers go when the program has finished
+            prog.temporaries += [*temps, res]
             if not res.busy:
                 res.free()
             raise

@@ -69,7 +69,9 @@ def test_faults_give_exact_results_or_device_errors(board, kind):
         a, b = _operands(g, 4, 6, 3)  # the next clean call works
         assert torch.equal(dev.matmul(a, b).long(), a.long() @ b.long())
     print(f"ok {ok}, raised {raised}, injected {t.injected}, stats {dev.stats}")
-    assert t.injected > 0 and dev.stats["faults"] > 0  # the faults happened and were seen
+    # the faults happened and were seen (a delay is a fault only when it outlasts a timeout: with
+    # operands in device memory a matmul's link traffic is small and may absorb every delay)
+    assert t.injected > 0 and (kind == "delay" or dev.stats["faults"] > 0)
     assert ok >= CALLS // 2  # recovery retried most of them to success
     dev.transport.close = lambda: None  # the board is shared by the module
     dev.close()
