@@ -240,18 +240,19 @@ class Device:
         addr = self.read_reg("ERROR_ADDR")
         pc = self.read_reg("ERROR_PC") & 0xFFFF
         self.write_reg("CTRL", 1 << CTRL_BITS["clear_error"][0])
+        entry = ""
+        if pc != 0xFFFF and pc < len(prog.entries):
+            entry = f" at program entry {pc} ({prog.entries[pc][2]})"
+        raise DeviceError(f"{self._error_text(e)}{entry}; address {addr:#x}")
+
+    def _error_text(self, e: int) -> str:
+        """'the accelerator reported NAME (0xCC) from SOURCE' for an ERROR register value."""
         code, src = e & 0xFF, (e >> 8) & 0xFF
         try:
             name = ErrorCode(code).name
         except ValueError:
             name = f"code {code:#x}"
-        where = self._source_name(src)
-        entry = ""
-        if pc != 0xFFFF and pc < len(prog.entries):
-            entry = f" at program entry {pc} ({prog.entries[pc][2]})"
-        raise DeviceError(
-            f"the accelerator reported {name} ({code:#04x}) from {where}{entry}; address {addr:#x}"
-        )
+        return f"the accelerator reported {name} ({code:#04x}) from {self._source_name(src)}"
 
     def _source_name(self, src: int) -> str:
         return {0xFF: "the controller", 0xFE: "the store DMA", 0xFD: "the load DMA"}.get(
@@ -288,14 +289,8 @@ class Device:
     def _check_error(self) -> None:
         e = self.read_reg("ERROR")
         if e & 0xFF:
-            self.write_reg("CTRL", 1)
-            code, src = e & 0xFF, (e >> 8) & 0xFF
-            try:
-                name = ErrorCode(code).name
-            except ValueError:
-                name = f"code {code:#x}"
-            where = self._source_name(src)
-            raise DeviceError(f"the accelerator reported {name} ({code:#04x}) from {where}")
+            self.write_reg("CTRL", 1 << CTRL_BITS["clear_error"][0])
+            raise DeviceError(self._error_text(e))
 
     def _engine_name(self, idx: int) -> str:
         if idx < len(self.config.engines):
