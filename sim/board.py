@@ -24,7 +24,8 @@ from .toolchain import cache_dir, content_hash, locked, verilator_bin, verilator
 __all__ = ["build_harness", "SimBoard"]
 
 HARNESS = Path(__file__).with_name("harness.cpp")
-_FLAGS = ["-O3", "--x-assign", "0", "--x-initial", "0", "-Wno-fatal", "--noassert"]
+_FLAGS = ["-O3", "--x-assign", "0", "--x-initial", "0", "-Wno-fatal", "--noassert",
+          "-MAKEFLAGS", "OPT_FAST=-O2 OPT_GLOBAL=-O2"]
 
 _MEM_PORTS = [  # (name, direction from the accelerator, width)
     ("awid", "out", 1), ("awaddr", "out", 32), ("awlen", "out", 8), ("awsize", "out", 3),
