@@ -36,6 +36,8 @@ from ..generators.accel.regs import (
     STATUS_BITS,
     fields,
 )
+from ..generators.accel.controller import PC_NONE, SRC_CTRL, SRC_LOAD, SRC_STORE
+from ..generators.accel.isa import ENTRY_WORDS
 from .link import Link, check_span, reg_offset, words_u32
 from .memory import Allocator, Buffer, element_bytes
 from .protocol import Cmd, Response
@@ -221,17 +223,18 @@ class Device:
             self._check_error()
         if not st["idle"]:
             self.wait()
-        code = self.alloc(len(prog) * 5 * 4 or 4, torch_uint32(), label="program")
+        import torch
+
+        code = self.alloc(len(prog) * ENTRY_WORDS * 4 or 4, torch.uint32, label="program")
         code.write_raw(prog.words())
         for b in prog.buffers:
             b._check("use")
             b._users += 1
         code._users += 1
-        start = self.retired()
         self.write_reg("PROG_ADDR", code.addr)
         self.write_reg("PROG_COUNT", len(prog))
         self.write_reg("CTRL", 1 << CTRL_BITS["start_program"][0])
-        run = Run(self, prog, code, start)
+        run = Run(self, prog, code)
         self._runs.add(run)
         return run
 
@@ -241,7 +244,7 @@ class Device:
         pc = self.read_reg("ERROR_PC") & 0xFFFF
         self.write_reg("CTRL", 1 << CTRL_BITS["clear_error"][0])
         entry = ""
-        if pc != 0xFFFF and pc < len(prog.entries):
+        if pc != PC_NONE and pc < len(prog.entries):
             entry = f" at program entry {pc} ({prog.entries[pc][2]})"
         raise DeviceError(f"{self._error_text(e)}{entry}; address {addr:#x}")
 
@@ -255,9 +258,8 @@ class Device:
         return f"the accelerator reported {name} ({code:#04x}) from {self._source_name(src)}"
 
     def _source_name(self, src: int) -> str:
-        return {0xFF: "the controller", 0xFE: "the store DMA", 0xFD: "the load DMA"}.get(
-            src
-        ) or self._engine_name(src)
+        return {SRC_CTRL: "the controller", SRC_STORE: "the store DMA",
+                SRC_LOAD: "the load DMA"}.get(src) or self._engine_name(src)  # fmt: skip
 
     def _engine_index(self, kind: str) -> int:
         try:
@@ -307,21 +309,6 @@ class Device:
                 self._check_error()
             if st["idle"]:
                 return
-            if time.monotonic() > deadline:
-                raise DeviceError(f"the accelerator did not finish within {timeout} s")
-            time.sleep(delay)
-            delay = min(0.01, delay + 0.0005)
-
-    def wait_retired(self, target: int, timeout: float | None = None) -> None:
-        """Block until RETIRED has reached ``target`` (mod 2**32)."""
-        deadline = time.monotonic() + (timeout if timeout is not None else 3600.0)
-        delay = 0.0
-        while True:
-            if ((self.retired() - target) & 0xFFFF_FFFF) < 0x8000_0000:
-                self._check_error()
-                return
-            if self.status()["error"]:
-                self._check_error()
             if time.monotonic() > deadline:
                 raise DeviceError(f"the accelerator did not finish within {timeout} s")
             time.sleep(delay)
@@ -410,12 +397,6 @@ class Device:
         from .pim import gemv
 
         return gemv(self, x, w)
-
-def torch_uint32():
-    import torch
-
-    return torch.uint32
-
 
 def open(kind: str = "sim", *, config=None, port: str | None = None, baud: int | None = None,
          timeout: float = 60.0, progress=None) -> Device:  # fmt: skip

@@ -41,12 +41,11 @@ _NP = {
 class Allocator:
     """First-fit allocator over ``[0, capacity)`` with coalescing frees (no module state)."""
 
-    def __init__(self, capacity: int, *, align: int = ALIGN, reserved: int = 0):
+    def __init__(self, capacity: int, *, align: int = ALIGN):
         if capacity <= 0 or align <= 0 or align & (align - 1):
             raise ValueError("capacity must be positive and align a power of two")
         self.capacity, self.align = capacity, align
-        start = -(-reserved // align) * align
-        self._free: list[tuple[int, int]] = [(start, capacity - start)] if start < capacity else []
+        self._free: list[tuple[int, int]] = [(0, capacity)]
         self._used: dict[int, tuple[int, str]] = {}  # addr -> (size, label)
 
     def alloc(self, nbytes: int, label: str = "") -> int:
@@ -81,13 +80,6 @@ class Allocator:
             a0, s0 = self._free[i - 1]
             self._free[i - 1] = (a0, s0 + self._free[i][1])
             del self._free[i]
-
-    def owner(self, addr: int, nbytes: int):
-        """The allocation (start, size) that holds [addr, addr + nbytes), or None."""
-        for start, (size, _) in self._used.items():
-            if start <= addr and addr + nbytes <= start + size:
-                return start, size
-        return None
 
     def free_bytes(self) -> int:
         return sum(s for _, s in self._free)

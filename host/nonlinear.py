@@ -171,7 +171,7 @@ def _run_program(dev, kind, cfg, wins, x2d, n, wpr, per_chunk, signed_out):
         for i, start in enumerate(chunks):
             cnt = min(per_chunk, rows - start)
             last = i + 1 == len(chunks)
-            for part, (off, r0) in enumerate(_row_blocks(cnt, row_in)):
+            for part, (off, r0) in enumerate(_row_blocks(cnt)):
                 prog.load(kind, win_addr=win_in.offset + r0 * row_in, buf=bin_,
                           offset=4 * (start + r0) * row_in, rows=off, row_words=row_in,
                           deps=Deps(pop_next=i > 0 and part == 0,
@@ -180,7 +180,7 @@ def _run_program(dev, kind, cfg, wins, x2d, n, wpr, per_chunk, signed_out):
                        deps=Deps(pop_prev=True, pop_next=i > 0, push_prev=not last,
                                  push_next=True),  # fmt: skip
                        what=f"{kind} rows {start}..{start + cnt}")
-            for part, (off, r0) in enumerate(_row_blocks(cnt, row_out)):
+            for part, (off, r0) in enumerate(_row_blocks(cnt)):
                 prog.store(kind, win_addr=win_out.offset + r0 * row_out, buf=bout,
                            offset=4 * (start + r0) * row_out, rows=off, row_words=row_out,
                            deps=Deps(pop_prev=part == 0,
@@ -192,9 +192,8 @@ def _run_program(dev, kind, cfg, wins, x2d, n, wpr, per_chunk, signed_out):
     return torch.from_numpy(out)
 
 
-def _row_blocks(count: int, row_words: int):
+def _row_blocks(count: int):
     """(rows, first row) pieces of at most 65535 rows (a DMA instruction's ``rows`` field)."""
-    del row_words
     for r0 in range(0, count, 65535):
         yield min(65535, count - r0), r0
 

@@ -21,7 +21,8 @@ import time
 import numpy as np
 
 from ..errors import DeviceError, UsageError
-from ..generators.accel.isa import ENTRY_WORDS, DmaInstr, Deps, Op, Queue, QUEUE_OF, encode
+from ..generators.accel.isa import ENTRY_WORDS, QUEUE_OF, DmaInstr, Deps, Op, Queue
+from ..hdl.fields import pack_struct
 
 __all__ = ["Program", "Run", "Deps"]
 
@@ -81,7 +82,7 @@ class Program:
         else:
             addr = offset  # a raw device address (tests of the device's own checks)
         try:
-            words = encode(DmaInstr, opcode=op, engine=idx, rows=rows, row_words=row_words,
+            words = pack_struct(DmaInstr, opcode=op, engine=idx, rows=rows, row_words=row_words,
                            mem_stride=mem_stride, win_stride=win_stride, win_addr=win_addr,
                            mem_addr=addr)  # fmt: skip
         except ValueError as e:
@@ -130,9 +131,8 @@ class Program:
 class Run:
     """A launched program: :meth:`wait` until it finishes (or raise its error)."""
 
-    def __init__(self, dev, prog: Program, code_buf, start_retired: int):
+    def __init__(self, dev, prog: Program, code_buf):
         self.dev, self.program, self._code = dev, prog, code_buf
-        self.start_retired = start_retired
         self.done = False
         self.wall_s: float | None = None
         self._t0 = time.monotonic()

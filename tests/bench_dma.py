@@ -40,7 +40,8 @@ from cocotb.triggers import ClockCycles, Event, RisingEdge
 from cocotbext.axi import AxiBus, AxiLiteBus, AxiLiteMaster, AxiRam, AxiResp
 
 from gatesmith.config import AccelConfig, config_from_dict
-from gatesmith.generators.accel.isa import ENTRY_WORDS, DmaInstr, EntryHeader, Op, encode
+from gatesmith.generators.accel.isa import ENTRY_WORDS, DmaInstr, EntryHeader, Op
+from gatesmith.hdl.fields import pack_struct
 from gatesmith.generators.accel.regs import CTRL_BITS, MEM_WINDOW_BASE, REG, STATUS_BITS
 from gatesmith.generators.engine import ENGINE_WINDOW_BASE, ENGINE_WINDOW_SIZE, ErrorCode
 from gatesmith.generators.systolic.config import SystolicConfig
@@ -89,12 +90,12 @@ def dma(op, *, rows, row_words, mem_addr, mem_stride, win_addr, win_stride, engi
 
 
 def instr_words(ins):
-    return [int(Op.NOP), 0, 0, 0] if ins is None else encode(DmaInstr, **ins)
+    return [int(Op.NOP), 0, 0, 0] if ins is None else pack_struct(DmaInstr, **ins)
 
 
 def entry_words(deps, ins):
     hdr = {"pop_prev": 0, "pop_next": 0, "push_prev": 0, "push_next": 0, **deps}
-    return encode(EntryHeader, **hdr) + instr_words(ins)
+    return pack_struct(EntryHeader, **hdr) + instr_words(ins)
 
 
 def main_program():

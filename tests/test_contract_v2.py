@@ -53,11 +53,9 @@ def test_dma_strided_load_store(dev_4x4):
                 mem_stride=64, win_stride=40, deps=Deps(pop_prev=True))  # fmt: skip
         p.run(timeout=60)
         got = dst.read_raw().view("<u4").reshape(5, 64)
-    want = src_words[7:].copy()
     for r in range(5):
         assert np.array_equal(got[r, :33], src_words[7 + 80 * r : 7 + 80 * r + 33]), r
         assert not got[r, 33:].any()
-    del want
 
 
 @pytest.mark.parametrize("df", ["os", "ws", "is"])

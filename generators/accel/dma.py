@@ -94,7 +94,10 @@ class _WindowWalk:
             m.d.sync += [self.col.eq(self.col + 1), self.addr.eq(self.addr + 1)]
 
 
-def _start_transfer(m, xfer, cmd):
+def _channel(m, cmd, win, xfer):
+    """What both channels share: start the device-memory transfer ``xfer`` and the window walk
+    on ``cmd.start``, address the window, step the walk on every granted word (latching a
+    refused one) and report busy / errors. Returns (walk, running, granted)."""
     m.d.comb += [
         xfer.start.eq(cmd.start),
         xfer.addr.eq(cmd.mem_addr),
@@ -102,6 +105,30 @@ def _start_transfer(m, xfer, cmd):
         xfer.row_words.eq(cmd.row_words),
         xfer.stride.eq(cmd.mem_stride),
     ]
+    walk = _WindowWalk(m, cmd)
+    eng, running, werr, granted = Signal(4), Signal(), Signal(), Signal()
+    with m.If(cmd.start):
+        m.d.sync += [eng.eq(cmd.engine), running.eq(1), werr.eq(0)]
+    m.d.comb += [
+        win.eng.eq(eng),
+        win.addr.eq(walk.addr),
+        granted.eq((win.w_en | win.r_en) & win.grant),
+        cmd.busy.eq(running),
+        cmd.win_err.eq(werr),
+        cmd.mem_err.eq(xfer.err),
+    ]
+    with m.If(granted):
+        walk.step(m)
+        with m.If(win.err):
+            m.d.sync += werr.eq(1)
+    return walk, running, granted
+
+
+def _finish(m, cmd, running, drained):
+    """``done`` once every word has moved and the transfer has ``drained``."""
+    with m.If(running & ~cmd.start & drained):
+        m.d.sync += running.eq(0)
+        m.d.comb += cmd.done.eq(1)
 
 
 class LoadChannel(wiring.Component):
@@ -120,33 +147,14 @@ class LoadChannel(wiring.Component):
         cmd, win = self.cmd, self.win
         m.submodules.reader = rd = BurstReader(max_burst=self.max_burst)
         wiring.connect(m, rd.mem, wiring.flipped(self.mem))
-        _start_transfer(m, rd, cmd)
-        walk = _WindowWalk(m, cmd)
-        eng = Signal(4)
-        running = Signal()
-        werr = Signal()
-        with m.If(cmd.start):
-            m.d.sync += [eng.eq(cmd.engine), running.eq(1), werr.eq(0)]
+        walk, running, granted = _channel(m, cmd, win, rd)
         m.d.comb += [
-            win.eng.eq(eng),
-            win.addr.eq(walk.addr),
             win.w_data.eq(rd.data.payload),
             win.w_en.eq(running & rd.data.valid & (walk.left != 0)),
-            rd.data.ready.eq(win.w_en & win.grant),
-            cmd.words.eq(win.w_en & win.grant),
+            rd.data.ready.eq(granted),
+            cmd.words.eq(granted),
         ]
-        with m.If(win.w_en & win.grant):
-            walk.step(m)
-            with m.If(win.err):
-                m.d.sync += werr.eq(1)
-        with m.If(running & ~cmd.start & (walk.left == 0) & ~rd.busy):
-            m.d.sync += running.eq(0)
-            m.d.comb += cmd.done.eq(1)
-        m.d.comb += [
-            cmd.busy.eq(running),
-            cmd.win_err.eq(werr),
-            cmd.mem_err.eq(rd.err),
-        ]
+        _finish(m, cmd, running, (walk.left == 0) & ~rd.busy)
         return m
 
 
@@ -166,35 +174,16 @@ class StoreChannel(wiring.Component):
         cmd, win = self.cmd, self.win
         m.submodules.writer = wr = BurstWriter(max_burst=self.max_burst)
         wiring.connect(m, wr.mem, wiring.flipped(self.mem))
-        _start_transfer(m, wr, cmd)
-        walk = _WindowWalk(m, cmd)
-        eng = Signal(4)
-        running = Signal()
-        werr = Signal()
+        walk, running, granted = _channel(m, cmd, win, wr)
         inflight = Signal()  # a granted read whose data arrives this cycle
-        with m.If(cmd.start):
-            m.d.sync += [eng.eq(cmd.engine), running.eq(1), werr.eq(0)]
         room = Signal()
-        m.d.comb += room.eq(wr.space > Mux(inflight, 1, 0))
         m.d.comb += [
-            win.eng.eq(eng),
-            win.addr.eq(walk.addr),
+            room.eq(wr.space > Mux(inflight, 1, 0)),
             win.r_en.eq(running & (walk.left != 0) & room),
             wr.data.payload.eq(win.r_data),
             wr.data.valid.eq(inflight),
             cmd.words.eq(inflight),
         ]
-        m.d.sync += inflight.eq(win.r_en & win.grant)
-        with m.If(win.r_en & win.grant):
-            walk.step(m)
-            with m.If(win.err):
-                m.d.sync += werr.eq(1)
-        with m.If(running & ~cmd.start & (walk.left == 0) & ~inflight & ~wr.busy):
-            m.d.sync += running.eq(0)
-            m.d.comb += cmd.done.eq(1)
-        m.d.comb += [
-            cmd.busy.eq(running),
-            cmd.win_err.eq(werr),
-            cmd.mem_err.eq(wr.err),
-        ]
+        m.d.sync += inflight.eq(granted)
+        _finish(m, cmd, running, (walk.left == 0) & ~inflight & ~wr.busy)
         return m

@@ -1,7 +1,7 @@
 """The controller's instructions and the program entry format (contract v2), described once.
 
 The layouts are ``amaranth.lib.data`` Structs: the RTL decodes with them (``DmaInstr(value)``)
-and the host encodes with :func:`encode`, which range-checks every field.
+and the host encodes with ``hdl.fields.pack_struct``, which range-checks every field.
 
 A *program* in device memory is a sequence of entries of :data:`ENTRY_WORDS` 32-bit words: one
 :class:`EntryHeader` word (dependency tokens) followed by the 4 words of a 128-bit instruction.
@@ -27,15 +27,11 @@ import enum
 
 from amaranth.lib import data
 
-from ...hdl.fields import pack_struct
-
 __all__ = [
     "Op",
     "DmaInstr",
     "EntryHeader",
     "ENTRY_WORDS",
-    "encode",
-    "decode",
     "Deps",
     "QUEUE_OF",
     "Queue",
@@ -102,14 +98,3 @@ class Deps:
             bad.append("a store has no next queue (use pop_prev / push_prev)")
         if bad:
             raise ValueError(f"{what}: {'; '.join(bad)}")
-
-
-def encode(layout, **values) -> list:
-    """The instruction words of ``layout`` with ``values`` (see ``hdl/fields.py``)."""
-    return pack_struct(layout, **values)
-
-
-def decode(layout, words) -> dict:
-    value = sum(int(w) << (32 * i) for i, w in enumerate(words))
-    lay = data.Layout.cast(layout)
-    return {name: (value >> f.offset) & ((1 << f.width) - 1) for name, f in lay}

@@ -33,7 +33,6 @@ from ..engine import INSTR_BITS, INSTR_WORDS, ErrorCode
 from ..registry import engine_spec
 from .controller import Controller
 from .dma import LoadChannel, StoreChannel
-from .isa import Op
 from .regs import (
     CONFIG_ROM_BASE,
     CONFIG_ROM_BYTES,
@@ -45,10 +44,7 @@ from .regs import (
     VERSION,
 )
 
-__all__ = ["Accelerator", "LinkTop", "OP_NOP", "OP_SYNC", "config_rom_words"]
-
-OP_NOP = Op.NOP
-OP_SYNC = Op.SYNC
+__all__ = ["Accelerator", "LinkTop", "config_rom_words"]
 
 
 def config_rom_words(cfg: AccelConfig) -> tuple:
