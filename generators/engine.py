@@ -86,9 +86,15 @@ class Window:
     stride: int
     access: str  # "rw", "r", "w"
     doc: str = ""
+    # elements: ``width // elem_width`` per entry, packed from bit 0 (0: the entry is one value),
+    # two's complement when ``signed``; what an on-chip COPY walks (generators/accel/copy.py)
+    elem_width: int = 0
+    signed: bool = True
 
     def as_dict(self) -> dict:
         return {
+            "elem_width": self.elem_width or self.width,
+            "signed": self.signed,
             "name": self.name,
             "offset": self.offset,
             "depth": self.depth,

@@ -41,7 +41,13 @@ class EngineSpec:
 _REGISTRY: dict[str, EngineSpec] = {}
 
 
+CONTROLLER_OPCODES = range(0x10)  # NOP, SYNC, LOAD, STORE, COPY_SRC, COPY (generators/accel/isa.py)
+
+
 def register(spec: EngineSpec) -> EngineSpec:
+    low = sorted(o for o in spec.opcodes.values() if o in CONTROLLER_OPCODES)
+    if low:
+        raise RuntimeError(f"engine {spec.kind} uses opcodes {low} that the controller reserves")
     for other in _REGISTRY.values():
         if other.kind == spec.kind:
             continue

@@ -131,6 +131,7 @@ class Region:
     role: str
     access: str
     doc: str = ""
+    signed: bool = True
 
     @property
     def bits(self) -> int:

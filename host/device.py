@@ -36,7 +36,7 @@ from ..generators.accel.regs import (
     STATUS_BITS,
     fields,
 )
-from ..generators.accel.controller import PC_NONE, SRC_CTRL, SRC_LOAD, SRC_STORE
+from ..generators.accel.controller import PC_NONE, SRC_COPY, SRC_CTRL, SRC_LOAD, SRC_STORE
 from ..generators.accel.isa import ENTRY_WORDS
 from .link import Link, check_span, reg_offset, words_u32
 from .memory import Allocator, Buffer, element_bytes
@@ -259,7 +259,7 @@ class Device:
 
     def _source_name(self, src: int) -> str:
         return {SRC_CTRL: "the controller", SRC_STORE: "the store DMA",
-                SRC_LOAD: "the load DMA"}.get(src) or self._engine_name(src)  # fmt: skip
+                SRC_LOAD: "the load DMA", SRC_COPY: "the on-chip COPY"}.get(src) or self._engine_name(src)  # fmt: skip
 
     def _engine_index(self, kind: str) -> int:
         try:
@@ -315,12 +315,17 @@ class Device:
             delay = min(0.01, delay + 0.0005)
 
     def perf(self) -> dict[str, int]:
-        """Performance counters (cycles busy, operations, active, stall, total cycles)."""
+        """Performance counters (cycles busy, operations, active, stall, total cycles, DMA and
+        COPY words, ...), and ``engine_busy``: each engine's busy cycles, in engine order."""
         out = {}
-        for name in PERF_COUNTERS:
+
+        def read64(name):
             lo = self.read_reg(f"PERF_{name}_LO")
-            hi = self.read_reg(f"PERF_{name}_HI")
-            out[name.lower()] = hi << 32 | lo
+            return self.read_reg(f"PERF_{name}_HI") << 32 | lo
+
+        for name in PERF_COUNTERS:
+            out[name.lower()] = read64(name)
+        out["engine_busy"] = [read64(f"E{i}_BUSY") for i in range(len(self.config.engines))]
         return out
 
     def reset_perf(self) -> None:

@@ -21,7 +21,17 @@ import time
 import numpy as np
 
 from ..errors import DeviceError, UsageError
-from ..generators.accel.isa import ENTRY_WORDS, QUEUE_OF, DmaInstr, Deps, Op, Queue
+from ..generators.accel.isa import (
+    ENTRY_WORDS,
+    QUEUE_OF,
+    WIDTH_CODES,
+    CopyDst,
+    CopySrc,
+    Deps,
+    DmaInstr,
+    Op,
+    Queue,
+)
 from ..hdl.fields import pack_struct
 
 __all__ = ["Program", "Run", "Deps"]
@@ -104,6 +114,51 @@ class Program:
         """Copy from ``engine``'s window into ``buf`` (the reverse of :meth:`load`)."""
         return self._dma(Op.STORE, engine, win_addr, buf, offset, rows, row_words, mem_stride,
                          win_stride, deps, check)  # fmt: skip
+
+    def copy(self, src, dst, *, rows: int, length: int, mult: int = 1, shift: int = 0,
+             scale: float | None = None, deps: Deps | None = None) -> int:  # fmt: skip
+        """On-chip COPY of ``rows`` x ``length`` elements from walk ``src`` to walk ``dst``
+        (``gatesmith.host.chain``), each ``y = sat(round(x * mult / 2**shift))`` in the
+        destination's format (``scale=s`` picks the dyadic ``mult, shift`` closest to ``s``).
+
+        Two compute-queue entries (COPY_SRC, COPY): ``deps``' pops go on the first, its pushes on
+        the second. Returns the index of the second."""
+        from .chain import requant_params
+
+        what = f"COPY {src.engine}.{src.window.name} -> {dst.engine}.{dst.window.name}"
+        at = f"entry {len(self.entries)} ({what})"
+        if scale is not None:
+            try:
+                mult, shift = requant_params(scale)
+            except ValueError as e:
+                raise UsageError(f"{at}: {e}") from None
+        for name, v in (("rows", rows), ("length", length)):
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise UsageError(f"{at}: {name} must be a positive integer, not {v!r}")
+        for side, w, access in (("source", src, "r"), ("destination", dst, "w")):
+            if access not in w.window.access:
+                raise UsageError(f"{at}: the {side} region {w.window.name!r} is not "
+                                 f"{'readable' if access == 'r' else 'writable'}")  # fmt: skip
+            lo = w.window.offset
+            hi = lo + w.window.depth * w.window.stride
+            last = w.last_word(rows, length)
+            if w.addr < lo or last >= hi:
+                raise UsageError(
+                    f"{at}: the {side} walk touches window words {w.addr:#x}..{last:#x}, outside "
+                    f"{w.engine}'s {w.window.name!r} ({lo:#x}..{hi - 1:#x})"
+                )
+        common = lambda w: dict(engine=self.dev._engine_index(w.engine),  # noqa: E731
+                                width=WIDTH_CODES[w.width], signed=w.signed, addr=w.addr,
+                                row_stride=w.row_stride, seg=w.seg, seg_stride=w.seg_stride)  # fmt: skip
+        try:
+            s_words = pack_struct(CopySrc, opcode=Op.COPY_SRC, mult=mult, shift=shift, **common(src))
+            d_words = pack_struct(CopyDst, opcode=Op.COPY, rows=rows, len=length, **common(dst))
+        except ValueError as e:
+            raise UsageError(f"{at}: {e}") from None
+        deps = deps or Deps()
+        self._add(s_words, Deps(pop_prev=deps.pop_prev, pop_next=deps.pop_next), f"{what} (source)")
+        return self._add(d_words, Deps(push_prev=deps.push_prev, push_next=deps.push_next),
+                         f"{what} {rows}x{length}, mult {mult} >> {shift}")  # fmt: skip
 
     def words(self) -> np.ndarray:
         out = np.zeros((len(self.entries), ENTRY_WORDS), dtype=np.uint32)

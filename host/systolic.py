@@ -303,8 +303,12 @@ def _model(p: Plan, m, k, n, hw, cfg, ls, ts, as_, beat) -> int:
 
 def gemm_program(dev, left: Buffer, top: Buffer, out: Buffer, p: Plan, hw: str,
                  cfg: SystolicConfig, prog=None):  # fmt: skip
-    """Append the double-buffered, token-ordered program of ``out = left @ top`` to ``prog``."""
-    prog = prog or dev.program()
+    """Append the double-buffered, token-ordered program of ``out = left @ top`` to ``prog``.
+
+    With ``out=None`` the result stays in the accumulator (rows from 0, as
+    :func:`gatesmith.host.chain.acc_tile` reads them) for an on-chip COPY: the plan must then
+    have a single output tile."""
+    prog = dev.program() if prog is None else prog
     lay = window_layout(cfg)
     lw, tw, aw = lay["left"], lay["top"], lay["acc"]
     half, acc_half = cfg.spad_depth // 2, cfg.acc_depth // 2
@@ -315,6 +319,9 @@ def gemm_program(dev, left: Buffer, top: Buffer, out: Buffer, p: Plan, hw: str,
     awords = C * _ceil(cfg.acc_width, 32)
     chunks = list(p.chunks(hm, hk, hn))
     n_tiles = chunks[-1][3] + 1 if chunks else 0
+    if out is None and n_tiles > 1:
+        raise UsageError(f"a result kept in the accumulator must be one tile; {hm}x{hn} takes "
+                         f"{n_tiles} tiles of {p.mt}x{p.nt}")  # fmt: skip
 
     def panels(kind, buf, win, words, stride, first_panel, n_panels, entry0, per_panel,
                panel_entries, win_entry, deps_first, deps_last):  # fmt: skip
@@ -367,10 +374,10 @@ def gemm_program(dev, left: Buffer, top: Buffer, out: Buffer, p: Plan, hw: str,
             gemm_instr(hw, mt, kc, nt, acc=ah * acc_half, left=(i % 2) * half,
                        top=(i % 2) * half, accumulate=not first),  # fmt: skip
             deps=Deps(pop_prev=True, pop_next=first and tile >= 2, push_prev=i + 2 < len(chunks),
-                      push_next=last),  # fmt: skip
+                      push_next=last and out is not None),  # fmt: skip
             what=f"GEMM {hw} {mt}x{kc}x{nt} (tile {tile}, k0 {k0})",
         )
-        if last:
+        if last and out is not None:
             panels("store", out, aw, awords, aw.stride, n0 // C, _ceil(nt, C), m0, mt, hm,
                    ah * acc_half, Deps(pop_prev=True), Deps(push_prev=tile + 2 < n_tiles))  # fmt: skip
     return prog

@@ -18,14 +18,16 @@ from amaranth.lib.wiring import In, Out
 
 from ...hdl.axi4 import BurstReader, ReadReqSignature
 from ..engine import INSTR_BITS, ErrorCode
-from .dma import DmaCmdSignature
-from .isa import ENTRY_WORDS, DmaInstr, EntryHeader, Op
+from .copy import CopyUnit
+from .dma import DmaCmdSignature, WinPortSignature
+from .isa import ENTRY_WORDS, CopyDst, CopySrc, DmaInstr, EntryHeader, Op
 
-__all__ = ["Controller", "SRC_CTRL", "SRC_LOAD", "SRC_STORE", "PC_NONE"]
+__all__ = ["Controller", "SRC_CTRL", "SRC_LOAD", "SRC_STORE", "SRC_COPY", "PC_NONE"]
 
 SRC_CTRL = 0xFF
 SRC_LOAD = 0xFD
 SRC_STORE = 0xFE
+SRC_COPY = 0xFC
 PC_NONE = 0xFFFF  # ERROR_PC of an instruction that came from the register queue
 
 _ENTRY_BITS = 32 * ENTRY_WORDS
@@ -47,6 +49,10 @@ class Controller(wiring.Component):
                 "fetch": Out(ReadReqSignature()),
                 "load": Out(DmaCmdSignature()),
                 "store": Out(DmaCmdSignature()),
+                "copy_rd": Out(WinPortSignature()),  # the COPY unit's window ports
+                "copy_wr": Out(WinPortSignature()),
+                "copy_words": Out(1),
+                "copy_busy": Out(1),
                 "clear": In(1),
                 "raise_code": In(8),  # an error the top detected (e.g. a full register queue)
                 "err_code": Out(8),
@@ -208,6 +214,13 @@ class Controller(wiring.Component):
                 cmdp.mem_addr.eq(d.mem_addr),
             ]
 
+        # ---- COPY unit (on chip, window -> window; on the compute queue) ---------------------
+        m.submodules.copy = cu = CopyUnit()
+        wiring.connect(m, cu.rd, wiring.flipped(self.copy_rd))
+        wiring.connect(m, cu.wr, wiring.flipped(self.copy_wr))
+        m.d.comb += [self.copy_words.eq(cu.words), self.copy_busy.eq(cu.busy)]
+        copy_src = Signal(INSTR_BITS)
+
         # ---- compute unit ---------------------------------------------------------------------------
         hdr, ins, pc = head(cq)
         c_ins = Signal(INSTR_BITS)
@@ -225,6 +238,7 @@ class Controller(wiring.Component):
         m.d.comb += any_engine_busy.eq(Cat(e.busy for e in engines).any())
         for eng in engines:
             m.d.comb += eng.cmd.payload.eq(c_ins)
+        m.d.comb += [cu.src_ins.eq(copy_src), cu.dst_ins.eq(c_ins)]
         with m.FSM(name="compute_unit"):
             with m.State("IDLE"):
                 with m.If(cq.r_rdy):
@@ -244,6 +258,21 @@ class Controller(wiring.Component):
                                 m.next = "WAIT"
                 with m.Elif(c_op == Op.NOP):
                     m.next = "RETIRE"
+                with m.Elif(c_op == Op.COPY_SRC):
+                    m.d.sync += copy_src.eq(c_ins)
+                    m.next = "RETIRE"
+                with m.Elif(c_op == Op.COPY):
+                    cs, cd = CopySrc(copy_src), CopyDst(c_ins)
+                    with m.If((cs.engine >= len(engines)) | (cd.engine >= len(engines))
+                              | (cs.width == 3) | (cd.width == 3)):  # fmt: skip
+                        raise_error(ErrorCode.BAD_FIELD, SRC_COPY, 0, c_pc)
+                        m.next = "RETIRE"
+                    with m.Elif((cd.rows == 0) | (cd.len == 0) | (cs.seg == 0) | (cd.seg == 0)):
+                        raise_error(ErrorCode.BAD_SHAPE, SRC_COPY, 0, c_pc)
+                        m.next = "RETIRE"
+                    with m.Else():
+                        m.d.comb += cu.start.eq(1)
+                        m.next = "COPY"
                 with m.Elif(c_op == Op.SYNC):
                     with m.If((lq.level == 0) & (sq.level == 0) & ~units_busy[0] & ~units_busy[1]
                               & ~any_engine_busy):  # fmt: skip
@@ -258,6 +287,12 @@ class Controller(wiring.Component):
                         with m.If(eng.error != 0):
                             raise_error(eng.error, i, 0, c_pc)
                         m.next = "RETIRE"
+            with m.State("COPY"):
+                m.d.comb += c_busy.eq(1)
+                with m.If(cu.done):
+                    with m.If(cu.err):
+                        raise_error(ErrorCode.WINDOW_RANGE, SRC_COPY, cu.err_addr, c_pc)
+                    m.next = "RETIRE"
             with m.State("RETIRE"):
                 m.d.comb += [c_busy.eq(1), retire["compute"].eq(1),
                              inc["c2l"].eq(c_hdr[2]), inc["c2s"].eq(c_hdr[3])]  # fmt: skip

@@ -30,6 +30,9 @@ from amaranth.lib import data
 __all__ = [
     "Op",
     "DmaInstr",
+    "CopySrc",
+    "CopyDst",
+    "WIDTH_CODES",
     "EntryHeader",
     "ENTRY_WORDS",
     "Deps",
@@ -47,6 +50,8 @@ class Op(enum.IntEnum):
     SYNC = 0x01  # waits until the load and store queues are empty and the DMA is idle
     LOAD = 0x02  # device memory -> engine window
     STORE = 0x03  # engine window -> device memory
+    COPY_SRC = 0x04  # the source walk and requantisation of the next COPY (latched, retires at once)
+    COPY = 0x05  # window -> window on chip, through the requantiser (see ``copy.py``)
 
 
 class Queue(enum.IntEnum):
@@ -68,6 +73,42 @@ class DmaInstr(data.Struct):
     win_stride: 16  # words between row starts in the window
     win_addr: 22  # word address in the engine's window
     mem_addr: 32  # byte address in device memory, 4-byte aligned
+
+
+# COPY is two compute-queue entries: COPY_SRC latches the source walk and the requantisation,
+# COPY gives the destination walk and the shape and starts it (see ``copy.py``). Widths are
+# codes: 0 = 8 bits, 1 = 16, 2 = 32 (elements packed little-endian, 32 / width per word).
+class CopySrc(data.Struct):
+    opcode: 8
+    engine: 4
+    width: 2
+    signed: 1
+    reserved: 1
+    addr: 22  # window word of row 0, segment 0
+    row_stride: 22  # words between rows' first segments
+    seg: 13  # elements per segment (a segment starts on a word; its words are consecutive)
+    seg_stride: 22  # words between a row's segments
+    mult: 16  # y = sat(round_half_up(x * mult / 2**shift)) in the destination format
+    shift: 6
+    reserved2: 11
+
+
+class CopyDst(data.Struct):
+    opcode: 8
+    engine: 4
+    width: 2
+    signed: 1
+    reserved: 1
+    addr: 22
+    row_stride: 22
+    seg: 13
+    seg_stride: 22
+    rows: 16
+    len: 13  # elements per row
+    reserved2: 4
+
+
+WIDTH_CODES = {8: 0, 16: 1, 32: 2}
 
 
 class EntryHeader(data.Struct):

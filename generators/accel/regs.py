@@ -82,7 +82,7 @@ REGISTERS = (
         "ERROR",
         0x1008,
         "r",
-        "first error since cleared: [7:0] code, [15:8] source (engine index; 0xFD load DMA, "
+        "first error since cleared: [7:0] code, [15:8] source (engine index; 0xFC on-chip COPY, 0xFD load DMA, "
         "0xFE store DMA, 0xFF controller)",
     ),
     Reg("RETIRED", 0x100C, "r", "instructions retired (wraps)"),
@@ -110,11 +110,23 @@ REGISTERS = (
     Reg("PERF_DMA_HI", 0x113C, "r", ""),
     Reg("PERF_PROGRAM_LO", 0x1140, "r", "cycles with a program running (from its start to its end)"),
     Reg("PERF_PROGRAM_HI", 0x1144, "r", ""),
+    Reg("PERF_COPY_LO", 0x1148, "r", "words the on-chip COPY wrote into engine windows"),
+    Reg("PERF_COPY_HI", 0x114C, "r", ""),
+    # busy cycles of engine i (engines 0..MAX_ENGINES-1; an absent engine's counter reads 0)
+    *(
+        Reg(f"PERF_E{i}_BUSY_{half}", 0x1180 + 8 * i + 4 * (half == "HI"), "r",
+            f"cycles engine {i} was busy" if half == "LO" else "")
+        for i in range(8)
+        for half in ("LO", "HI")
+    ),
     # instruction queue
     Reg("QUEUE", 0x1200, "w", "instruction words; every 4th write enqueues one instruction"),
 )
 REG = {r.name: r.offset for r in REGISTERS}
-PERF_COUNTERS = ("BUSY", "MACS", "ACTIVE", "STALL", "CYCLES", "LOAD", "STORE", "DMA", "PROGRAM")
+PERF_COUNTERS = (
+    "BUSY", "MACS", "ACTIVE", "STALL", "CYCLES", "LOAD", "STORE", "DMA", "PROGRAM", "COPY",
+)  # fmt: skip
+MAX_ENGINES = 8  # engines with a busy counter (PERF_E<i>_BUSY)
 
 
 def fields(bits: dict, value: int) -> dict:

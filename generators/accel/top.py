@@ -102,41 +102,56 @@ class Accelerator(wiring.Component):
         ]
         host_rd, host_wr = ic.rd0, ic.wr0
 
-        # ---- engine window ports: AXI4-Lite first, then the DMA channels in turn ---------------
+        # ---- engine window ports: AXI4-Lite first, then the DMA ports in turn ------------------
         ax_sel = Signal(8)  # engine index + 1 of this cycle's AXI4-Lite window access (0: none)
         ax_addr, ax_wdata, ax_wen, ax_ren = Signal(22), Signal(32), Signal(), Signal()
         ax_err = Signal()
-        for port in (ld.win, st.win):
+        # (port, writes?): load writes windows, store reads them, COPY reads one and writes one
+        ports = [(ld.win, True), (st.win, False), (ctrl.copy_rd, False), (ctrl.copy_wr, True)]
+        for port, _ in ports:
             m.d.comb += port.grant.eq(0)
         for i, eng in enumerate(engines):
             h = eng.host
-            l_hit, s_hit = Signal(name=f"ld_hit{i}"), Signal(name=f"st_hit{i}")
-            turn = Signal(name=f"turn{i}")
-            m.d.comb += [
-                l_hit.eq(ld.win.w_en & (ld.win.eng == i)),
-                s_hit.eq(st.win.r_en & (st.win.eng == i)),
-            ]
+            hits = []
+            for j, (port, writes) in enumerate(ports):
+                hit = Signal(name=f"hit{i}_{j}")
+                m.d.comb += hit.eq((port.w_en if writes else port.r_en) & (port.eng == i))
+                hits.append(hit)
+            last = Signal(range(len(ports)), name=f"last{i}")  # round robin: last granted port
+
+            def grant(j, port=None, writes=None, h=h, last=last):
+                port, writes = ports[j]
+                m.d.comb += [h.addr.eq(port.addr), port.grant.eq(1), port.err.eq(h.err)]
+                if writes:
+                    m.d.comb += [h.w_data.eq(port.w_data), h.w_en.eq(1)]
+                else:
+                    m.d.comb += h.r_en.eq(1)
+                m.d.sync += last.eq(j)
+
             with m.If(ax_sel == i + 1):
                 m.d.comb += [h.addr.eq(ax_addr), h.w_data.eq(ax_wdata), h.w_en.eq(ax_wen),
                              h.r_en.eq(ax_ren), ax_err.eq(h.err)]  # fmt: skip
-            with m.Elif(l_hit & (~s_hit | ~turn)):
-                m.d.comb += [h.addr.eq(ld.win.addr), h.w_data.eq(ld.win.w_data), h.w_en.eq(1),
-                             ld.win.grant.eq(1), ld.win.err.eq(h.err)]  # fmt: skip
-                m.d.sync += turn.eq(s_hit)
-            with m.Elif(s_hit):
-                m.d.comb += [h.addr.eq(st.win.addr), h.r_en.eq(1), st.win.grant.eq(1),
-                             st.win.err.eq(h.err)]  # fmt: skip
-                m.d.sync += turn.eq(0)
-            with m.If(st.win.eng == i):
-                m.d.comb += st.win.r_data.eq(h.r_data)
+            with m.Else():
+                with m.Switch(last):
+                    for k in range(len(ports)):
+                        with m.Case(k):
+                            order = [(k + 1 + t) % len(ports) for t in range(len(ports))]
+                            with m.If(hits[order[0]]):
+                                grant(order[0])
+                            for j in order[1:]:
+                                with m.Elif(hits[j]):
+                                    grant(j)
+            for port, writes in ports:
+                if not writes:
+                    with m.If(port.eng == i):
+                        m.d.comb += port.r_data.eq(h.r_data)
 
         # ---- performance counters ---------------------------------------------------------------
         any_busy = Signal()
         m.d.comb += any_busy.eq(Cat(e.busy for e in engines).any())
         clear_perf = Signal()
-        counters = {
-            name: Signal(cfg.perf_width, name=f"perf_{name.lower()}") for name in PERF_COUNTERS
-        }
+        names = [*PERF_COUNTERS, *(f"E{i}_BUSY" for i in range(len(engines)))]
+        counters = {name: Signal(cfg.perf_width, name=f"perf_{name.lower()}") for name in names}
         increments = {
             "BUSY": any_busy,
             "MACS": sum((e.perf_macs for e in engines), start=0),
@@ -147,6 +162,8 @@ class Accelerator(wiring.Component):
             "STORE": st.cmd.words,
             "DMA": ld.cmd.busy | st.cmd.busy,
             "PROGRAM": ctrl.running,
+            "COPY": ctrl.copy_words,
+            **{f"E{i}_BUSY": e.busy for i, e in enumerate(engines)},
         }
         for name, c in counters.items():
             with m.If(clear_perf):
@@ -156,7 +173,7 @@ class Accelerator(wiring.Component):
         hi_latch = Signal(max(1, cfg.perf_width - 32))
 
         m.d.comb += self.idle.eq(ctrl.idle & (regq.level == 0) & ~ic.outstanding & ~ld.cmd.busy
-                                 & ~st.cmd.busy)  # fmt: skip
+                                 & ~st.cmd.busy & ~ctrl.copy_busy)  # fmt: skip
         status = Signal(32)
         for name, value in {
             "idle": self.idle, "error": ctrl.err_code != 0, "running": ctrl.running,

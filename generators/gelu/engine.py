@@ -75,7 +75,7 @@ class GeluEngine(RowEngine):
 
     def windows(self) -> list[Window]:
         return [
-            Window(r.name, off, r.depth, r.bits, r.stride, r.access, r.doc)
+            Window(r.name, off, r.depth, r.bits, r.stride, r.access, r.doc, r.width, r.signed)
             for r, off in self.region_layout()
         ]
 

@@ -73,7 +73,7 @@ class LayerNormEngine(RowEngine):
 
     def windows(self) -> list[Window]:
         return [
-            Window(r.name, off, r.depth, r.bits, r.stride, r.access, r.doc)
+            Window(r.name, off, r.depth, r.bits, r.stride, r.access, r.doc, r.width, r.signed)
             for r, off in self.region_layout()
         ]
 

@@ -97,13 +97,14 @@ class SoftmaxEngine(RowEngine):
         self.config = cfg = config
         regions = [
             Region("in", cfg.in_fmt.width, cfg.lanes, cfg.depth, "in", "rw", "logit rows"),
-            Region("out", 16, cfg.lanes, cfg.depth, "out", "r", "probabilities, 1.0 = 2**15"),
+            Region("out", 16, cfg.lanes, cfg.depth, "out", "r", "probabilities, 1.0 = 2**15",
+                   signed=False),
         ]
         super().__init__(engine_ports(), lanes=cfg.lanes, max_len=cfg.max_len, regions=regions)
 
     def windows(self) -> list[Window]:
         return [
-            Window(r.name, off, r.depth, r.bits, r.stride, r.access, r.doc)
+            Window(r.name, off, r.depth, r.bits, r.stride, r.access, r.doc, r.width, r.signed)
             for r, off in self.region_layout()
         ]
 

@@ -113,6 +113,8 @@ def window_layout(cfg: SystolicConfig) -> dict[str, Window]:
             stride=stride,
             access="r" if name == "acc" else "rw",
             doc=docs[name],
+            elem_width=32 * acc_words if name == "acc" else w,
+            signed=True if name == "acc" else cfg.fmt.signed,
         )
         for i, (name, (depth, stride, width)) in enumerate(spans.items())
     }

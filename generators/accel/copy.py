@@ -1,0 +1,260 @@
+"""On-chip chaining: COPY moves elements from one engine's window to another's, requantising.
+
+Why a copy through the windows, not stream routes between engines or a shared scratchpad: every
+engine already has one window port whose layout it publishes (``windows()``), so one copy unit
+with a strided walk on each side joins any producer to any consumer (a GEMM's accumulators to
+softmax, GELU or LayerNorm rows, their output rows to the next GEMM's scratchpad) without a
+per-pair route in the RTL and without changing the engines. It costs one element per cycle on
+the copy (the engines' own compute is many elements per cycle only for the systolic array, whose
+results are a small share of its cycles), and it runs on the compute queue, in order with the
+engine instructions, so a chain needs no tokens. What is chained is chosen per instruction.
+
+A copy is ``rows`` rows of ``len`` elements. Each side walks its window the same way: row ``r``
+starts at ``addr + r * row_stride``; a row is cut into segments of ``seg`` elements, segment
+``s`` at ``row start + s * seg_stride``; a segment's elements are packed ``32 / width`` per word
+in consecutive words, little-endian, its last word padded. So a systolic accumulator tile
+(segments of ``cols`` int32 words, one per column block), a nonlinear engine's rows (segments of
+``lanes`` elements, one vector word each) and a WS left or top scratchpad panel (segments of
+``rows`` / ``cols`` elements) are all one walk. Padding lanes of a written word are 0.
+
+Each element ``x`` (sign- or zero-extended from the source width) becomes
+``y = sat(round_half_up(x * mult / 2**shift))`` in the destination format (``mult = 1``,
+``shift = 0`` is a plain, saturating copy). :func:`reference` is the bit-exact model.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from amaranth import Cat, Const, Module, Mux, Signal, signed
+from amaranth.lib import fifo, wiring
+from amaranth.lib.wiring import In, Out
+
+from .dma import WinPortSignature
+from .isa import CopyDst, CopySrc
+
+__all__ = ["CopyUnit", "reference", "walk_words", "fmt_range"]
+
+_WIDTHS = (8, 16, 32)
+
+
+def fmt_range(width: int, is_signed: bool) -> tuple[int, int]:
+    return (-(1 << (width - 1)), (1 << (width - 1)) - 1) if is_signed else (0, (1 << width) - 1)
+
+
+def walk_words(*, addr, row_stride, seg, seg_stride, rows, length, width):
+    """[(word address, elements in it)] of one side's walk, in order (the model of the RTL)."""
+    epw = 32 // width
+    out = []
+    for r in range(rows):
+        for s0 in range(0, length, seg):
+            n_seg = min(seg, length - s0)
+            base = addr + r * row_stride + (s0 // seg) * seg_stride
+            for w in range(-(-n_seg // epw)):
+                out.append((base + w, min(epw, n_seg - w * epw)))
+    return out
+
+
+def reference(src_win: np.ndarray, dst_win: np.ndarray, src: dict, dst: dict) -> None:
+    """Bit-exact model: apply one COPY (fields as in ``CopySrc``/``CopyDst``, widths in bits)
+    to the word arrays ``src_win`` -> ``dst_win`` (uint32, modified in place)."""
+    rows, length = dst["rows"], dst["len"]
+    sw, dw = src["width"], dst["width"]
+    elems = []
+    for a, n in walk_words(addr=src["addr"], row_stride=src["row_stride"], seg=src["seg"],
+                           seg_stride=src["seg_stride"], rows=rows, length=length, width=sw):  # fmt: skip
+        word = int(src_win[a])
+        for lane in range(n):
+            v = (word >> (lane * sw)) & ((1 << sw) - 1)
+            if src["signed"] and v >> (sw - 1):
+                v -= 1 << sw
+            elems.append(v)
+    lo, hi = fmt_range(dw, dst["signed"])
+    mult, shift = src["mult"], src["shift"]
+    ys = []
+    for x in elems:
+        p = x * mult
+        y = (p + ((1 << shift) >> 1)) >> shift
+        ys.append(min(hi, max(lo, y)))
+    i = 0
+    for a, n in walk_words(addr=dst["addr"], row_stride=dst["row_stride"], seg=dst["seg"],
+                           seg_stride=dst["seg_stride"], rows=rows, length=length, width=dw):  # fmt: skip
+        word = 0
+        for lane in range(n):
+            word |= (ys[i] & ((1 << dw) - 1)) << (lane * dw)
+            i += 1
+        dst_win[a] = word
+
+
+class _Walk:
+    """One side's word walk (see the module docstring); ``n`` = elements in the current word."""
+
+    def __init__(self, m, name, start, ins, f, rows, length):
+        self.addr = Signal(22, name=f"{name}_addr")
+        self.row_base = Signal(22, name=f"{name}_row_base")
+        self.seg_base = Signal(22, name=f"{name}_seg_base")
+        self.seg_left = Signal(13, name=f"{name}_seg_left")
+        self.row_left = Signal(13, name=f"{name}_row_left")
+        self.rows_left = Signal(16, name=f"{name}_rows_left")
+        self.f = f  # the latched instruction (``ins`` is the one arriving with ``start``)
+        self.length = length  # latched elements per row
+        self.n = Signal(3, name=f"{name}_n")
+        self.done = Signal(name=f"{name}_done")
+        epw = Signal(3, name=f"{name}_epw")
+        m.d.comb += epw.eq(Mux(f.width == 0, 4, Mux(f.width == 1, 2, 1)))
+        a = Mux(epw < self.seg_left, epw, self.seg_left)
+        m.d.comb += [
+            self.n.eq(Mux(a < self.row_left, a, self.row_left)),
+            self.done.eq(self.rows_left == 0),
+        ]
+        with m.If(start):
+            m.d.sync += [
+                self.addr.eq(ins.addr),
+                self.row_base.eq(ins.addr),
+                self.seg_base.eq(ins.addr),
+                self.seg_left.eq(ins.seg),
+                self.row_left.eq(rows[1]),
+                self.rows_left.eq(rows[0]),
+            ]
+
+    def step(self, m):
+        f = self.f
+        with m.If(self.row_left == self.n):  # the row's last word
+            nxt = self.row_base + f.row_stride
+            m.d.sync += [self.rows_left.eq(self.rows_left - 1), self.row_base.eq(nxt),
+                         self.seg_base.eq(nxt), self.addr.eq(nxt), self.row_left.eq(self.length),
+                         self.seg_left.eq(f.seg)]  # fmt: skip
+        with m.Elif(self.seg_left == self.n):  # the segment's last word
+            nxt = self.seg_base + f.seg_stride
+            m.d.sync += [self.seg_base.eq(nxt), self.addr.eq(nxt), self.seg_left.eq(f.seg),
+                         self.row_left.eq(self.row_left - self.n)]  # fmt: skip
+        with m.Else():
+            m.d.sync += [self.addr.eq(self.addr + 1), self.seg_left.eq(self.seg_left - self.n),
+                         self.row_left.eq(self.row_left - self.n)]  # fmt: skip
+
+
+class CopyUnit(wiring.Component):
+    """Runs one COPY: ``start`` with the latched COPY_SRC and COPY instructions; ``done`` pulses
+    when the last word is written (``err``: a window refused a word). One element per cycle."""
+
+    def __init__(self):
+        super().__init__(
+            {
+                "start": In(1),
+                "src_ins": In(CopySrc),
+                "dst_ins": In(CopyDst),
+                "busy": Out(1),
+                "done": Out(1),
+                "err": Out(1),
+                "err_addr": Out(22),  # the first refused window word
+                "words": Out(1),  # a word written this cycle (performance counter)
+                "rd": Out(WinPortSignature()),
+                "wr": Out(WinPortSignature()),
+            }
+        )
+
+    def elaborate(self, platform):
+        m = Module()
+        rd, wr = self.rd, self.wr
+        s = Signal(CopySrc)
+        d = Signal(CopyDst)
+        running, err = Signal(), Signal()
+        with m.If(self.start):
+            m.d.sync += [s.eq(self.src_ins), d.eq(self.dst_ins), running.eq(1), err.eq(0)]
+        shape = (self.dst_ins.rows, self.dst_ins.len)
+        sw = _Walk(m, "src", self.start, self.src_ins, s, shape, d.len)
+        dw = _Walk(m, "dst", self.start, self.dst_ins, d, shape, d.len)
+        m.d.comb += [rd.eng.eq(s.engine), wr.eng.eq(d.engine), self.busy.eq(running),
+                     self.err.eq(err)]  # fmt: skip
+
+        # ---- source: read words into a FIFO, with credit for the one in flight --------------
+        m.submodules.words = q = fifo.SyncFIFOBuffered(width=32 + 3, depth=8)
+        inflight, inflight_n = Signal(), Signal(3)
+        m.d.comb += [
+            rd.addr.eq(sw.addr),
+            rd.r_en.eq(running & ~sw.done & (q.level + inflight < 7)),
+        ]
+        rd_granted = Signal()
+        m.d.comb += rd_granted.eq(rd.r_en & rd.grant)
+        m.d.sync += [inflight.eq(rd_granted), inflight_n.eq(sw.n)]
+        with m.If(rd_granted):
+            sw.step(m)
+            with m.If(rd.err & ~err):
+                m.d.sync += [err.eq(1), self.err_addr.eq(sw.addr)]
+        m.d.comb += [q.w_data.eq(Cat(rd.r_data, inflight_n)), q.w_en.eq(inflight)]
+
+        # ---- elements: unpack, requantise (2 stages), pack; all stall on a waiting write -------
+        wr_pending, wr_data, wr_addr = Signal(), Signal(32), Signal(22)
+        go = Signal()
+        m.d.comb += go.eq(~wr_pending | wr.grant)
+        cur, cur_n, lane, cur_valid = Signal(32), Signal(3), Signal(3), Signal()
+        taking = Signal()
+        last_lane = Signal()
+        m.d.comb += last_lane.eq(lane + 1 == cur_n)
+        m.d.comb += taking.eq(go & q.r_rdy & (~cur_valid | last_lane))
+        m.d.comb += q.r_en.eq(taking)
+        x = Signal(signed(33))
+        x8, x16 = cur.word_select(lane[:2], 8), cur.word_select(lane[:1], 16)
+        with m.Switch(s.width):
+            with m.Case(0):
+                m.d.comb += x.eq(Mux(s.signed, x8.as_signed(), x8))
+            with m.Case(1):
+                m.d.comb += x.eq(Mux(s.signed, x16.as_signed(), x16))
+            with m.Default():
+                m.d.comb += x.eq(Mux(s.signed, cur.as_signed(), cur))
+        v0 = Signal()
+        m.d.comb += v0.eq(cur_valid)
+        with m.If(go):
+            with m.If(taking):
+                m.d.sync += [cur.eq(q.r_data[:32]), cur_n.eq(q.r_data[32:]), lane.eq(0),
+                             cur_valid.eq(1)]  # fmt: skip
+            with m.Elif(cur_valid):
+                m.d.sync += [lane.eq(lane + 1), cur_valid.eq(~last_lane)]
+        prod, v1 = Signal(signed(50)), Signal()
+        y, v2 = Signal(signed(34)), Signal()
+        lo, hi = Signal(signed(34)), Signal(signed(34))
+        for code, width in enumerate(_WIDTHS):
+            with m.If(d.width == code):
+                m.d.comb += [
+                    lo.eq(Mux(d.signed, -(1 << (width - 1)), 0)),
+                    hi.eq(Mux(d.signed, (1 << (width - 1)) - 1, (1 << width) - 1)),
+                ]
+        half = (Const(1, 64) << s.shift) >> 1
+        rounded = (prod + half) >> s.shift
+        with m.If(go):
+            m.d.sync += [
+                prod.eq(x * s.mult),
+                v1.eq(v0),
+                y.eq(Mux(rounded > hi, hi, Mux(rounded < lo, lo, rounded))),
+                v2.eq(v1),
+            ]
+        # pack
+        pword, plane = Signal(32), Signal(3)
+        shamt = Signal(5)
+        m.d.comb += shamt.eq(Mux(d.width == 0, plane << 3, Mux(d.width == 1, plane << 4, 0)))
+        ymask = Signal(32)
+        m.d.comb += ymask.eq(Mux(d.width == 0, y[:8], Mux(d.width == 1, y[:16], y[:32])))
+        merged = Signal(32)
+        m.d.comb += merged.eq(pword | (ymask << shamt)[:32])
+        with m.If(wr.grant):
+            m.d.sync += wr_pending.eq(0)
+            with m.If(wr.err & ~err):
+                m.d.sync += [err.eq(1), self.err_addr.eq(wr_addr)]
+        with m.If(go & v2):
+            with m.If(plane + 1 == dw.n):
+                m.d.sync += [wr_pending.eq(1), wr_data.eq(merged), wr_addr.eq(dw.addr),
+                             pword.eq(0), plane.eq(0)]  # fmt: skip
+                dw.step(m)
+            with m.Else():
+                m.d.sync += [pword.eq(merged), plane.eq(plane + 1)]
+        m.d.comb += [
+            wr.addr.eq(wr_addr),
+            wr.w_data.eq(wr_data),
+            wr.w_en.eq(wr_pending),
+            self.words.eq(wr.grant),
+        ]
+        with m.If(running & ~self.start & dw.done & ~wr_pending):
+            m.d.sync += running.eq(0)
+            m.d.comb += self.done.eq(1)
+        with m.If(self.start):
+            m.d.sync += [pword.eq(0), plane.eq(0), cur_valid.eq(0), wr_pending.eq(0)]
+        return m
