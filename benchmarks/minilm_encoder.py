@@ -2,10 +2,12 @@
 
 6 layers, hidden 384, 12 heads, FFN 1536, sequence 16, batch 3, seeded random weights. int8
 weights per output channel (uploaded once, resident in device memory), int8 activations per row
-(vector-wise). Every GEMM runs on the 8x8 systolic engine as one program (DMA loads, GEMMs and
-stores overlapped by tokens), softmax / GELU / LayerNorm on their engines as one program each;
-dequantisation, residual adds and requantisation stay on the host between ops (on-chip
-chaining is not built yet).
+(vector-wise). Every Linear runs on the 8x8 systolic engine as one program (DMA loads, GEMMs and
+stores overlapped by tokens); each layer's attention, all 36 heads (batch x heads), is ONE
+program chained on chip (Q K^T -> requantise -> softmax -> P into the scratchpad -> P V; only
+the context is stored; Q, K per head-tensor, V per column); GELU and LayerNorm on their engines
+as one program each; dequantisation, residual adds and requantisation stay on the host between
+those ops.
 
 Reported: wall time of the forward pass, board cycles (PERF_CYCLES) and each engine's busy share,
 whether every GEMM equalled its integer golden result, and the cosine of the mean-pooled output
@@ -74,15 +76,12 @@ def encoder(x, layers, ops):
     dh = HIDDEN // HEADS
     for L in layers:
         qkv = ops.linear(x, *L["qkv"], "qkv")
-        q, k, v = qkv.split(HIDDEN, dim=1)
-        ctx = torch.empty_like(q)
-        for b in range(BATCH):
-            rows = slice(b * SEQ, (b + 1) * SEQ)
-            for h in range(HEADS):
-                cols = slice(h * dh, (h + 1) * dh)
-                s = ops.mm(q[rows, cols], k[rows, cols].t()) / dh**0.5
-                p = ops.softmax(s)
-                ctx[rows, cols] = ops.mm(p, v[rows, cols])
+        q, k, v = (
+            t.reshape(BATCH, SEQ, HEADS, dh).permute(0, 2, 1, 3).reshape(BATCH * HEADS, SEQ, dh)
+            for t in qkv.split(HIDDEN, dim=1)
+        )
+        ctx = ops.attention(q, k, v)  # [batch * heads, seq, head_dim]
+        ctx = ctx.reshape(BATCH, HEADS, SEQ, dh).permute(0, 2, 1, 3).reshape(BATCH * SEQ, HIDDEN)
         x = ops.layer_norm(x + ops.linear(ctx, *L["out"], "out"), *L["ln1"])
         hdn = ops.gelu(ops.linear(x, *L["ff1"], "ff1"))
         x = ops.layer_norm(x + ops.linear(hdn, *L["ff2"], "ff2"), *L["ln2"])
@@ -93,11 +92,8 @@ class FloatOps:
     def linear(self, x, w, b, name):
         return x @ w + b
 
-    def mm(self, a, b):
-        return a @ b
-
-    def softmax(self, s):
-        return torch.softmax(s, dim=-1)
+    def attention(self, q, k, v):
+        return torch.softmax(q @ k.transpose(1, 2) / q.shape[-1] ** 0.5, dim=-1) @ v
 
     def gelu(self, x):
         return F.gelu(x)
@@ -111,6 +107,7 @@ class DeviceOps:
         self.dev = dev
         self.gemms = 0
         self.exact = True
+        self.attn_calls, self.attn_exact = 0, True
         self.resident = {}
         for i, L in enumerate(layers):
             for name in ("qkv", "out", "ff1", "ff2"):
@@ -129,13 +126,17 @@ class DeviceOps:
         xq, xs = quant_rows(x)
         return self._gemm(xq, buf, wq).double().mul(xs).mul(ws).float() + b
 
-    def mm(self, a, b):
-        aq, as_ = quant_rows(a)
-        bq, bs = quant_cols(b)
-        return self._gemm(aq, bq, bq).double().mul(as_).mul(bs).float()
+    def attention(self, q, k, v):
+        """All heads of the layer in one program: Q K^T -> softmax -> P V on chip
+        (``gatesmith.host.attention``), checked bit for bit against its integer model."""
+        from gatesmith.host.attention import attention, attention_golden, quantise_heads
 
-    def softmax(self, s):
-        return self.dev.softmax(s, dim=-1)
+        ctx, ints = attention(self.dev, q, k, v)
+        sm = self.dev.config.engine("softmax")
+        aq = quantise_heads(q.double(), k.double(), v.double(), q.shape[-1] ** -0.5, sm.in_frac)
+        self.attn_exact &= bool(torch.equal(ints, attention_golden(aq, sm)))
+        self.attn_calls += 1
+        return ctx
 
     def gelu(self, x):
         return self.dev.gelu(x.clamp(-7.9, 7.9))
@@ -166,6 +167,8 @@ def measure(seed: int) -> dict:
     return {
         "open_s": round(t_open, 1), "wall_s": round(wall, 1), "perf": perf,
         "gemms": ops.gemms, "gemms_exact": ops.exact, "macs": macs,
+        "attention_programs": ops.attn_calls, "attention_exact": ops.attn_exact,
+        "engines": [type(e).kind for e in dev.config.engines],
         "ideal_cycles": macs / 64, "cosine_min": float(cos.min()), "cosine_mean": float(cos.mean()),
     }  # fmt: skip
 
@@ -181,8 +184,9 @@ def markdown(r: dict) -> str:
         "",
         f"6 layers, hidden 384, 12 heads, FFN 1536, sequence 16, batch 3; {r['macs'] / 1e6:.0f} M MACs "
         f"= {r['ideal_cycles'] / 1e6:.2f} M cycles of 8x8 compute. int8 weights per output channel "
-        "(resident), int8 activations per row; softmax/GELU/LayerNorm on their engines; "
-        "dequantisation, residuals and requantisation on the host between ops.",
+        "(resident), int8 activations per row; attention chained on chip, one program per layer "
+        "(Q, K int8 per head, V per column, P in Q7); GELU/LayerNorm on their engines; "
+        "dequantisation, residuals and requantisation on the host between the other ops.",
         "",
         "| figure | value | target |",
         "|---|---|---|",
@@ -191,6 +195,11 @@ def markdown(r: dict) -> str:
         f"| cycles with a program running | {p['program']:,} ({share['program']:.1%}) | - |",
         f"| systolic/nonlinear engines busy | {p['busy']:,} ({share['busy']:.1%}) | - |",
         f"| DMA busy | {p['dma']:,} ({share['dma']:.1%}) | - |",
+        *(f"| {kind} engine busy | {c:,} ({c / max(1, p['cycles']):.1%}) | - |"
+          for kind, c in zip(r["engines"], p["engine_busy"], strict=True)),
+        f"| words moved on chip by COPY | {p['copy']:,} | - |",
+        f"| attention programs (one per layer), equal to their integer model | "
+        f"{r['attention_programs']}, {'yes' if r['attention_exact'] else 'NO'} | exact |",
         f"| GEMMs, all equal to the integer golden result | {r['gemms']}, "
         f"{'yes' if r['gemms_exact'] else 'NO'} | exact |",
         f"| mean-pooled embedding cosine vs float torch (min / mean) | {r['cosine_min']:.4f} / "

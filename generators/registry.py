@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import importlib
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
-__all__ = ["EngineSpec", "register", "engines", "engine_spec"]
+__all__ = ["EngineSpec", "register", "engines", "engine_spec", "resolve"]
 
 # Engine packages, imported on first use. One line per engine.
 _ENGINE_MODULES = [
@@ -36,6 +36,14 @@ class EngineSpec:
     # The function is called as fn(accel_cfg, engine_cfg, *, seed, count, cocotb) and returns
     # rows (check, case, ok, note); it raises AssertionError when a cocotb bench fails.
     verify: str = ""
+    # The rest of the engine object, as "module:attribute" references resolved by :func:`resolve`
+    # (imported on use): ``instructions`` maps each opcode name to its 128-bit instruction
+    # layout (an ``amaranth.lib.data`` layout with ``opcode`` in bits [7:0], used by the RTL
+    # decoder and by the host encoder ``hdl.fields.pack_struct``); ``model`` is the bit-exact
+    # golden model and ``cycles`` the cycle model the host plans with.
+    instructions: dict = field(default_factory=dict)
+    model: str = ""
+    cycles: str = ""
 
 
 _REGISTRY: dict[str, EngineSpec] = {}
@@ -69,3 +77,12 @@ def engine_spec(kind: str) -> EngineSpec:
     if kind not in all_:
         raise ValueError(f"engine must be one of {', '.join(sorted(all_))}, not {kind!r}")
     return all_[kind]
+
+
+def resolve(ref: str):
+    """The object a ``"package.module:attr.attr"`` reference of an EngineSpec names."""
+    mod, _, attr = ref.partition(":")
+    obj = importlib.import_module(mod)
+    for part in attr.split("."):
+        obj = getattr(obj, part)
+    return obj

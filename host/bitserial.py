@@ -84,31 +84,75 @@ def _run(dev, cfg, a_codes, w_codes, dts, scales, **fields) -> torch.Tensor:
     p = plan(cfg, m, n, k)
     out = torch.zeros(m, n, dtype=torch.int64)
     uses_g = fields.get("mixed") or fields.get("scaled")
-
-    def put(name, img):
-        dev.write(base + 4 * win[name].offset, img.reshape(-1))
-
+    blocks = []  # (loads [(region, image)], instr, m0, m1, n0, n1)
     for k0 in range(0, k, p.kb):
         k1 = min(k, k0 + p.kb)
         g0, g1 = k0 // cfg.group_size, _cdiv(k1, cfg.group_size)
         for n0 in range(0, n, p.nb):
             n1 = min(n, n0 + p.nb)
-            put("weights", weight_image(cfg, w_codes[n0:n1, k0:k1].numpy()))
+            loads = [("weights", weight_image(cfg, w_codes[n0:n1, k0:k1].numpy()))]
             if uses_g:
-                put("groups", group_image(cfg, dts[n0:n1, g0:g1].numpy(),
-                                          scales[n0:n1, g0:g1].numpy()))  # fmt: skip
+                loads.append(("groups", group_image(cfg, dts[n0:n1, g0:g1].numpy(),
+                                                    scales[n0:n1, g0:g1].numpy())))  # fmt: skip
             for m0 in range(0, m, p.mb):
                 m1 = min(m, m0 + p.mb)
-                put("acts", act_image(cfg, a_codes[m0:m1, k0:k1].numpy()))
-                ins = Instr(m=m1 - m0, n=n1 - n0, k=k1 - k0, **fields)
-                dev.execute([ins.words()])
-                dev.wait()
-                r = win["results"]
-                entries = _cdiv(n1 - n0, cfg.pes) * (m1 - m0)
-                words = dev.read(base + 4 * r.offset, entries * r.stride)
-                words = np.asarray(words, dtype=np.uint32).reshape(entries, r.stride)
-                out[m0:m1, n0:n1] += result_from_image(cfg, words, m1 - m0, n1 - n0)
+                loads.append(("acts", act_image(cfg, a_codes[m0:m1, k0:k1].numpy())))
+                blocks.append((loads, Instr(m=m1 - m0, n=n1 - n0, k=k1 - k0, **fields),
+                               m0, m1, n0, n1))  # fmt: skip
+                loads = []
+    r = win["results"]
+    if hasattr(dev, "program"):
+        results = _run_program(dev, blocks, win)
+    else:
+        results = []
+        for loads, ins, m0, m1, n0, n1 in blocks:
+            for name, img in loads:
+                dev.write(base + 4 * win[name].offset, img.reshape(-1))
+            dev.execute([ins.words()])
+            dev.wait()
+            entries = _cdiv(n1 - n0, cfg.pes) * (m1 - m0)
+            results.append(dev.read(base + 4 * r.offset, entries * r.stride))
+    for (_, _, m0, m1, n0, n1), words in zip(blocks, results, strict=True):
+        entries = _cdiv(n1 - n0, cfg.pes) * (m1 - m0)
+        words = np.asarray(words, dtype=np.uint32).reshape(entries, r.stride)
+        out[m0:m1, n0:n1] += result_from_image(cfg, words, m1 - m0, n1 - n0)
     return out
+
+
+def _run_program(dev, blocks, win) -> list:
+    """All blocks as one program: each block's operand images LOADed from device memory, its
+    MATMUL, its results STOREd. Block ``b + 1``'s loads wait for block ``b``'s MATMUL (they
+    overwrite its operands) and overlap its store; a MATMUL waits for the previous store."""
+    from .program import Deps
+
+    cfg = engine_config(dev)
+    r = win["results"]
+    images = [img.reshape(-1).astype(np.uint32) for loads, *_ in blocks for _, img in loads]
+    sizes = [_cdiv(bl[5] - bl[4], cfg.pes) * (bl[3] - bl[2]) * r.stride for bl in blocks]
+    staged = np.concatenate(images) if images else np.zeros(1, dtype=np.uint32)
+    with dev.alloc((staged.size,), torch.int32, label="bitserial operands") as bin_, \
+            dev.alloc((max(1, sum(sizes)),), torch.int32, label="bitserial results") as bout:  # fmt: skip
+        bin_.write_raw(staged)
+        prog = dev.program()
+        off, outs = 0, []
+        for b, (loads, ins, *_) in enumerate(blocks):
+            more = b + 1 < len(blocks)
+            for i, (name, img) in enumerate(loads):
+                prog.load("bitserial", win_addr=win[name].offset, buf=bin_, offset=4 * off,
+                          row_words=img.size, deps=Deps(pop_next=b > 0 and i == 0,
+                                                        push_next=i == len(loads) - 1))  # fmt: skip
+                off += img.size
+            prog.instr(ins.words(), deps=Deps(pop_prev=bool(loads), pop_next=b > 0,
+                                              push_prev=more, push_next=True),
+                       what=f"MATMUL block {b}")  # fmt: skip
+            o = sum(sizes[:b])
+            prog.store("bitserial", win_addr=r.offset, buf=bout, offset=4 * o, row_words=sizes[b],
+                       deps=Deps(pop_prev=True, push_prev=True))  # fmt: skip
+            outs.append((o, sizes[b]))
+        prog.nop(deps=Deps(pop_next=True))  # the last store's token
+        prog.run()
+        words = bout.read_raw().view("<u4")
+        return [words[o : o + n].copy() for o, n in outs]
 
 
 def _check_int2d(name: str, t) -> torch.Tensor:

@@ -373,23 +373,36 @@ class Device:
         df = dataflow or default_dataflow(_systolic_config(self))
         return upload(self, t, role, df)
 
-    def softmax(self, x, dim: int = -1, **kwargs):
-        """Softmax on the softmax engine (float in, float out); see host/nonlinear.py."""
-        from .nonlinear import softmax
+    # Device buffers hold the engines' integers: a buffer argument, or out="device", runs the
+    # integer form of the op (host/nonlinear.py's *_int) and may return a device buffer of rows.
+    def softmax(self, x, dim: int = -1, *, out: str = "host", **kwargs):
+        """Softmax on the softmax engine (float in, float out; a device buffer or
+        ``out="device"``: integers, see :func:`gatesmith.host.nonlinear.softmax_int`)."""
+        from . import nonlinear as NL
 
-        return softmax(self, x, dim=dim, **kwargs)
+        if _on_device(x, out):
+            return NL.softmax_int(self, x, dim, out=out)
+        return NL.softmax(self, x, dim=dim, **kwargs)
 
-    def gelu(self, x, **kwargs):
-        """GELU on the GELU engine (float in, float out); see host/nonlinear.py."""
-        from .nonlinear import gelu
+    def gelu(self, x, *, out: str = "host", **kwargs):
+        """GELU on the GELU engine (float in, float out; a device buffer or ``out="device"``:
+        integers, see :func:`gatesmith.host.nonlinear.gelu_int`)."""
+        from . import nonlinear as NL
 
-        return gelu(self, x, **kwargs)
+        if _on_device(x, out):
+            return NL.gelu_int(self, x, out=out)
+        return NL.gelu(self, x, **kwargs)
 
-    def layer_norm(self, x, normalized_shape, weight=None, bias=None, **kwargs):
-        """LayerNorm on the LayerNorm engine (float in, float out); see host/nonlinear.py."""
-        from .nonlinear import layer_norm
+    def layer_norm(self, x, normalized_shape, weight=None, bias=None, *, out: str = "host",
+                   **kwargs):  # fmt: skip
+        """LayerNorm on the LayerNorm engine (float in, float out; a device buffer or
+        ``out="device"``: integers with int16 ``weight``/``bias``, see
+        :func:`gatesmith.host.nonlinear.layer_norm_int`)."""
+        from . import nonlinear as NL
 
-        return layer_norm(self, x, normalized_shape, weight, bias, **kwargs)
+        if _on_device(x, out):
+            return NL.layer_norm_int(self, x, weight, bias, out=out)
+        return NL.layer_norm(self, x, normalized_shape, weight, bias, **kwargs)
 
     def load_weights(self, w, **kwargs):
         """Place an integer weight matrix in the PIM banks once; returns a handle for gemv."""
@@ -402,6 +415,13 @@ class Device:
         from .pim import gemv
 
         return gemv(self, x, w)
+
+def _on_device(x, out: str) -> bool:
+    """True when an op takes the device-buffer (integer) form: a buffer in, or one wanted out."""
+    if out not in ("host", "device"):
+        raise UsageError(f"out must be 'host' or 'device', not {out!r}")
+    return isinstance(x, Buffer) or out == "device"
+
 
 def open(kind: str = "sim", *, config=None, port: str | None = None, baud: int | None = None,
          timeout: float = 60.0, progress=None) -> Device:  # fmt: skip

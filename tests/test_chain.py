@@ -201,3 +201,62 @@ def test_reference_model_matches_numpy_words(dev):
                         seg_stride=walk.seg_stride, rows=r, length=n, width=walk.width)  # fmt: skip
         assert max(a for a, _ in ws) == walk.last_word(r, n)
         assert np.all(np.diff(sorted(a for a, _ in ws)) > 0)  # no word written twice
+
+
+def test_nonlinear_ops_on_device_buffers(dev):
+    """dev.gelu / layer_norm / softmax take and return device buffers of rows: GELU's output
+    buffer goes straight into LayerNorm (no host round trip), and a plain int buffer works."""
+    from gatesmith.host.nonlinear import Rows
+
+    g = torch.Generator().manual_seed(SEED + 2)
+    ge, ln, sm = (dev.config.engine(k) for k in ("gelu", "layernorm", "softmax"))
+    x = torch.randint(-(2**14), 2**14, (7, 19), generator=g)
+    gamma = torch.randint(2**10, 2**12, (19,), generator=g)
+    beta = torch.randint(-500, 500, (19,), generator=g)
+    y = dev.gelu(x, out="device")
+    assert isinstance(y.layout, Rows) and (y.layout.rows, y.layout.n) == (7, 19)
+    assert torch.equal(y.layout.unpack_from(y), gelu_model(x, ge))
+    dev.reset_perf()
+    z = dev.layer_norm(y, 19, gamma, beta, out="device")
+    loads = dev.perf()["load"]
+    assert loads == y.layout.rows * y.layout.row_words  # the GELU rows, loaded as they are
+    want = layernorm_model(gelu_model(x, ge), gamma, beta, ln)
+    assert torch.equal(z.layout.unpack_from(z), want)
+    assert torch.equal(dev.layer_norm(y, 19, gamma, beta), want)  # host result from a buffer
+    # a plain integer buffer (no layout): read, checked and packed by the host
+    with dev.alloc((7, 19), torch.int32) as plain:
+        q = torch.randint(-2000, 2000, (7, 19), generator=g, dtype=torch.int32)
+        plain.write(q)
+        assert torch.equal(dev.softmax(plain), softmax_model(q.long(), sm))
+        plain.write(torch.full((7, 19), 2**20, dtype=torch.int32))
+        with pytest.raises(UsageError, match=r"x \(read from its device buffer\) must hold int16"):
+            dev.softmax(plain)
+    with pytest.raises(UsageError, match="out must be 'host' or 'device'"):
+        dev.gelu(x, out="gpu")
+    y.free()
+    z.free()
+
+
+def test_fused_attention_many_heads_one_program(dev):
+    """softmax(Q K^T / sqrt(d)) V for 5 heads in one program: bit-exact against the integer
+    model, close to float attention, and the scores never stored to device memory."""
+    from gatesmith.host.attention import attention, attention_golden, quantise_heads
+
+    g = torch.Generator().manual_seed(SEED + 3)
+    H, S, D = 5, 8, 8
+    q, k, v = (torch.randn(H, S, D, generator=g) for _ in range(3))
+    dev.reset_perf()
+    ctx, ints = attention(dev, q, k, v)
+    perf = dev.perf()
+    sm = dev.config.engine("softmax")
+    aq = quantise_heads(q.double(), k.double(), v.double(), D**-0.5, sm.in_frac)
+    assert torch.equal(ints, attention_golden(aq, sm))
+    ref = torch.softmax(q @ k.transpose(1, 2) / D**0.5, dim=-1) @ v
+    cos = torch.nn.functional.cosine_similarity(ctx.reshape(H, -1), ref.reshape(H, -1), dim=1)
+    assert cos.min() > 0.98, cos
+    acc_stride = windows(dev, "systolic")["acc"].stride
+    assert perf["store"] == H * (D // 4) * S * acc_stride  # only the context left the chip
+    with pytest.raises(UsageError, match="q, k, v must have one shape"):
+        attention(dev, q, k[:, :4], v)
+    with pytest.raises(UsageError, match=r"seq 64 x head_dim 8: Q \(left\) needs 128 scratchpad"):
+        attention(dev, *(torch.randn(1, 64, 8) for _ in range(3)))

@@ -57,3 +57,34 @@ def test_engine_keeps_the_contract(kind):
     for w in wins:
         assert w.access in ("r", "w", "rw") and w.width > 0 and w.stride >= -(-w.width // 32)
         assert w.as_dict()["name"] == w.name
+
+
+@pytest.mark.parametrize("kind", sorted(SPECS))
+def test_engine_object_is_complete(kind):
+    """Each engine declares, in its spec: an instruction layout per opcode (128 bits, opcode in
+    [7:0], encodable by the host with range checks), its golden model, its cycle model and its
+    verify bench; its windows say how their elements are packed (what a COPY walks)."""
+    from amaranth.lib import data
+
+    from gatesmith.generators.registry import resolve
+    from gatesmith.hdl.fields import pack_struct, struct_fields
+
+    spec = SPECS[kind]
+    assert set(spec.instructions) == set(spec.opcodes), kind
+    for name, ref in spec.instructions.items():
+        lay = data.Layout.cast(resolve(ref))
+        assert lay.size == INSTR_BITS, (kind, name)
+        assert (lay["opcode"].offset, lay["opcode"].width) == (0, 8), (kind, name)
+        f = struct_fields(lay)
+        widest = max(f, key=lambda n: f[n][1])
+        values = {n: 0 for n in f}
+        values["opcode"] = spec.opcodes[name]
+        assert len(pack_struct(lay, **values)) == 4
+        with pytest.raises(ValueError, match=widest):
+            pack_struct(lay, **{**values, widest: 1 << f[widest][1]})
+    assert callable(resolve(spec.model)) and callable(resolve(spec.cycles)), kind
+    assert ":" in spec.verify, kind
+    for w in spec.build(spec.config_cls()).windows():
+        ew = w.elem_width or w.width
+        assert ew > 0 and w.width % ew == 0, (kind, w.name)
+        assert isinstance(w.signed, bool)

@@ -18,6 +18,9 @@ SPEC = register(
         config_cls=BitserialConfig,
         build=_build,
         opcodes=OPCODES,
+        instructions={name: "gatesmith.generators.bitserial.model:MatmulLayout" for name in OPCODES},
+        model="gatesmith.generators.bitserial.model:matmul",
+        cycles="gatesmith.generators.bitserial.model:cycles",
         verify="gatesmith.tests.bench_bitserial:verify",
         doc="bit-serial weights x bit-parallel activations; precision and BitMoD datatype per "
         "instruction; per-group integer dequantisation",

@@ -18,6 +18,9 @@ SPEC = register(
         config_cls=GeluConfig,
         build=_build,
         opcodes=OPCODES,
+        instructions={"gelu": "gatesmith.hdl.nonlinear_common:ROW_INSTR"},
+        model="gatesmith.generators.gelu.model:gelu_model",
+        cycles="gatesmith.generators.gelu.engine:GeluEngine.cycles",
         verify="gatesmith.tests.bench_nonlinear_rows:verify",
         doc="elementwise GELU over int8/int16 fixed point rows",
     )

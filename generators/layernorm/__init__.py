@@ -18,6 +18,9 @@ SPEC = register(
         config_cls=LayerNormConfig,
         build=_build,
         opcodes=OPCODES,
+        instructions={"layernorm": "gatesmith.hdl.nonlinear_common:ROW_INSTR"},
+        model="gatesmith.generators.layernorm.model:layernorm_model",
+        cycles="gatesmith.generators.layernorm.engine:LayerNormEngine.cycles",
         verify="gatesmith.tests.bench_nonlinear_rows:verify",
         doc="row LayerNorm over int8/int16 fixed point with int16 gamma/beta",
     )

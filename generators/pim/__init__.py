@@ -25,6 +25,9 @@ SPEC = register(
         config_cls=PimConfig,
         build=_build,
         opcodes=OPCODES,
+        instructions={"pim_gemv": "gatesmith.generators.pim.isa:GemvLayout"},
+        model="gatesmith.generators.pim.model:gemv",
+        cycles="gatesmith.generators.pim.cycles:gemv_cycles",
         verify="gatesmith.tests.bench_pim:verify",
         doc="banks x lanes int MACs beside DRAM-like row buffers; GEMV over resident weights",
     )

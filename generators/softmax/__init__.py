@@ -18,6 +18,9 @@ SPEC = register(
         config_cls=SoftmaxConfig,
         build=_build,
         opcodes=OPCODES,
+        instructions={"softmax": "gatesmith.hdl.nonlinear_common:ROW_INSTR"},
+        model="gatesmith.generators.softmax.model:softmax_model",
+        cycles="gatesmith.generators.softmax.engine:SoftmaxEngine.cycles",
         verify="gatesmith.tests.bench_nonlinear_rows:verify",
         doc="row softmax over int8/int16 fixed point, uint16 probabilities (1.0 = 2**15)",
     )

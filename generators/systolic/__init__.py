@@ -18,6 +18,9 @@ SPEC = register(
         config_cls=SystolicConfig,
         build=_build,
         opcodes=OPCODES,
+        instructions={"gemm": "gatesmith.generators.systolic.engine:GemmInstr"},
+        model="gatesmith.generators.systolic.model:gemm",
+        cycles="gatesmith.generators.systolic.model:cycles",
         verify="gatesmith.tests.bench_axi_systolic:verify",
         doc="rows x cols int MAC array; GEMM from scratchpad, OS/WS/IS chosen per instruction",
     )

@@ -1,0 +1,169 @@
+"""Fused attention on chip: ``softmax(Q K^T * scale) V`` for many heads in one program.
+
+Per head, the program LOADs ``Q`` (OS left panel), ``K^T`` (OS top) and ``V`` (WS top) from
+device memory, runs ``S = Q K^T`` on the systolic array, COPYs the accumulators through the
+requantiser into the softmax engine's rows (the scores never reach device memory), runs the
+softmax, COPYs the probabilities into the WS left scratchpad as ``P`` (Q7: ``p * 128``), runs
+``P V`` and STOREs only the context. Heads alternate between two halves of every on-chip
+region, so head ``h + 1``'s loads overlap head ``h``'s compute and head ``h``'s store overlaps
+head ``h + 1``'s; tokens order the rest.
+
+Quantisation: ``Q`` and ``K`` per tensor (per head) to int8, so the scores have one scale and
+one dyadic requantisation per head; ``V`` per column. :func:`attention_golden` is the bit-exact
+integer model of what the device returns; :func:`attention` dequantises it.
+
+Limits: one tile per head (``seq`` up to the softmax engine's ``max_len`` and the accumulator's
+half, ``head_dim`` to fit the scratchpad); no masks yet (the COPY saturates into the softmax
+format's full range, so a score that saturates at its minimum reads as masked, as in the model).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from ..errors import UsageError
+from ..hdl.formats import IntFormat
+from ..hdl.nonlinear_common import pack_row_instr
+from ..hdl.requant import requant
+from .chain import acc_tile, requant_params, rows, spad_rows, windows
+from .program import Deps
+from .systolic import Packed, _systolic_config, gemm_instr, upload
+
+__all__ = ["attention", "attention_golden", "quantise_heads", "AttentionQuant"]
+
+_SOFTMAX = 0x20
+P_SHIFT = 8  # probabilities (1.0 = 2**15) -> int8 P with 1.0 = 2**7
+
+
+@dataclass
+class AttentionQuant:
+    qq: torch.Tensor  # [H, S, D] int8
+    kq: torch.Tensor  # [H, S, D] int8
+    vq: torch.Tensor  # [H, S, D] int8
+    mult: list  # per head: the scores' requantisation into the softmax input format
+    shift: list
+    v_scale: torch.Tensor  # [H, D]: dequantisation of V per column
+
+
+def _per_tensor(x):
+    s = x.abs().amax(dim=(-2, -1), keepdim=True).clamp_min(1e-12) / 127
+    return (x / s).round().clamp(-127, 127).to(torch.int8), s.reshape(-1)
+
+
+def quantise_heads(q, k, v, scale: float, in_frac: int) -> AttentionQuant:
+    """int8 Q, K per head, V per head and column; the dyadic score requantisation per head."""
+    qq, sq = _per_tensor(q)
+    kq, sk = _per_tensor(k)
+    sv = v.abs().amax(dim=1, keepdim=True).clamp_min(1e-12) / 127  # [H, 1, D]
+    vq = (v / sv).round().clamp(-127, 127).to(torch.int8)
+    mult, shift = [], []
+    for h in range(q.shape[0]):
+        m, s = requant_params(float(sq[h] * sk[h]) * scale * 2.0**in_frac)
+        mult.append(m)
+        shift.append(s)
+    return AttentionQuant(qq, kq, vq, mult, shift, sv.reshape(q.shape[0], -1))
+
+
+def attention_golden(aq: AttentionQuant, sm_cfg) -> torch.Tensor:
+    """The device's int32 ``P V`` per head ([H, S, D], int64), bit for bit."""
+    from ..generators.softmax.model import softmax_model
+
+    out = []
+    for h in range(aq.qq.shape[0]):
+        acc = aq.qq[h].long() @ aq.kq[h].long().t()
+        x = requant(acc, aq.mult[h], aq.shift[h], sm_cfg.in_fmt)
+        p = requant(softmax_model(x, sm_cfg), 1, P_SHIFT, IntFormat(8))
+        out.append(p @ aq.vq[h].long())
+    return torch.stack(out)
+
+
+def attention(dev, q, k, v, *, scale: float | None = None, check: bool = False):
+    """``softmax(q @ k^T * scale) @ v`` for ``[heads, seq, head_dim]`` float tensors, all heads
+    in one program. Returns ``(context [heads, seq, head_dim] float32, ints)`` where ``ints`` is
+    the device's integer ``P V`` (equal to :func:`attention_golden`; ``check=True`` asserts it)."""
+    cfg = _systolic_config(dev)
+    sm = dev.config.engine("softmax")
+    if sm is None:
+        raise UsageError("fused attention needs a softmax engine; this accelerator has none")
+    for name, t in (("q", q), ("k", k), ("v", v)):
+        if not isinstance(t, torch.Tensor) or t.dim() != 3 or not t.is_floating_point():
+            raise UsageError(f"{name} must be a float tensor [heads, seq, head_dim]")
+    if not (q.shape == k.shape == v.shape):
+        raise UsageError(f"q, k, v must have one shape, not {tuple(q.shape)}, {tuple(k.shape)}, "
+                         f"{tuple(v.shape)}")  # fmt: skip
+    H, S, D = q.shape
+    if "ws" not in cfg.dataflows or "os" not in cfg.dataflows:
+        raise UsageError("fused attention needs the os and ws dataflows built in")
+    R, C = cfg.rows, cfg.cols
+    quarter = cfg.spad_depth // 4
+    need = {"Q (left)": -(-S // R) * D, "P (left)": -(-S // R) * S,
+            "K^T (top)": -(-S // C) * D, "V (top)": -(-D // C) * S}  # fmt: skip
+    for what, entries in need.items():
+        if entries > quarter:
+            raise UsageError(f"seq {S} x head_dim {D}: {what} needs {entries} scratchpad entries, "
+                             f"a quarter of the scratchpad is {quarter}")  # fmt: skip
+    acc_q = cfg.acc_depth // 4
+    if -(-S // C) * S > acc_q * 2 or -(-D // C) * S > acc_q:
+        raise UsageError(f"seq {S} x head_dim {D} does not fit the accumulator ({cfg.acc_depth} rows)")
+    if S > sm.max_len or -(-S // sm.lanes) * S > sm.depth:
+        raise UsageError(f"seq {S} does not fit the softmax engine (max_len {sm.max_len}, "
+                         f"depth {sm.depth})")  # fmt: skip
+    scale = D**-0.5 if scale is None else scale
+    aq = quantise_heads(q.double(), k.double(), v.double(), scale, sm.in_frac)
+    wins = windows(dev, "systolic")
+    lw, tw, aw = wins["left"], wins["top"], wins["acc"]
+    half = cfg.spad_depth // 2
+    bufs, prog = [], dev.program()
+    res = dev.alloc((H * -(-D // C) * S * aw.stride,), torch.int32, label="attention context")
+    res_words = -(-D // C) * S * aw.stride
+    try:
+        for h in range(H):
+            par = h % 2
+            qb = upload(dev, aq.qq[h], "a", "os")
+            kb = upload(dev, aq.kq[h].t().contiguous(), "b", "os")
+            vb = upload(dev, aq.vq[h], "b", "ws")
+            bufs += [qb, kb, vb]
+            q_base, k_base = par * quarter, par * quarter
+            p_base, v_base = half + par * quarter, half + par * quarter
+            for i, (buf, win, base) in enumerate(((qb, lw, q_base), (kb, tw, k_base),
+                                                  (vb, tw, v_base))):  # fmt: skip
+                prog.load("systolic", win_addr=win.offset + base * win.stride, buf=buf,
+                          row_words=buf.nbytes // 4,
+                          deps=Deps(pop_next=h >= 2 and i == 0, push_next=i == 2))  # fmt: skip
+            prog.instr(gemm_instr("os", S, D, S, acc=0, left=q_base, top=k_base),
+                       deps=Deps(pop_prev=True), what=f"head {h}: Q K^T")  # fmt: skip
+            prog.copy(acc_tile(dev, base=0, mt=S, nt=S), rows(dev, "softmax", "in", base=0, n=S),
+                      rows=S, length=S, mult=aq.mult[h], shift=aq.shift[h])  # fmt: skip
+            prog.instr(pack_row_instr(_SOFTMAX, src=0, dst=0, length=S, rows=S),
+                       what=f"head {h}: softmax")  # fmt: skip
+            prog.copy(rows(dev, "softmax", "out", base=0, n=S),
+                      spad_rows(dev, "left", base=p_base, entries=S), rows=S, length=S,
+                      shift=P_SHIFT)  # fmt: skip
+            a2 = 2 * acc_q + par * acc_q
+            prog.instr(gemm_instr("ws", S, S, D, acc=a2, left=p_base, top=v_base),
+                       deps=Deps(pop_next=h >= 2, push_prev=h + 2 < H, push_next=True),
+                       what=f"head {h}: P V")  # fmt: skip
+            prog.store("systolic", win_addr=aw.offset + a2 * aw.stride, buf=res,
+                       offset=4 * h * res_words, row_words=res_words,
+                       deps=Deps(pop_prev=True, push_prev=h + 2 < H))  # fmt: skip
+        prog.temporaries += bufs
+        prog.run()
+        raw = res.read_raw()
+    finally:
+        for b in bufs:
+            if not b.freed and not b.busy:
+                b.free()
+        if not res.busy:
+            res.free()
+    lay = Packed(role="result", dataflow="ws", rows=S, cols=D)
+    words = raw.view("<u4")
+    ints = torch.stack([lay.unpack(words[h * res_words : (h + 1) * res_words].view("u1"), cfg)
+                        for h in range(H)]).long()  # fmt: skip
+    if check:
+        want = attention_golden(aq, sm)
+        if not torch.equal(ints, want):
+            raise AssertionError("fused attention differs from its golden model")
+    ctx = ints.double() / 2**(15 - P_SHIFT) * aq.v_scale[:, None, :]
+    return ctx.float(), ints
