@@ -16,7 +16,6 @@ tensors, dicts and strings (``torch.load(..., weights_only=True)`` reads it).
 
 from __future__ import annotations
 
-
 import torch
 
 from ...errors import CompileError, UsageError
@@ -109,7 +108,7 @@ def compile(model: torch.nn.Module, example_inputs: tuple, config, calibration=N
     finally:
         if was_training:
             model.train()
-    say(f"place: {len(graph.ops)} ops on {cfg.name}")
+    say(f"place: {sum(o.kind != 'input' for o in graph.ops)} ops on {cfg.name}")
     placement = place(graph, cfg)
     samples = [tuple(example_inputs)] if calibration is None else calibration
     say(f"calibrate: {len(samples) if isinstance(samples, (list, tuple)) else '?'} samples")

@@ -25,7 +25,6 @@ The backend interface (integers in, integers out, all int64 tensors unless state
 
 from __future__ import annotations
 
-
 import torch
 import torch.nn.functional as F
 
@@ -37,7 +36,7 @@ __all__ = ["Backend", "GoldenBackend", "DeviceBackend", "execute", "run_float",
            "check_run_inputs"]  # fmt: skip
 
 
-# ---- the float graph (calibration, host-placed ops, the semantic reference) ------------------------
+# ---- the float graph (calibration, host-placed ops, the semantic reference) ----------------
 
 
 def float_op(op: Op, vals: list, consts: dict):

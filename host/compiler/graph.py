@@ -35,6 +35,7 @@ of the example inputs).
 from __future__ import annotations
 
 import inspect
+import logging
 import math
 import operator
 from dataclasses import dataclass, field
@@ -177,17 +178,26 @@ def call_aten(target: str, args, kwargs):
 
 
 def _export(model, example_inputs):
+    """``torch.export.export``, strict first, then ``strict=False``; CompileError naming the
+    exception of the non-strict attempt (the model's own error, usually)."""
+    quiet = logging.getLogger("torch._subclasses.fake_tensor")  # logs each failure's traceback
+    level = quiet.level
+    quiet.setLevel(logging.CRITICAL)
     try:
-        return torch.export.export(model, example_inputs)
-    except Exception as strict_err:  # noqa: BLE001 - any tracing failure: retry non-strict
+        try:
+            return torch.export.export(model, example_inputs)
+        except Exception:  # noqa: BLE001 - any strict tracing failure: retry non-strict
+            pass
         try:
             return torch.export.export(model, example_inputs, strict=False)
         except Exception as e:  # noqa: BLE001
-            msg = str(e).strip().splitlines()[0] if str(e).strip() else ""
+            lines = str(e).strip().splitlines()
             raise CompileError(
-                f"the model does not trace with torch.export: {type(e).__name__}: {msg}"
-                f" (strict mode: {type(strict_err).__name__})"
+                f"the model does not trace with torch.export: {type(e).__name__}"
+                + (f": {lines[0]}" if lines else "")
             ) from e
+    finally:
+        quiet.setLevel(level)
 
 
 def check_inputs(model, example_inputs) -> tuple:
@@ -268,7 +278,8 @@ class _Builder:
                     self.env[node] = self.add(node, "input", [], {})
                     user.append(node.name)
                 elif kind in ("PARAMETER", "BUFFER"):
-                    self.env[node] = state[spec.target] if spec.target in state else consts[spec.target]
+                    src = state if spec.target in state else consts
+                    self.env[node] = src[spec.target]
                     self._hint(self.env[node], spec.target)
                 elif kind in ("CONSTANT_TENSOR", "CUSTOM_OBJ"):
                     if not isinstance(consts.get(spec.target), torch.Tensor):
@@ -374,7 +385,8 @@ class _Builder:
                  "kwargs": {k: encode(v, cn) for k, v in kwargs.items()}}  # fmt: skip
         if index is not None:
             attrs["index"] = index
-        inputs = list(dict.fromkeys(refs_in(attrs["args"]) + refs_in(list(attrs["kwargs"].values()))))
+        refs = refs_in(attrs["args"]) + refs_in(list(attrs["kwargs"].values()))
+        inputs = list(dict.fromkeys(refs))
         return self.add(node, kind, inputs, attrs, reason)
 
     def _chint(self, t, node):
@@ -445,9 +457,9 @@ class _Builder:
             return None
         n = _shape(node)[-1]
         if list(shape) != [n]:
+            why = f"layer_norm over {list(shape)}, not the last dim only"
             return self._emit(node, "host", torch.ops.aten.layer_norm.default,
-                              [x, shape, w, b, eps], {},
-                              reason=f"layer_norm over {list(shape)}, not the last dim only")  # fmt: skip
+                              [x, shape, w, b, eps], {}, reason=why)  # fmt: skip
         attrs = {"weight": None if w is None else self.const(w, self._chint(w, node)),
                  "bias": None if b is None else self.const(b, self._chint(b, node)),
                  "eps": float(eps)}  # fmt: skip
@@ -497,14 +509,15 @@ class _Builder:
         alpha = args[2] if len(args) > 2 else 1
         if isinstance(a, torch.Tensor) and isinstance(b, _Ref):
             a, b = b, a
-        if isinstance(a, _Ref) and isinstance(b, torch.Tensor) and alpha == 1 and b.is_floating_point():
+        const = isinstance(b, torch.Tensor) and b.is_floating_point()
+        if isinstance(a, _Ref) and const and alpha == 1:
             bad = b <= MASK_FILL_MAX
             if bad.any() and bool(((b == 0) | bad).all()):
                 return self._mask_op(node, a, bad, float(b.min()))
         if not isinstance(a, _Ref) or not (isinstance(b, (_Ref, torch.Tensor))):
             return None
-        return self._emit(node, "add", node.target, [a, b] + list(args[2:]), kwargs,
-                          reason="an elementwise add runs on the host (no elementwise engine)")  # fmt: skip
+        why = "an elementwise add runs on the host (no elementwise engine)"
+        return self._emit(node, "add", node.target, [a, b] + list(args[2:]), kwargs, reason=why)
 
 
 def _has_ref(v) -> bool:

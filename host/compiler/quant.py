@@ -151,7 +151,9 @@ def calibrate(graph: Graph, samples: list[tuple], *, granularity: str = "row") -
                    "b": vals[1].detach().double().abs().amax(-2)}  # fmt: skip
         else:
             return
-        got = {k: _nan_free(v) if granularity == "row" else _nan_free(v).amax() for k, v in got.items()}
+        got = {k: _nan_free(v) for k, v in got.items()}
+        if granularity == "tensor":
+            got = {k: v.amax() for k, v in got.items()}
         old = ranges.get(op.name)
         ranges[op.name] = got if old is None else {k: torch.maximum(old[k], got[k]) for k in got}
 
