@@ -220,6 +220,34 @@ def test_capture_maps_the_aten_ops():
         assert _cos(c.run(HELD_OUT), ref) >= 0.99
 
 
+def test_capture_addmm_bmm_dropout_and_layer_norm_off_the_last_dim():
+    class M(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.w, self.b = nn.Parameter(torch.randn(H, H)), nn.Parameter(torch.randn(H))
+            self.ln = nn.LayerNorm((SEQ, H))
+
+        def forward(self, x):
+            y = torch.addmm(self.b, x[0], self.w)[None]  # bias + x @ w: linear, bias kept
+            y = F.dropout(torch.bmm(y, y.transpose(1, 2)), 0.1, training=False) @ y
+            return self.ln(y)
+
+    torch.manual_seed(SEED)
+    m = M().eval()
+    g = capture(m, HELD_OUT)
+    lin = next(o for o in g.ops if o.kind == "linear")
+    assert torch.equal(g.consts[lin.attrs["weight"]], m.w.detach().t())
+    assert torch.equal(g.consts[lin.attrs["bias"]], m.b.detach())
+    assert [o.kind for o in g.ops].count("matmul") == 2
+    assert [(o.kind, o.reason) for o in g.ops if o.reason] == [
+        ("host", "layer_norm over [8, 32], not the last dim only")]
+    c = compile(m, HELD_OUT, CFG)
+    with torch.no_grad():
+        ref = m(*HELD_OUT)
+        assert torch.allclose(c.run_float(HELD_OUT), ref, atol=1e-4)
+        assert _cos(c.run(HELD_OUT), ref) >= 0.99
+
+
 # ---- quantisation properties --------------------------------------------------------------------
 
 

@@ -88,10 +88,10 @@ class Graph:
     input_shapes: list[tuple[int, ...]] = field(default_factory=list)
 
     def op(self, name: str) -> Op:
-        return self._index()[name]
-
-    def _index(self) -> dict[str, Op]:
-        return {o.name: o for o in self.ops}
+        index = getattr(self, "_by_name", None)
+        if index is None or len(index) != len(self.ops):
+            index = self._by_name = {o.name: o for o in self.ops}
+        return index[name]
 
     def to_dict(self) -> dict:
         return {"ops": [o.to_dict() for o in self.ops], "consts": dict(self.consts),
