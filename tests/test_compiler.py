@@ -142,6 +142,9 @@ def test_decoder_causal_mask_golden_matches_float():
     assert len(masks) == 1 and masks[0].attrs["fill"] == float("-inf")
     assert torch.equal(c.graph.consts[masks[0].attrs["mask"]][0, 0],
                        torch.ones(SEQ, SEQ).triu(1).bool())  # fmt: skip
+    gelu = next(r for r in c.report.rows if r["kind"] == "gelu")
+    assert (gelu["engine"], gelu["reason"]) == (
+        "gelu", "tanh GELU computed as erf GELU (they differ by <= 4.7e-4)")
     with torch.no_grad():
         ref = m(*HELD_OUT)
     y = c.run(HELD_OUT)
