@@ -6,6 +6,7 @@
     gatesmith build --board ulx3s --config accel.yaml -o out/
     gatesmith run --config accel.yaml --m 64 --k 64 --n 64
     gatesmith sweep examples/sweep.yaml -o sweep_out/ [-j 2 | --ray auto] [--resume]
+    gatesmith compile model.py --config accel.yaml -o out/
 
 Exit codes: 0 ok, 1 user or config error, 2 build error, 3 missing tool, 4 device error,
 130 interrupted. Tracebacks only with ``--debug``.
@@ -215,6 +216,58 @@ def cmd_sweep(args) -> int:
     return 0
 
 
+def _load_model_file(path: str):
+    """``(model, example_inputs, calibration or None)`` from a MODEL.py (see cmd_compile)."""
+    import importlib.util
+    from pathlib import Path
+
+    from .errors import UsageError
+
+    p = Path(path)
+    if not p.is_file():
+        raise UsageError(f"model file {path!r} does not exist")
+    spec = importlib.util.spec_from_file_location(f"_gatesmith_model_{p.stem}", p)
+    mod = importlib.util.module_from_spec(spec)
+    try:
+        spec.loader.exec_module(mod)
+    except Exception as e:  # noqa: BLE001 - the user's file: report what it raised
+        raise UsageError(f"model file {path!r} failed to import: {type(e).__name__}: {e}") from e
+    for fn in ("model", "example_inputs"):
+        if not callable(getattr(mod, fn, None)):
+            raise UsageError(f"model file {path!r} must define a function {fn}()")
+    calib = getattr(mod, "calibration", None)
+    return mod.model(), mod.example_inputs(), calib() if callable(calib) else None
+
+
+def cmd_compile(args) -> int:
+    """MODEL.py defines ``model()`` (an nn.Module), ``example_inputs()`` (a tuple of tensors)
+    and optionally ``calibration()`` (a list of such tuples; default: the example inputs)."""
+    from pathlib import Path
+
+    from .config import load_config
+    from .host.compiler import compile as compile_model
+
+    if not args.config:
+        raise ConfigError("gatesmith compile needs --config ACCEL.yaml")
+    cfg = load_config(args.config)
+
+    def progress(msg):
+        print(f"compile: {msg}", file=sys.stderr, flush=True)
+
+    progress(f"load {args.model}")
+    model, inputs, calib = _load_model_file(args.model)
+    compiled = compile_model(model, inputs, cfg, calibration=calib, granularity=args.granularity,
+                             progress=progress)  # fmt: skip
+    out = Path(args.output)
+    out.mkdir(parents=True, exist_ok=True)
+    compiled.save(out / "compiled.pt")
+    text = compiled.report.to_markdown()
+    (out / "report.md").write_text(f"# {Path(args.model).name} on {cfg.name}\n\n{text}\n")
+    progress(f"wrote {out / 'compiled.pt'} and {out / 'report.md'}")
+    print(text)
+    return 0
+
+
 class _ArgumentParser(argparse.ArgumentParser):
     """argparse exits 2 on a bad flag; here 2 means a build error, so a usage error exits 1."""
 
@@ -268,6 +321,15 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--cache", metavar="DIR", help="stage cache (default OUT/cache)")
     s.add_argument("--no-cache", action="store_true", help="neither read nor write the cache")
     s.set_defaults(func=cmd_sweep)
+
+    c = sub.add_parser("compile", help="compile a torch model for an accelerator (golden model)",
+                       description=cmd_compile.__doc__)  # fmt: skip
+    c.add_argument("model", help="MODEL.py defining model() and example_inputs()")
+    c.add_argument("--config", "-c", help="accelerator config (YAML)")
+    c.add_argument("-o", "--output", required=True, help="output directory")
+    c.add_argument("--granularity", choices=("row", "tensor"), default="row",
+                   help="GEMM activation scales per row (default) or per tensor")
+    c.set_defaults(func=cmd_compile)
     return p
 
 

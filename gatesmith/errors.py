@@ -39,3 +39,9 @@ class DeviceError(GatesmithError):
 class DeviceResetError(DeviceError):
     """The device was reset (or replaced) while a session was open: its memories, queue and
     programs are gone. The message says how it was detected; open the device again."""
+
+
+class CompileError(UsageError):
+    """A model cannot be compiled: it does not trace with ``torch.export``, its example or
+    calibration inputs do not fit it, or it holds something the compiler cannot represent.
+    The message names the cause (for a tracing failure, the exception torch raised)."""

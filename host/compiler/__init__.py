@@ -1,0 +1,121 @@
+"""The schedule compiler's front end: a torch model -> a quantised graph placed on the engines.
+
+    from gatesmith.host.compiler import compile, GoldenBackend, DeviceBackend
+    c = compile(model, (x,), "accel.yaml", calibration=[(x1,), (x2,)])
+    print(c.report)                                  # per op: engine or host (why), cycles
+    y = c.run((x,))                                  # the bit-exact golden model
+    with gatesmith.host.open("sim", config=c.config) as dev:
+        y_dev = c.run((x,), DeviceBackend(dev))      # == y, bit for bit
+    c.save("model.pt"); c2 = Compiled.load("model.pt")
+
+Stages: :func:`graph.capture` (torch.export -> IR), :func:`report.place` (engine per op),
+:func:`quant.calibrate` + :func:`quant.prepare` (static scales, int8 weights), then a golden run
+on the example inputs fills the report's predicted cycles. The artefact holds only plain
+tensors, dicts and strings (``torch.load(..., weights_only=True)`` reads it).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ...errors import CompileError, UsageError
+from .golden import Backend, DeviceBackend, GoldenBackend, check_run_inputs, execute, run_float
+from .graph import Graph, Op, capture
+from .quant import GRANULARITIES, Calibration, calibrate, prepare
+from .report import Report, place
+
+__all__ = ["compile", "Compiled", "capture", "calibrate", "place", "Graph", "Op", "Report",
+           "Backend", "GoldenBackend", "DeviceBackend", "CompileError"]  # fmt: skip
+
+FORMAT = "gatesmith.compiled/1"
+
+
+class Compiled:
+    """A captured, placed and quantised graph for one accelerator config."""
+
+    def __init__(self, graph: Graph, config, placement: dict, consts: dict, report: Report,
+                 granularity: str):  # fmt: skip
+        self.graph, self.config, self.consts = graph, config, consts
+        self.placement = placement  # {op: (engine, reason)}
+        self.report = report
+        self.granularity = granularity
+
+    def run(self, inputs, backend: Backend | None = None):
+        """The quantised graph on ``inputs`` (shaped as the example inputs): the golden model
+        by default, or ``backend`` (a :class:`DeviceBackend`). Returns a float tensor (a tuple
+        for several outputs). A backend that measures fills the report's measured columns."""
+        inputs = check_run_inputs(self.graph, inputs)
+        backend = GoldenBackend(self.config) if backend is None else backend
+        if backend.config.content_hash != self.config.content_hash:
+            raise UsageError(
+                f"the backend's accelerator ({backend.config.name}) is not the one this model "
+                f"was compiled for ({self.config.name})"
+            )
+        trace: list = []
+        engines = {k: v[0] for k, v in self.placement.items()}
+        with torch.no_grad():
+            outs = execute(self.graph, self.consts, engines, backend, inputs, trace)
+        self.report.update(trace)
+        return outs[0] if len(outs) == 1 else tuple(outs)
+
+    def run_float(self, inputs):
+        """The captured graph in float (the semantic reference the quantised run approximates)."""
+        with torch.no_grad():
+            outs = run_float(self.graph, check_run_inputs(self.graph, inputs))
+        return outs[0] if len(outs) == 1 else tuple(outs)
+
+    def save(self, path) -> None:
+        torch.save({"format": FORMAT, "graph": self.graph.to_dict(),
+                    "config": self.config.to_dict(),
+                    "placement": {k: list(v) for k, v in self.placement.items()},
+                    "consts": self.consts, "report": self.report.to_dict(),
+                    "granularity": self.granularity}, path)  # fmt: skip
+
+    @classmethod
+    def load(cls, path) -> Compiled:
+        from ...config import AccelConfig
+
+        try:
+            d = torch.load(path, weights_only=True)
+        except FileNotFoundError:
+            raise UsageError(f"compiled model file {str(path)!r} does not exist") from None
+        except Exception as e:  # noqa: BLE001 - a file that is not a torch archive of plain data
+            raise UsageError(f"{str(path)!r} is not a compiled gatesmith model: {e}") from None
+        if not isinstance(d, dict) or d.get("format") != FORMAT:
+            raise UsageError(f"{str(path)!r} is not a compiled gatesmith model ({FORMAT})")
+        return cls(Graph.from_dict(d["graph"]), AccelConfig.from_dict(d["config"]),
+                   {k: tuple(v) for k, v in d["placement"].items()}, d["consts"],
+                   Report.from_dict(d["report"]), d["granularity"])  # fmt: skip
+
+
+def compile(model: torch.nn.Module, example_inputs: tuple, config, calibration=None, *,
+            granularity: str = "row", progress=None) -> Compiled:  # fmt: skip
+    """Capture, place, calibrate (on ``calibration``, a list of input tuples; default: the
+    example inputs alone) and quantise ``model`` for the accelerator ``config`` (anything
+    :func:`gatesmith.config.load_config` takes). ``progress(stage)`` is told each stage."""
+    from ...config import load_config
+
+    say = progress or (lambda _msg: None)
+    cfg = load_config(config)
+    if granularity not in GRANULARITIES:
+        raise CompileError(f"granularity must be 'row' or 'tensor', not {granularity!r}")
+    say("capture: torch.export")
+    was_training = model.training if isinstance(model, torch.nn.Module) else False
+    if was_training:
+        model.eval()
+    try:
+        graph = capture(model, example_inputs)
+    finally:
+        if was_training:
+            model.train()
+    say(f"place: {sum(o.kind != 'input' for o in graph.ops)} ops on {cfg.name}")
+    placement = place(graph, cfg)
+    samples = [tuple(example_inputs)] if calibration is None else calibration
+    say(f"calibrate: {len(samples) if isinstance(samples, (list, tuple)) else '?'} samples")
+    calib: Calibration = calibrate(graph, samples, granularity=granularity)
+    say("quantise: int8 weights per channel, static activation scales")
+    consts = prepare(graph, calib, cfg, {k: v[0] for k, v in placement.items()})
+    compiled = Compiled(graph, cfg, placement, consts, Report.build(graph, placement), granularity)
+    say("predict: golden run on the example inputs")
+    compiled.run(tuple(example_inputs))
+    return compiled

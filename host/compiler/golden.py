@@ -1,0 +1,351 @@
+"""The executor of a quantised graph, over a small backend interface: golden model or device.
+
+:func:`execute` walks the ops in order. Engine-placed ops run in integers through a
+:class:`Backend`; everything between engines (int8 activations, int32 bias adds, dyadic
+requantisation, views, scale folding, masks) is computed here with torch integer ops, the same
+way for every backend; host-placed ops dequantise their inputs and run the float ATen op. So
+two backends that agree on the four engine calls give bit-identical graph outputs.
+
+The backend interface (integers in, integers out, all int64 tensors unless stated):
+
+* ``weight(key, w)``: ``w`` [K, N] int8 values, a GEMM's constant right operand; returns a
+  handle ``matmul`` accepts (the device uploads it once and keeps it resident);
+* ``matmul(a, b)``: ``a`` [M, K] torch.int8, ``b`` a handle or [K, N] int8; the int32
+  accumulator (wrapping modulo ``2**acc_width``);
+* ``softmax_int(x)`` (rows along the last dim, ``in_fmt``; its minimum is masked): uint16
+  probabilities, 1.0 = 2**15; ``gelu_int(x)``: ``out_dtype``; ``layer_norm_int(x, gamma,
+  beta)``: over the last dim, int16 gamma (``gamma_frac``) and beta (``out_frac``);
+* ``begin(op)`` / ``end(op)``: around each engine op; ``end`` returns measured counters or None.
+
+:class:`GoldenBackend` computes them with the engines' bit-exact models
+(``generators.systolic.model.gemm``, ``softmax_model``, ``gelu_model``, ``layernorm_model``);
+:class:`DeviceBackend` with a :class:`gatesmith.host.Device` (``dev.matmul``,
+``host.nonlinear.*_int``), reading ``dev.perf()`` around each op for its busy and program cycles.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from ...errors import CompileError, UsageError
+from .graph import Graph, Op, call_aten, decode
+from .quant import I8, QT, dequant, to_int
+
+__all__ = ["Backend", "GoldenBackend", "DeviceBackend", "execute", "run_float",
+           "check_run_inputs"]  # fmt: skip
+
+
+# ---- the float graph (calibration, host-placed ops, the semantic reference) ----------------
+
+
+def float_op(op: Op, vals: list, consts: dict):
+    """The float result of ``op`` on float input values ``vals`` (in ``op.inputs`` order)."""
+    a = op.attrs
+    k = op.kind
+    if k == "linear":
+        b = None if a["bias"] is None else consts[a["bias"]]
+        return F.linear(vals[0], consts[a["weight"]], b)
+    if k == "matmul":
+        return torch.matmul(vals[0], vals[1])
+    if k == "softmax":
+        return torch.softmax(vals[0], a["dim"])
+    if k == "gelu":
+        return F.gelu(vals[0], approximate=a["approximate"])
+    if k == "layer_norm":
+        w = None if a["weight"] is None else consts[a["weight"]]
+        b = None if a["bias"] is None else consts[a["bias"]]
+        return F.layer_norm(vals[0], (op.shape[-1],), w, b, a["eps"])
+    if k == "scale":
+        return vals[0] * a["factor"]
+    if k == "mask":
+        return vals[0].masked_fill(consts[a["mask"]], a["fill"])
+    if k in ("view", "add", "host"):
+        env = dict(zip(op.inputs, vals, strict=True))
+        return _generic(op, env.__getitem__, consts)
+    raise CompileError(f"op {op.name} has an unknown kind {k!r}")
+
+
+def _generic(op: Op, value_of, consts):
+    a = op.attrs
+    out = call_aten(a["target"], decode(a["args"], value_of, consts),
+                    {k: decode(v, value_of, consts) for k, v in a["kwargs"].items()})  # fmt: skip
+    return out[a["index"]] if "index" in a else out
+
+
+def check_run_inputs(graph: Graph, inputs, what: str = "inputs") -> tuple:
+    if isinstance(inputs, torch.Tensor):
+        inputs = (inputs,)
+    if not isinstance(inputs, (tuple, list)):
+        raise UsageError(f"{what} must be a tuple of tensors, not {type(inputs).__name__}")
+    if len(inputs) != len(graph.inputs):
+        raise UsageError(
+            f"{what} has {len(inputs)} tensors; the model was compiled for {len(graph.inputs)}"
+        )
+    for i, (t, shape) in enumerate(zip(inputs, graph.input_shapes, strict=True)):
+        if not isinstance(t, torch.Tensor):
+            raise UsageError(f"{what}[{i}] must be a torch tensor, not {type(t).__name__}")
+        if tuple(t.shape) != tuple(shape):
+            raise UsageError(
+                f"{what}[{i}] has shape {tuple(t.shape)}; the model was compiled for "
+                f"{tuple(shape)} (shapes are static)"
+            )
+    return tuple(inputs)
+
+
+def run_float(graph: Graph, inputs: tuple, observe=None) -> list[torch.Tensor]:
+    """The captured graph in float (``observe(op, input_values)`` sees every op first)."""
+    env: dict = dict(zip(graph.inputs, inputs, strict=True))
+    for op in graph.ops:
+        if op.kind == "input":
+            continue
+        vals = [env[n] for n in op.inputs]
+        if observe is not None:
+            observe(op, vals)
+        env[op.name] = float_op(op, vals, graph.consts)
+    return [env[n] for n in graph.outputs]
+
+
+# ---- backends ----------------------------------------------------------------------------------
+
+
+class Backend:
+    """Interface of the engine calls (see the module doc). ``config`` is the AccelConfig."""
+
+    config = None
+
+    def weight(self, key: str, w: torch.Tensor):
+        return w
+
+    def matmul(self, a: torch.Tensor, b) -> torch.Tensor:
+        raise NotImplementedError
+
+    def softmax_int(self, x: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def gelu_int(self, x: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def layer_norm_int(self, x, gamma, beta) -> torch.Tensor:
+        raise NotImplementedError
+
+    def begin(self, op: Op) -> None:
+        pass
+
+    def end(self, op: Op) -> dict | None:
+        return None
+
+    def close(self) -> None:
+        pass
+
+
+class GoldenBackend(Backend):
+    """The engines' bit-exact golden models for ``accel_cfg``'s engines."""
+
+    def __init__(self, accel_cfg):
+        from ...config import load_config
+
+        self.config = load_config(accel_cfg)
+
+    def _cfg(self, kind):
+        cfg = self.config.engine(kind)
+        if cfg is None:
+            raise UsageError(f"this accelerator has no {kind} engine")
+        return cfg
+
+    def matmul(self, a, b):
+        from ...generators.systolic.model import gemm
+
+        return gemm(a, b, self._cfg("systolic"))
+
+    def softmax_int(self, x):
+        from ...generators.softmax.model import softmax_model
+
+        return softmax_model(x.reshape(-1, x.shape[-1]), self._cfg("softmax")).reshape(x.shape)
+
+    def gelu_int(self, x):
+        from ...generators.gelu.model import gelu_model
+
+        return gelu_model(x, self._cfg("gelu"))
+
+    def layer_norm_int(self, x, gamma, beta):
+        from ...generators.layernorm.model import layernorm_model
+
+        out = layernorm_model(x.reshape(-1, x.shape[-1]), gamma, beta, self._cfg("layernorm"))
+        return out.reshape(x.shape)
+
+
+class DeviceBackend(Backend):
+    """An open device; weights are uploaded once (per key) and stay resident until close()."""
+
+    def __init__(self, dev):
+        self.dev = dev
+        self.config = dev.config
+        self._weights: dict = {}
+        self._before = None
+
+    def weight(self, key, w):
+        buf = self._weights.get(key)
+        if buf is None:
+            buf = self._weights[key] = self.dev.upload(w.to(torch.int8), "b")
+        return buf
+
+    def matmul(self, a, b):
+        return self.dev.matmul(a, b)
+
+    def softmax_int(self, x):
+        from ..nonlinear import softmax_int
+
+        return softmax_int(self.dev, x)
+
+    def gelu_int(self, x):
+        from ..nonlinear import gelu_int
+
+        return gelu_int(self.dev, x)
+
+    def layer_norm_int(self, x, gamma, beta):
+        from ..nonlinear import layer_norm_int
+
+        return layer_norm_int(self.dev, x, gamma, beta)
+
+    def begin(self, op):
+        self._before = self.dev.perf()
+
+    def end(self, op):
+        after, before = self.dev.perf(), self._before
+        idx = self.config.engine_index(_ENGINE_KIND[op.kind])
+        return {"busy": after["engine_busy"][idx] - before["engine_busy"][idx],
+                "program": after["program"] - before["program"]}  # fmt: skip
+
+    def close(self):
+        for buf in self._weights.values():
+            if not buf.freed:
+                buf.free()
+        self._weights.clear()
+
+
+_ENGINE_KIND = {"linear": "systolic", "matmul": "systolic", "softmax": "softmax",
+                "gelu": "gelu", "layer_norm": "layernorm"}  # fmt: skip
+
+
+# ---- the executor ------------------------------------------------------------------------------
+
+
+def execute(graph: Graph, consts: dict, placement: dict, backend: Backend, inputs: tuple,
+            trace: list | None = None) -> list[torch.Tensor]:  # fmt: skip
+    """Run the quantised graph; ``trace`` (a list) receives one record per engine op.
+
+    ``consts[op]`` holds the op's integer constants and scales (quant.prepare), ``placement[op]``
+    its engine."""
+    from .report import predict
+
+    env: dict = dict(zip(graph.inputs, inputs, strict=True))
+    for op in graph.ops:
+        if op.kind == "input":
+            continue
+        vals = [env[n] for n in op.inputs]
+        engine = placement[op.name]
+        if engine == "host":
+            out = float_op(op, [dequant(v) for v in vals], graph.consts)
+        elif engine == "fused":
+            out = _fused(op, vals, graph.consts)
+        else:
+            backend.begin(op)
+            calls: list = []
+            out = _ENGINE_OPS[op.kind](op, vals, consts[op.name], backend, calls)
+            measured = backend.end(op)
+            if trace is not None:
+                trace.append({"name": op.name, "engine": engine,
+                              "predicted": predict(engine, calls, backend.config),
+                              "measured": measured})  # fmt: skip
+        env[op.name] = out
+    return [dequant(env[n]) for n in graph.outputs]
+
+
+def _fused(op: Op, vals, consts):
+    v = vals[0] if vals else None
+    if not isinstance(v, QT):
+        return float_op(op, [dequant(x) for x in vals], consts)
+    if op.kind == "view":
+        fn = lambda t: _generic(op, lambda _n: t, consts)  # noqa: E731
+        return v.apply(fn)
+    if op.kind == "scale":
+        f = op.attrs["factor"]
+        if f == 0:
+            return dequant(v) * 0.0
+        return QT(v.q if f > 0 else -v.q, v.scale * abs(f), v.masked)
+    if op.kind == "mask":
+        m = consts[op.attrs["mask"]].expand(v.shape)
+        return QT(v.q, v.scale, m if v.masked is None else v.masked | m)
+    raise CompileError(f"op {op.name} ({op.kind}) cannot be fused")
+
+
+def _row_scale(s: torch.Tensor, lead: tuple) -> torch.Tensor:
+    return s.reshape(*lead, 1) if s.dim() else s
+
+
+def _linear(op, vals, c, backend, calls):
+    x = vals[0]
+    lead, k = tuple(x.shape[:-1]), x.shape[-1]
+    sa, sw = c["a_scale"], c["w_scale"]
+    xq = to_int(x, _row_scale(sa, lead), I8).reshape(-1, k)
+    wq = c["w_q"]
+    calls.append((xq.shape[0], k, wq.shape[1]))
+    acc = backend.matmul(xq.to(torch.int8), backend.weight(op.name, wq)).long()
+    if "bias_q" in c:
+        acc = backend.config.engine("systolic").acc_fmt.wrap(acc + c["bias_q"])
+    scale = (sa.reshape(-1, 1) if sa.dim() else sa) * sw[None, :]
+    n = wq.shape[1]
+    return QT(acc.reshape(*lead, n), scale.expand(acc.shape).reshape(*lead, n))
+
+
+def _matmul(op, vals, c, backend, calls):
+    a, b = vals
+    sa, sb = c["a_scale"], c["b_scale"]
+    aq = to_int(a, sa[..., None] if sa.dim() else sa, I8)
+    bq = to_int(b, sb[..., None, :] if sb.dim() else sb, I8)
+    (m, k), n = aq.shape[-2:], bq.shape[-1]
+    batch = torch.broadcast_shapes(aq.shape[:-2], bq.shape[:-2])
+    A = aq.expand(*batch, m, k).reshape(-1, m, k).to(torch.int8)
+    B = bq.expand(*batch, k, n).reshape(-1, k, n).to(torch.int8)
+    outs = []
+    for i in range(A.shape[0]):
+        calls.append((m, k, n))
+        outs.append(backend.matmul(A[i], B[i]).long())
+    acc = torch.stack(outs).reshape(*batch, m, n)
+    scale = (sa[..., :, None] * sb[..., None, :]) if sa.dim() else sa * sb
+    return QT(acc, scale)
+
+
+def _in_fmt(backend, kind):
+    cfg = backend.config.engine(kind)
+    return cfg, cfg.in_fmt, 2.0 ** -cfg.in_frac
+
+
+def _softmax(op, vals, c, backend, calls):
+    cfg, fmt, s = _in_fmt(backend, "softmax")
+    d = op.attrs["dim"]
+    x = vals[0]
+    xt = x.apply(lambda t: t.movedim(d, -1)) if isinstance(x, QT) else x.movedim(d, -1)
+    q = to_int(xt, s, fmt, masked_min=True)
+    calls.append(q.reshape(-1, q.shape[-1]))
+    return QT(backend.softmax_int(q).movedim(-1, d), 2.0**-15)
+
+
+def _gelu(op, vals, c, backend, calls):
+    cfg, fmt, s = _in_fmt(backend, "gelu")
+    q = to_int(vals[0], s, fmt)
+    calls.append(q.numel())
+    return QT(backend.gelu_int(q), 2.0**-cfg.out_frac)
+
+
+def _layer_norm(op, vals, c, backend, calls):
+    cfg, fmt, s = _in_fmt(backend, "layernorm")
+    q = to_int(vals[0], s, fmt)
+    calls.append(q.reshape(-1, q.shape[-1]))
+    return QT(backend.layer_norm_int(q, c["gamma_q"], c["beta_q"]), 2.0**-cfg.out_frac)
+
+
+_ENGINE_OPS = {"linear": _linear, "matmul": _matmul, "softmax": _softmax, "gelu": _gelu,
+               "layer_norm": _layer_norm}  # fmt: skip
+

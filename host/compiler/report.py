@@ -1,0 +1,245 @@
+"""Placement of each op on an engine (or the host, with the reason) and the compile report.
+
+:func:`place` decides per op, from the accelerator config and the op's static shapes:
+
+* ``linear`` / ``matmul`` -> ``systolic`` when the config has one whose operands hold int8
+  (a signed format of >= 8 bits) and whose accumulator cannot overflow on a K-long int8 dot
+  product (``K * 2**14 < 2**(acc_width - 1)``); the host driver tiles any M, N, K.
+* ``softmax`` -> ``softmax`` when rows (along ``dim``) have <= ``max_len`` elements and fit
+  the engine's ``depth``; ``gelu`` -> ``gelu`` (any size: the driver cuts rows);
+  ``layer_norm`` -> ``layernorm`` when rows fit as for softmax, ``eps`` equals the engine's
+  (a generation parameter) and gamma / beta fit int16 with ``gamma_frac`` / ``out_frac``.
+* ``view`` / ``scale`` / ``mask`` are ``fused`` (data movement and scale folding, no engine);
+  ``add`` and ``host`` ops, and any op the config cannot take, go to ``host`` with a reason.
+  A missing engine is not an error: the op runs on the host.
+
+:func:`predict` gives an engine op's cycles from the engines' cycle models, for the calls the
+host drivers make: the systolic engine's exact ``cycles`` summed over the tiles
+``host.systolic.plan_dma`` picks (and that plan's modelled program time, DMA included); the
+nonlinear engines' ``cycles`` methods over the row chunks ``host.nonlinear`` issues (LayerNorm's
+depends on the data: the prediction is for the inputs of the run it comes from).
+"""
+
+from __future__ import annotations
+
+import math
+from functools import lru_cache
+
+from .graph import Graph
+
+__all__ = ["place", "predict", "Report", "ENGINES"]
+
+ENGINES = ("systolic", "softmax", "gelu", "layernorm", "host", "fused")
+
+
+def place(graph: Graph, cfg) -> dict[str, tuple[str, str]]:
+    """``{op name: (engine, reason)}``: why an op is on the host, or a note on an engine op
+    whose semantics differ from the float op's (tanh GELU computed by the erf engine)."""
+    out = {}
+    for op in graph.ops:
+        if op.kind == "input":
+            out[op.name] = ("input", "")
+        elif op.kind in ("view", "scale", "mask"):
+            out[op.name] = ("fused", "")
+        elif op.kind in ("add", "host"):
+            out[op.name] = ("host", op.reason or f"{op.kind} has no engine")
+        else:
+            why = _check(graph, op, cfg)
+            out[op.name] = ("host", why) if why else (_KIND_ENGINE[op.kind], _note(op))
+    return out
+
+
+_KIND_ENGINE = {"linear": "systolic", "matmul": "systolic", "softmax": "softmax",
+                "gelu": "gelu", "layer_norm": "layernorm"}  # fmt: skip
+
+
+def _note(op) -> str:
+    if op.kind == "gelu" and op.attrs["approximate"] == "tanh":
+        return "tanh GELU computed as erf GELU (they differ by <= 4.7e-4)"
+    return ""
+
+
+def _check(graph, op, cfg) -> str:
+    """Why ``op`` cannot run on its engine of ``cfg`` ('' when it can)."""
+    kind = _KIND_ENGINE[op.kind]
+    e = cfg.engine(kind)
+    if e is None:
+        have = ", ".join(type(x).kind for x in cfg.engines)
+        return f"the accelerator has no {kind} engine (it has: {have})"
+    in_shape = graph.op(op.inputs[0]).shape
+    if kind == "systolic":
+        if op.kind == "matmul" and min(len(in_shape), len(graph.op(op.inputs[1]).shape)) < 2:
+            return "a 1-D matmul operand"
+        fmt = e.fmt
+        if not fmt.signed or fmt.width < 8:
+            return f"the systolic engine's {fmt.name} operands cannot hold int8"
+        k = in_shape[-1]
+        if k * (1 << 14) >= 1 << (e.acc_width - 1):
+            return f"K = {k} could overflow the {e.acc_width}-bit accumulator"
+        return ""
+    if kind == "gelu":
+        return ""
+    n = op.shape[op.attrs["dim"]] if kind == "softmax" else op.shape[-1]
+    if n > e.max_len:
+        return f"rows of {n} exceed the {kind} engine's max_len of {e.max_len}"
+    if -(-n // e.lanes) > e.depth:
+        return f"rows of {n} need more than the {kind} engine's depth of {e.depth} words"
+    if kind == "layernorm":
+        if not math.isclose(op.attrs["eps"], e.eps, rel_tol=1e-6, abs_tol=0):
+            return f"eps {op.attrs['eps']:g} differs from the engine's {e.eps:g}"
+        for key, frac in (("weight", e.gamma_frac), ("bias", e.out_frac)):
+            name = op.attrs[key]
+            if name is not None and float(graph.consts[name].abs().max()) >= 2.0 ** (15 - frac):
+                return f"the LayerNorm {key} does not fit int16 with {frac} fraction bits"
+    return ""
+
+
+# ---- cycle predictions ------------------------------------------------------------------------
+
+
+@lru_cache(maxsize=32)
+def _engine(kind, cfg):
+    from ...generators.registry import engine_spec
+
+    eng = engine_spec(kind).build(cfg)
+    eng._MustUse__silence = True  # built for its cycle model only, never elaborated
+    return eng
+
+
+def _row_chunks(rows: int, n: int, cfg):
+    """(first row, count) of the chunks host.nonlinear issues for rows of n elements."""
+    per = min(cfg.depth // -(-n // cfg.lanes), 65535)
+    for r0 in range(0, rows, per):
+        yield r0, min(per, rows - r0)
+
+
+def predict(engine: str, calls: list, acfg) -> dict:
+    """``{"cycles": engine cycles, "program": modelled program cycles or None}`` of the calls."""
+    cfg = acfg.engine(engine)
+    if engine == "systolic":
+        from ...generators.systolic.model import cycles
+        from ..systolic import default_dataflow, plan_dma
+
+        df = default_dataflow(cfg)
+        total = program = 0
+        for m, k, n in calls:
+            p, prog = plan_dma(m, k, n, df, cfg, acfg)
+            program += prog
+            for m0, n0, k0, *_ in p.chunks(m, k, n):
+                total += cycles(min(p.mt, m - m0), min(p.kc, k - k0), min(p.nt, n - n0), df, cfg)
+        return {"cycles": total, "program": program}
+    eng = _engine(engine, cfg)
+    total = 0
+    for x in calls:
+        if engine == "gelu":
+            n = min(cfg.max_len, cfg.depth * cfg.lanes, x)
+            rows = -(-x // n) if x else 0
+            total += sum(eng.cycles(n, c) for _, c in _row_chunks(rows, n, cfg))
+            continue
+        rows, n = x.shape
+        for r0, c in _row_chunks(rows, n, cfg):
+            chunk = x[r0 : r0 + c]
+            if engine == "softmax":
+                masked = int((chunk == cfg.in_fmt.min).all(dim=1).sum())
+                total += eng.cycles(n, c, masked)
+            else:
+                total += eng.cycles(chunk.tolist())
+    return {"cycles": total, "program": None}
+
+
+# ---- the report -------------------------------------------------------------------------------
+
+
+class Report:
+    """One row per op: name, kind, engine, reason, shapes, MACs, predicted and measured cycles.
+
+    ``str(report)`` is a markdown table; ``to_dict()`` / ``from_dict()`` round-trip it."""
+
+    COLUMNS = ("op", "kind", "engine", "in shapes", "out shape", "MACs", "pred cycles",
+               "pred program", "meas busy", "meas program", "reason")  # fmt: skip
+
+    def __init__(self, rows: list[dict]):
+        self.rows = rows
+
+    @classmethod
+    def build(cls, graph: Graph, placement: dict) -> Report:
+        rows = []
+        for op in graph.ops:
+            if op.kind == "input":
+                continue
+            engine, reason = placement[op.name]
+            rows.append({"op": op.name, "kind": op.kind, "engine": engine, "reason": reason,
+                         "in_shapes": [list(graph.op(i).shape) for i in op.inputs],
+                         "shape": list(op.shape), "macs": _macs(graph, op),
+                         "predicted": None, "program": None, "measured": None})  # fmt: skip
+        return cls(rows)
+
+    def update(self, trace: list[dict]) -> None:
+        """Fill predicted (and, from a device run, measured) cycles from an executor trace."""
+        by = {r["op"]: r for r in self.rows}
+        for t in trace:
+            row = by[t["name"]]
+            row["predicted"] = t["predicted"]["cycles"]
+            row["program"] = t["predicted"]["program"]
+            if t["measured"] is not None:
+                row["measured"] = t["measured"]
+
+    def engine_of(self, op: str) -> str:
+        return next(r["engine"] for r in self.rows if r["op"] == op)
+
+    def to_dict(self) -> dict:
+        return {"rows": [dict(r) for r in self.rows]}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> Report:
+        return cls([dict(r) for r in d["rows"]])
+
+    def totals(self) -> dict:
+        out = {"macs": 0, "predicted": 0, "busy": 0, "program": 0}
+        for r in self.rows:
+            out["macs"] += r["macs"]
+            out["predicted"] += r["predicted"] or 0
+            if r["measured"]:
+                out["busy"] += r["measured"]["busy"]
+                out["program"] += r["measured"]["program"]
+        return out
+
+    def to_markdown(self) -> str:
+        lines = ["| " + " | ".join(self.COLUMNS) + " |",
+                 "|" + "|".join(" --- " for _ in self.COLUMNS) + "|"]  # fmt: skip
+        for r in self.rows:
+            m = r["measured"] or {}
+            cells = [r["op"], r["kind"], r["engine"],
+                     " ".join("x".join(map(str, s)) or "()" for s in r["in_shapes"]),
+                     "x".join(map(str, r["shape"])) or "()", _n(r["macs"] or None),
+                     _n(r["predicted"]), _n(r["program"]), _n(m.get("busy")),
+                     _n(m.get("program")), r["reason"]]  # fmt: skip
+            lines.append("| " + " | ".join(cells) + " |")
+        t = self.totals()
+        engines = {}
+        for r in self.rows:
+            engines[r["engine"]] = engines.get(r["engine"], 0) + 1
+        lines.append("")
+        lines.append(
+            f"{len(self.rows)} ops ("
+            + ", ".join(f"{k} {v}" for k, v in sorted(engines.items()))
+            + f"); {t['macs']:,} MACs; predicted engine cycles {t['predicted']:,}"
+            + (f"; measured busy {t['busy']:,}, program {t['program']:,}" if t["busy"] else "")
+        )
+        return "\n".join(lines)
+
+    __str__ = to_markdown
+
+
+def _n(v) -> str:
+    return "" if v is None else f"{v:,}"
+
+
+def _macs(graph, op) -> int:
+    if op.kind == "linear":
+        shape = graph.op(op.inputs[0]).shape
+        return math.prod(shape) * op.shape[-1]
+    if op.kind == "matmul":
+        k = graph.op(op.inputs[0]).shape[-1]
+        return math.prod(op.shape) * k
+    return 0
