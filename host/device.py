@@ -78,6 +78,7 @@ class Device:
         self.config = found
         self.memory = Allocator(self.read_reg("MEM_BYTES"))
         self._runs: set = set()
+        self.last_program = None
 
     # ---- session ----------------------------------------------------------------------------
     def __enter__(self) -> Device:
@@ -236,6 +237,7 @@ class Device:
         self.write_reg("CTRL", 1 << CTRL_BITS["start_program"][0])
         run = Run(self, prog, code)
         self._runs.add(run)
+        self.last_program = prog  # what the last call ran (``.predict()``: its timing model)
         return run
 
     def _raise_program_error(self, prog) -> None:

@@ -173,6 +173,12 @@ class Program:
             counts[QUEUE_OF(words[0] & 0xFF).name.lower()] += 1
         return counts
 
+    def predict(self) -> int | None:
+        """Predicted PERF_PROGRAM cycles (:func:`gatesmith.host.timing.predict_program`)."""
+        from .timing import predict_program
+
+        return predict_program(self)
+
     def launch(self) -> Run:
         """Write the program to device memory and start it; returns at once."""
         return self.dev.launch(self)

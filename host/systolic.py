@@ -45,6 +45,8 @@ __all__ = [
     "upload",
     "Packed",
     "gemm_program",
+    "plan_traffic",
+    "choose",
 ]
 
 _MAX_DIM = 65535  # an instruction's M, N, K fields are 16 bits; the host tiles larger shapes
@@ -269,6 +271,46 @@ def plan_dma(m: int, k: int, n: int, dataflow: str, cfg: SystolicConfig, acfg=No
         p = plan(m, k, n, dataflow, cfg)
         best = (p, _model(p, m, k, n, hw, cfg, ls, ts, as_, beat))
     return best
+
+
+def plan_traffic(p: Plan, m: int, k: int, n: int, hw: str, cfg: SystolicConfig) -> dict:
+    """Device-memory words the program of plan ``p`` moves (hardware roles, ``hw`` "os"/"ws"):
+    ``load`` (operand panels, once per chunk) and ``store`` (results, once per tile), exactly
+    as :func:`gemm_program` issues them (the performance counters PERF_LOAD/PERF_STORE count
+    the same words)."""
+    R, C = cfg.rows, cfg.cols
+    lay = window_layout(cfg)
+    lw, tw = lay["left"].width // 32, lay["top"].width // 32
+    aw = C * _ceil(cfg.acc_width, 32)
+    load = store = 0
+    for mt, cm in _sizes(m, p.mt):
+        for nt, cn in _sizes(n, p.nt):
+            store += cm * cn * _ceil(nt, C) * mt * aw
+            for kc, ck in _sizes(k, p.kc):
+                left = _ceil(mt, R) * kc if hw == "os" else _ceil(kc, R) * mt
+                load += cm * cn * ck * (left * lw + _ceil(nt, C) * kc * tw)
+    return {"load": load, "store": store}
+
+
+def choose(m: int, k: int, n: int, cfg: SystolicConfig, acfg=None) -> dict:
+    """The dataflow and tiles of ``a (m x k) @ b (k x n)`` with the fewest modelled program
+    cycles among the built dataflows (ties: fewer device-memory words), from
+    :func:`plan_dma`'s cycle and traffic model. Returns a plain dict (saved with a compiled
+    model): dataflow, mt/nt/kc (hardware roles), cycles, load/store words and every option's
+    cycles."""
+    best, options = None, {}
+    for df in cfg.dataflows:
+        hm, hk, hn = (n, k, m) if df == "is" else (m, k, n)
+        p, cyc = plan_dma(hm, hk, hn, df, cfg, acfg)
+        t = plan_traffic(p, hm, hk, hn, _hw_df(df), cfg)
+        options[df] = cyc
+        key = (cyc, t["load"] + t["store"])
+        if best is None or key < best[0]:
+            best = (key, {"dataflow": df, "mt": p.mt, "nt": p.nt, "kc": p.kc, "cycles": cyc,
+                          "load": t["load"], "store": t["store"]})  # fmt: skip
+    out = best[1]
+    out["options"] = options
+    return out
 
 
 def _sizes(total: int, tile: int) -> list[tuple[int, int]]:

@@ -372,7 +372,9 @@ def test_save_load_round_trip(encoder, tmp_path):
 def test_report_is_a_table_with_predicted_cycles(encoder):
     _, c = encoder
     text = str(c.report)
-    assert text.splitlines()[0].startswith("| op | kind | engine | in shapes | out shape | MACs")
+    assert text.splitlines()[0].startswith(
+        "| op | kind | engine | dataflow | tiles | in shapes | out shape | MACs"
+    )
     lin = next(r for r in c.report.rows if r["op"] == "linear")
     assert lin["macs"] == SEQ * H * H and lin["predicted"] > SEQ * H * H / 16
     assert all(r["predicted"] for r in c.report.rows if r["engine"] not in ("host", "fused"))
@@ -397,7 +399,7 @@ def test_cli_compile(tmp_path, capsys):
     assert code == 0, err
     stages = [ln.split(":")[1].strip() for ln in err.splitlines() if ln.startswith("compile:")]
     assert [s.split()[0] for s in stages] == ["load", "capture", "place", "calibrate",
-                                              "quantise", "predict", "wrote"]  # fmt: skip
+                                              "quantise", "schedule", "predict", "wrote"]  # fmt: skip
     assert "the accelerator has no softmax engine (it has: systolic)" in stdout
     assert (out / "report.md").read_text().startswith("# m.py on small\n\n| op |")
     x = (torch.randn(1, SEQ, H, generator=torch.Generator().manual_seed(1)),)
@@ -434,3 +436,7 @@ def test_device_run_equals_golden_bit_for_bit(encoder):
         if r["engine"] in ("systolic", "softmax", "gelu", "layernorm"):
             assert r["measured"]["busy"] == r["predicted"], r
             assert r["measured"]["program"] >= r["measured"]["busy"], r
+        if r["engine"] == "systolic":
+            # device-memory traffic: the counted words equal the schedule's traffic model
+            assert r["measured"]["words"] == r["words"], r
+            assert r["schedule"]["dataflow"] in CFG.engine("systolic").dataflows

@@ -9,8 +9,10 @@
     c.save("model.pt"); c2 = Compiled.load("model.pt")
 
 Stages: :func:`graph.capture` (torch.export -> IR), :func:`report.place` (engine per op),
-:func:`quant.calibrate` + :func:`quant.prepare` (static scales, int8 weights), then a golden run
-on the example inputs fills the report's predicted cycles. The artefact holds only plain
+:func:`quant.calibrate` + :func:`quant.prepare` (static scales, int8 weights), :func:`schedule`
+(per GEMM the dataflow and tiles with the fewest modelled cycles, from the engine's exact cycle
+model and the DMA traffic model), then a golden run on the example inputs fills the report's
+predicted cycles and device-memory words. The artefact holds only plain
 tensors, dicts and strings (``torch.load(..., weights_only=True)`` reads it).
 """
 
@@ -24,7 +26,7 @@ from .graph import Graph, Op, capture
 from .quant import GRANULARITIES, Calibration, calibrate, prepare
 from .report import Report, place
 
-__all__ = ["compile", "Compiled", "capture", "calibrate", "place", "Graph", "Op", "Report",
+__all__ = ["compile", "schedule", "Compiled", "capture", "calibrate", "place", "Graph", "Op", "Report",
            "Backend", "GoldenBackend", "DeviceBackend", "CompileError"]  # fmt: skip
 
 FORMAT = "gatesmith.compiled/1"
@@ -88,6 +90,28 @@ class Compiled:
                    Report.from_dict(d["report"]), d["granularity"])  # fmt: skip
 
 
+def schedule(graph: Graph, placement: dict, cfg) -> dict:
+    """Each systolic op's dataflow and tiles (:func:`gatesmith.host.systolic.choose`: the
+    built dataflow with the fewest modelled program cycles for its GEMM shape)."""
+    import math
+
+    from ..systolic import choose
+
+    out = {}
+    scfg = cfg.engine("systolic")
+    for op in graph.ops:
+        if placement.get(op.name, ("host",))[0] != "systolic":
+            continue
+        if op.kind == "linear":
+            x = graph.op(op.inputs[0]).shape
+            m, k, n = math.prod(x[:-1]), x[-1], op.shape[-1]
+        else:  # matmul: one GEMM per batch element
+            a = graph.op(op.inputs[0]).shape
+            m, k, n = a[-2], a[-1], op.shape[-1]
+        out[op.name] = choose(m, k, n, scfg, cfg)
+    return out
+
+
 def compile(model: torch.nn.Module, example_inputs: tuple, config, calibration=None, *,
             granularity: str = "row", progress=None) -> Compiled:  # fmt: skip
     """Capture, place, calibrate (on ``calibration``, a list of input tuples; default: the
@@ -115,7 +139,13 @@ def compile(model: torch.nn.Module, example_inputs: tuple, config, calibration=N
     calib: Calibration = calibrate(graph, samples, granularity=granularity)
     say("quantise: int8 weights per channel, static activation scales")
     consts = prepare(graph, calib, cfg, {k: v[0] for k, v in placement.items()})
-    compiled = Compiled(graph, cfg, placement, consts, Report.build(graph, placement), granularity)
+    say("schedule: dataflow and tiles per GEMM from the cycle and traffic models")
+    schedules = schedule(graph, placement, cfg)
+    for name, sc in schedules.items():
+        consts[name]["schedule"] = sc
+    report = Report.build(graph, placement)
+    report.set_schedule(schedules)
+    compiled = Compiled(graph, cfg, placement, consts, report, granularity)
     say("predict: golden run on the example inputs")
     compiled.run(tuple(example_inputs))
     return compiled

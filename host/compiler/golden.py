@@ -114,10 +114,10 @@ class Backend:
 
     config = None
 
-    def weight(self, key: str, w: torch.Tensor):
+    def weight(self, key: str, w: torch.Tensor, dataflow: str | None = None):
         return w
 
-    def matmul(self, a: torch.Tensor, b) -> torch.Tensor:
+    def matmul(self, a: torch.Tensor, b, dataflow: str | None = None) -> torch.Tensor:
         raise NotImplementedError
 
     def softmax_int(self, x: torch.Tensor) -> torch.Tensor:
@@ -153,7 +153,7 @@ class GoldenBackend(Backend):
             raise UsageError(f"this accelerator has no {kind} engine")
         return cfg
 
-    def matmul(self, a, b):
+    def matmul(self, a, b, dataflow=None):
         from ...generators.systolic.model import gemm
 
         return gemm(a, b, self._cfg("systolic"))
@@ -184,14 +184,15 @@ class DeviceBackend(Backend):
         self._weights: dict = {}
         self._before = None
 
-    def weight(self, key, w):
-        buf = self._weights.get(key)
+    def weight(self, key, w, dataflow=None):
+        buf = self._weights.get((key, dataflow))
         if buf is None:
-            buf = self._weights[key] = self.dev.upload(w.to(torch.int8), "b")
+            buf = self._weights[(key, dataflow)] = self.dev.upload(w.to(torch.int8), "b",
+                                                                   dataflow=dataflow)  # fmt: skip
         return buf
 
-    def matmul(self, a, b):
-        return self.dev.matmul(a, b)
+    def matmul(self, a, b, dataflow=None):
+        return self.dev.matmul(a, b, dataflow=dataflow)
 
     def softmax_int(self, x):
         from ..nonlinear import softmax_int
@@ -215,7 +216,8 @@ class DeviceBackend(Backend):
         after, before = self.dev.perf(), self._before
         idx = self.config.engine_index(_ENGINE_KIND[op.kind])
         return {"busy": after["engine_busy"][idx] - before["engine_busy"][idx],
-                "program": after["program"] - before["program"]}  # fmt: skip
+                "program": after["program"] - before["program"],
+                "words": after["load"] + after["store"] - before["load"] - before["store"]}  # fmt: skip
 
     def close(self):
         for buf in self._weights.values():
@@ -290,8 +292,9 @@ def _linear(op, vals, c, backend, calls):
     sa, sw = c["a_scale"], c["w_scale"]
     xq = to_int(x, _row_scale(sa, lead), I8).reshape(-1, k)
     wq = c["w_q"]
-    calls.append((xq.shape[0], k, wq.shape[1]))
-    acc = backend.matmul(xq.to(torch.int8), backend.weight(op.name, wq)).long()
+    df = c.get("schedule", {}).get("dataflow")
+    calls.append((xq.shape[0], k, wq.shape[1], df))
+    acc = backend.matmul(xq.to(torch.int8), backend.weight(op.name, wq, df), df).long()
     if "bias_q" in c:
         acc = backend.config.engine("systolic").acc_fmt.wrap(acc + c["bias_q"])
     scale = (sa.reshape(-1, 1) if sa.dim() else sa) * sw[None, :]
@@ -309,9 +312,10 @@ def _matmul(op, vals, c, backend, calls):
     A = aq.expand(*batch, m, k).reshape(-1, m, k).to(torch.int8)
     B = bq.expand(*batch, k, n).reshape(-1, k, n).to(torch.int8)
     outs = []
+    df = c.get("schedule", {}).get("dataflow")
     for i in range(A.shape[0]):
-        calls.append((m, k, n))
-        outs.append(backend.matmul(A[i], B[i]).long())
+        calls.append((m, k, n, df))
+        outs.append(backend.matmul(A[i], B[i], df).long())
     acc = torch.stack(outs).reshape(*batch, m, n)
     scale = (sa[..., :, None] * sb[..., None, :]) if sa.dim() else sa * sb
     return QT(acc, scale)

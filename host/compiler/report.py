@@ -118,16 +118,20 @@ def predict(engine: str, calls: list, acfg) -> dict:
     cfg = acfg.engine(engine)
     if engine == "systolic":
         from ...generators.systolic.model import cycles
-        from ..systolic import default_dataflow, plan_dma
+        from ..systolic import _hw_df, default_dataflow, plan_dma, plan_traffic
 
-        df = default_dataflow(cfg)
-        total = program = 0
-        for m, k, n in calls:
+        total = program = words = 0
+        for m, k, n, df in calls:
+            df = df or default_dataflow(cfg)
+            if df == "is":  # hardware roles: IS computes the transpose
+                m, n = n, m
             p, prog = plan_dma(m, k, n, df, cfg, acfg)
             program += prog
+            t = plan_traffic(p, m, k, n, _hw_df(df), cfg)
+            words += t["load"] + t["store"]
             for m0, n0, k0, *_ in p.chunks(m, k, n):
                 total += cycles(min(p.mt, m - m0), min(p.kc, k - k0), min(p.nt, n - n0), df, cfg)
-        return {"cycles": total, "program": program}
+        return {"cycles": total, "program": program, "words": words}
     eng = _engine(engine, cfg)
     total = 0
     for x in calls:
@@ -144,7 +148,7 @@ def predict(engine: str, calls: list, acfg) -> dict:
                 total += eng.cycles(n, c, masked)
             else:
                 total += eng.cycles(chunk.tolist())
-    return {"cycles": total, "program": None}
+    return {"cycles": total, "program": None, "words": None}
 
 
 # ---- the report -------------------------------------------------------------------------------
@@ -155,8 +159,9 @@ class Report:
 
     ``str(report)`` is a markdown table; ``to_dict()`` / ``from_dict()`` round-trip it."""
 
-    COLUMNS = ("op", "kind", "engine", "in shapes", "out shape", "MACs", "pred cycles",
-               "pred program", "meas busy", "meas program", "reason")  # fmt: skip
+    COLUMNS = ("op", "kind", "engine", "dataflow", "tiles", "in shapes", "out shape", "MACs",
+               "pred cycles", "pred program", "pred words", "meas busy", "meas program",
+               "meas words", "reason")  # fmt: skip
 
     def __init__(self, rows: list[dict]):
         self.rows = rows
@@ -171,8 +176,15 @@ class Report:
             rows.append({"op": op.name, "kind": op.kind, "engine": engine, "reason": reason,
                          "in_shapes": [list(graph.op(i).shape) for i in op.inputs],
                          "shape": list(op.shape), "macs": _macs(graph, op),
-                         "predicted": None, "program": None, "measured": None})  # fmt: skip
+                         "predicted": None, "program": None, "words": None,
+                         "schedule": None, "measured": None})  # fmt: skip
         return cls(rows)
+
+    def set_schedule(self, schedules: dict) -> None:
+        """Record each systolic op's chosen dataflow and tiles (``host.systolic.choose``)."""
+        for r in self.rows:
+            if r["op"] in schedules:
+                r["schedule"] = schedules[r["op"]]
 
     def update(self, trace: list[dict]) -> None:
         """Fill predicted (and, from a device run, measured) cycles from an executor trace."""
@@ -181,6 +193,7 @@ class Report:
             row = by[t["name"]]
             row["predicted"] = t["predicted"]["cycles"]
             row["program"] = t["predicted"]["program"]
+            row["words"] = t["predicted"].get("words")
             if t["measured"] is not None:
                 row["measured"] = t["measured"]
 
@@ -192,7 +205,7 @@ class Report:
 
     @classmethod
     def from_dict(cls, d: dict) -> Report:
-        return cls([dict(r) for r in d["rows"]])
+        return cls([{"words": None, "schedule": None, **r} for r in d["rows"]])
 
     def totals(self) -> dict:
         out = {"macs": 0, "predicted": 0, "busy": 0, "program": 0}
@@ -209,11 +222,14 @@ class Report:
                  "|" + "|".join(" --- " for _ in self.COLUMNS) + "|"]  # fmt: skip
         for r in self.rows:
             m = r["measured"] or {}
-            cells = [r["op"], r["kind"], r["engine"],
+            sc = r.get("schedule") or {}
+            tiles = f"{sc['mt']}x{sc['kc']}x{sc['nt']}" if sc else ""
+            cells = [r["op"], r["kind"], r["engine"], sc.get("dataflow", ""), tiles,
                      " ".join("x".join(map(str, s)) or "()" for s in r["in_shapes"]),
                      "x".join(map(str, r["shape"])) or "()", _n(r["macs"] or None),
-                     _n(r["predicted"]), _n(r["program"]), _n(m.get("busy")),
-                     _n(m.get("program")), r["reason"]]  # fmt: skip
+                     _n(r["predicted"]), _n(r["program"]), _n(r.get("words")),
+                     _n(m.get("busy")), _n(m.get("program")), _n(m.get("words")),
+                     r["reason"]]  # fmt: skip
             lines.append("| " + " | ".join(cells) + " |")
         t = self.totals()
         engines = {}
