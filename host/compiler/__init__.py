@@ -24,6 +24,7 @@ from ...errors import CompileError, UsageError
 from .golden import Backend, DeviceBackend, GoldenBackend, check_run_inputs, execute, run_float
 from .graph import Graph, Op, capture
 from .quant import GRANULARITIES, Calibration, calibrate, prepare
+from .fuse import fuse_attention, prepare_fused
 from .report import Report, place
 
 __all__ = ["compile", "schedule", "Compiled", "capture", "calibrate", "place", "Graph", "Op", "Report",
@@ -134,11 +135,15 @@ def compile(model: torch.nn.Module, example_inputs: tuple, config, calibration=N
             model.train()
     say(f"place: {sum(o.kind != 'input' for o in graph.ops)} ops on {cfg.name}")
     placement = place(graph, cfg)
+    fusions = fuse_attention(graph, placement, cfg)
+    if fusions:
+        say(f"fuse: {len(fusions)} attention chain(s) on chip")
     samples = [tuple(example_inputs)] if calibration is None else calibration
     say(f"calibrate: {len(samples) if isinstance(samples, (list, tuple)) else '?'} samples")
     calib: Calibration = calibrate(graph, samples, granularity=granularity)
     say("quantise: int8 weights per channel, static activation scales")
     consts = prepare(graph, calib, cfg, {k: v[0] for k, v in placement.items()})
+    prepare_fused(fusions, calib, cfg, consts)
     say("schedule: dataflow and tiles per GEMM from the cycle and traffic models")
     schedules = schedule(graph, placement, cfg)
     for name, sc in schedules.items():

@@ -129,6 +129,10 @@ class Backend:
     def layer_norm_int(self, x, gamma, beta) -> torch.Tensor:
         raise NotImplementedError
 
+    def attention_int(self, qq, kq, vq, mult: int, shift: int) -> torch.Tensor:
+        """Fused attention ([H, S, D] int8 each, see host/attention.py): the integer P V."""
+        raise NotImplementedError
+
     def begin(self, op: Op) -> None:
         pass
 
@@ -174,6 +178,11 @@ class GoldenBackend(Backend):
         out = layernorm_model(x.reshape(-1, x.shape[-1]), gamma, beta, self._cfg("layernorm"))
         return out.reshape(x.shape)
 
+    def attention_int(self, qq, kq, vq, mult, shift):
+        from ..attention import attention_int_golden
+
+        return attention_int_golden(qq, kq, vq, mult, shift, self._cfg("softmax"))
+
 
 class DeviceBackend(Backend):
     """An open device; weights are uploaded once (per key) and stay resident until close()."""
@@ -208,6 +217,11 @@ class DeviceBackend(Backend):
         from ..nonlinear import layer_norm_int
 
         return layer_norm_int(self.dev, x, gamma, beta)
+
+    def attention_int(self, qq, kq, vq, mult, shift):
+        from ..attention import attention_int
+
+        return attention_int(self.dev, qq, kq, vq, mult, shift)
 
     def begin(self, op):
         self._before = self.dev.perf()
@@ -247,14 +261,21 @@ def execute(graph: Graph, consts: dict, placement: dict, backend: Backend, input
             continue
         vals = [env[n] for n in op.inputs]
         engine = placement[op.name]
-        if engine == "host":
+        if engine == "attention" and "fusion" not in consts.get(op.name, {}):
+            out = None  # inside a fused chain: computed with its last op
+        elif engine == "host":
             out = float_op(op, [dequant(v) for v in vals], graph.consts)
         elif engine == "fused":
             out = _fused(op, vals, graph.consts)
         else:
             backend.begin(op)
             calls: list = []
-            out = _ENGINE_OPS[op.kind](op, vals, consts[op.name], backend, calls)
+            if engine == "attention":
+                from .fuse import run_fused
+
+                out = run_fused(op, env, consts[op.name], backend, calls)
+            else:
+                out = _ENGINE_OPS[op.kind](op, vals, consts[op.name], backend, calls)
             measured = backend.end(op)
             if trace is not None:
                 trace.append({"name": op.name, "engine": engine,

@@ -190,7 +190,7 @@ def prepare(graph: Graph, calib: Calibration, cfg, placement: dict) -> dict[str,
     out: dict[str, dict] = {}
     for op in graph.ops:
         engine = placement[op.name]
-        if engine in ("host", "fused", "input"):
+        if engine in ("host", "fused", "input", "attention"):
             continue
         c: dict[str, torch.Tensor] = {}
         if op.kind in ("linear", "matmul"):

@@ -115,6 +115,24 @@ def _row_chunks(rows: int, n: int, cfg):
 
 def predict(engine: str, calls: list, acfg) -> dict:
     """``{"cycles": engine cycles, "program": modelled program cycles or None}`` of the calls."""
+    if engine == "attention":  # per head: Q K^T (OS), softmax rows, P V (WS)
+        from ...generators.systolic.model import cycles
+
+        from ...generators.systolic.engine import window_layout
+
+        scfg, sm = acfg.engine("systolic"), acfg.engine("softmax")
+        lay = window_layout(scfg)
+        lw, tw = lay["left"].width // 32, lay["top"].width // 32
+        aw = scfg.cols * -(-scfg.acc_width // 32)
+        R, C = scfg.rows, scfg.cols
+        total = words = 0
+        for heads, s, d in calls:
+            per = cycles(s, d, s, "os", scfg) + cycles(s, s, d, "ws", scfg)
+            total += heads * (per + _engine("softmax", sm).cycles(s, s))
+            # device memory: Q, K^T, V in and the context out, nothing of S x S
+            words += heads * (-(-s // R) * d * lw + -(-s // C) * d * tw + -(-d // C) * s * tw
+                              + -(-d // C) * s * aw)  # fmt: skip
+        return {"cycles": total, "program": None, "words": words}
     cfg = acfg.engine(engine)
     if engine == "systolic":
         from ...generators.systolic.model import cycles
