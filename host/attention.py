@@ -12,9 +12,10 @@ Quantisation: ``Q`` and ``K`` per tensor (per head) to int8, so the scores have 
 one dyadic requantisation per head; ``V`` per column. :func:`attention_golden` is the bit-exact
 integer model of what the device returns; :func:`attention` dequantises it.
 
-Limits: one tile per head (``seq`` up to the softmax engine's ``max_len`` and the accumulator's
-half, ``head_dim`` to fit the scratchpad); no masks yet (the COPY saturates into the softmax
-format's full range, so a score that saturates at its minimum reads as masked, as in the model).
+Limits: one tile per head (``seq`` up to the softmax engine's ``max_len``, ``head_dim`` to fit
+the scratchpad and the accumulator); the only mask is the causal one (``causal=True``, applied by
+the COPY). The COPY saturates into the softmax format's full range, so a score that saturates
+at its minimum reads as masked, in the model as on the device.
 """
 
 from __future__ import annotations
@@ -72,7 +73,8 @@ def attention_golden(aq: AttentionQuant, sm_cfg) -> torch.Tensor:
     return attention_int_golden(aq.qq, aq.kq, aq.vq, aq.mult, aq.shift, sm_cfg)
 
 
-def attention_int_golden(qq, kq, vq, mult, shift, sm_cfg) -> torch.Tensor:
+def attention_int_golden(qq, kq, vq, mult, shift, sm_cfg, *, causal: bool = False,
+                         diag: int = 0) -> torch.Tensor:  # fmt: skip
     """The bit-exact model of :func:`attention_int` (int8 ``qq``, ``kq``, ``vq`` [H, S, D])."""
     from ..generators.softmax.model import softmax_model
 
@@ -83,6 +85,9 @@ def attention_int_golden(qq, kq, vq, mult, shift, sm_cfg) -> torch.Tensor:
     for h in range(H):
         acc = qq[h].long() @ kq[h].long().t()
         x = requant(acc, mult[h], shift[h], sm_cfg.in_fmt)
+        if causal:
+            s = x.shape[0]
+            x = x.masked_fill(torch.ones(s, s, dtype=torch.bool).triu(diag + 1), sm_cfg.in_fmt.min)
         p = requant(softmax_model(x, sm_cfg), 1, P_SHIFT, IntFormat(8))
         out.append(p @ vq[h].long())
     return torch.stack(out)
@@ -142,10 +147,12 @@ def fits(acfg, S: int, D: int) -> str:
     return ""
 
 
-def attention_int(dev, qq, kq, vq, mult, shift) -> torch.Tensor:
+def attention_int(dev, qq, kq, vq, mult, shift, *, causal: bool = False, diag: int = 0):
     """The device's integer ``P V`` ([H, S, D] int64) for int8 ``qq``, ``kq``, ``vq`` [H, S, D]
     and the scores' requantisation ``mult`` / ``shift`` (one per head, or one for all): one
-    program for all heads (see the module docstring). :func:`attention_golden` models it."""
+    program for all heads (see the module docstring). ``causal``: query ``r`` sees keys
+    ``0..r + diag`` only (the mask is applied by the COPY into the softmax engine).
+    :func:`attention_int_golden` models it."""
     H, S, D = qq.shape
     cfg, sm = _check_fits(dev, H, S, D)
     mult = list(mult) if isinstance(mult, (list, tuple)) else [int(mult)] * H
@@ -177,7 +184,8 @@ def attention_int(dev, qq, kq, vq, mult, shift) -> torch.Tensor:
             prog.instr(gemm_instr("os", S, D, S, acc=0, left=q_base, top=k_base),
                        deps=Deps(pop_prev=True), what=f"head {h}: Q K^T")  # fmt: skip
             prog.copy(acc_tile(dev, base=0, mt=S, nt=S), rows(dev, "softmax", "in", base=0, n=S),
-                      rows=S, length=S, mult=mult[h], shift=shift[h])  # fmt: skip
+                      rows=S, length=S, mult=mult[h], shift=shift[h], causal=causal,
+                      diag=diag)  # fmt: skip
             prog.instr(pack_row_instr(_SOFTMAX, src=0, dst=0, length=S, rows=S),
                        what=f"head {h}: softmax")  # fmt: skip
             prog.copy(rows(dev, "softmax", "out", base=0, n=S),

@@ -116,10 +116,13 @@ class Program:
                          win_stride, deps, check)  # fmt: skip
 
     def copy(self, src, dst, *, rows: int, length: int, mult: int = 1, shift: int = 0,
-             scale: float | None = None, deps: Deps | None = None) -> int:  # fmt: skip
+             scale: float | None = None, causal: bool = False, diag: int = 0,
+             deps: Deps | None = None) -> int:  # fmt: skip
         """On-chip COPY of ``rows`` x ``length`` elements from walk ``src`` to walk ``dst``
         (``gatesmith.host.chain``), each ``y = sat(round(x * mult / 2**shift))`` in the
-        destination's format (``scale=s`` picks the dyadic ``mult, shift`` closest to ``s``).
+        destination's format (``scale=s`` picks the dyadic ``mult, shift`` closest to ``s``);
+        ``causal``: element ``e`` of row ``r`` past ``r + diag`` becomes the destination's
+        minimum (a causal mask into the softmax engine).
 
         Two compute-queue entries (COPY_SRC, COPY): ``deps``' pops go on the first, its pushes on
         the second. Returns the index of the second."""
@@ -151,7 +154,8 @@ class Program:
                                 width=WIDTH_CODES[w.width], signed=w.signed, addr=w.addr,
                                 row_stride=w.row_stride, seg=w.seg, seg_stride=w.seg_stride)  # fmt: skip
         try:
-            s_words = pack_struct(CopySrc, opcode=Op.COPY_SRC, mult=mult, shift=shift, **common(src))
+            s_words = pack_struct(CopySrc, opcode=Op.COPY_SRC, mult=mult, shift=shift,
+                                  causal=causal, diag=diag, **common(src))  # fmt: skip
             d_words = pack_struct(CopyDst, opcode=Op.COPY, rows=rows, len=length, **common(dst))
         except ValueError as e:
             raise UsageError(f"{at}: {e}") from None

@@ -35,6 +35,7 @@ def _case(rng: random.Random):
         src.update(mult=1, shift=0)
     else:
         src.update(mult=rng.randint(0, 65535), shift=rng.randint(0, 40))
+    src.update(causal=rng.random() < 0.4, diag=rng.randint(0, 3))
     dst.update(rows=rows, len=length)
     return src, dst
 
@@ -46,7 +47,7 @@ def _run(src, dst, src_win, dst_win, *, same: bool, seed: int, p_grant: float = 
     result = {}
 
     async def bench(ctx):
-        s = {k: v for k, v in src.items()}
+        s = {"causal": 0, "diag": 0, **src}
         d = {k: v for k, v in dst.items()}
         s["width"], d["width"] = WIDTH_CODES[src["width"]], WIDTH_CODES[dst["width"]]
         ctx.set(dut.src_ins, {"opcode": Op.COPY_SRC, "engine": 0, **s})

@@ -19,7 +19,10 @@ in consecutive words, little-endian, its last word padded. So a systolic accumul
 
 Each element ``x`` (sign- or zero-extended from the source width) becomes
 ``y = sat(round_half_up(x * mult / 2**shift))`` in the destination format (``mult = 1``,
-``shift = 0`` is a plain, saturating copy). :func:`reference` is the bit-exact model.
+``shift = 0`` is a plain, saturating copy). With ``causal``, element ``e`` of row ``r`` with
+``e > r + diag`` becomes the destination format's minimum instead: a causal attention mask
+applied on the way into the softmax engine, which reads that minimum as a masked entry.
+:func:`reference` is the bit-exact model.
 """
 
 from __future__ import annotations
@@ -70,11 +73,13 @@ def reference(src_win: np.ndarray, dst_win: np.ndarray, src: dict, dst: dict) ->
             elems.append(v)
     lo, hi = fmt_range(dw, dst["signed"])
     mult, shift = src["mult"], src["shift"]
+    causal, diag = src.get("causal", 0), src.get("diag", 0)
     ys = []
-    for x in elems:
+    for i, x in enumerate(elems):
+        r, e = divmod(i, length)
         p = x * mult
         y = (p + ((1 << shift) >> 1)) >> shift
-        ys.append(min(hi, max(lo, y)))
+        ys.append(lo if causal and e > r + diag else min(hi, max(lo, y)))
     i = 0
     for a, n in walk_words(addr=dst["addr"], row_stride=dst["row_stride"], seg=dst["seg"],
                            seg_stride=dst["seg_stride"], rows=rows, length=length, width=dw):  # fmt: skip
@@ -209,6 +214,16 @@ class CopyUnit(wiring.Component):
                              cur_valid.eq(1)]  # fmt: skip
             with m.Elif(cur_valid):
                 m.d.sync += [lane.eq(lane + 1), cur_valid.eq(~last_lane)]
+        # the element's row and index in its row (for the causal mask), and whether it is masked
+        er, ee = Signal(16), Signal(13)
+        with m.If(go & v0):
+            with m.If(ee + 1 == d.len):
+                m.d.sync += [ee.eq(0), er.eq(er + 1)]
+            with m.Else():
+                m.d.sync += ee.eq(ee + 1)
+        with m.If(self.start):
+            m.d.sync += [ee.eq(0), er.eq(0)]
+        masked1 = Signal()
         prod, v1 = Signal(signed(50)), Signal()
         y, v2 = Signal(signed(34)), Signal()
         lo, hi = Signal(signed(34)), Signal(signed(34))
@@ -224,7 +239,8 @@ class CopyUnit(wiring.Component):
             m.d.sync += [
                 prod.eq(x * s.mult),
                 v1.eq(v0),
-                y.eq(Mux(rounded > hi, hi, Mux(rounded < lo, lo, rounded))),
+                masked1.eq(s.causal & (ee > er + s.diag)),
+                y.eq(Mux(masked1 | (rounded < lo), lo, Mux(rounded > hi, hi, rounded))),
                 v2.eq(v1),
             ]
         # pack

@@ -90,7 +90,8 @@ class CopySrc(data.Struct):
     seg_stride: 22  # words between a row's segments
     mult: 16  # y = sat(round_half_up(x * mult / 2**shift)) in the destination format
     shift: 6
-    reserved2: 11
+    causal: 1  # element e of row r becomes the destination minimum when e > r + diag
+    diag: 10  # (a causal attention mask: the softmax engine reads that minimum as masked)
 
 
 class CopyDst(data.Struct):

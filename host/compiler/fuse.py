@@ -2,7 +2,7 @@
 
 :func:`fuse_attention` finds, after placement, every chain ``S = Q @ K^T``, optional constant
 scalings, ``P = softmax(S, -1)``, ``O = P @ V`` whose intermediate values have no other
-consumer and no mask, and whose shape fits the accelerator (``host.attention.fits``). The
+consumer and no mask but a causal one (applied by the COPY into the softmax engine), and whose shape fits the accelerator (``host.attention.fits``). The
 chain's ops are placed on ``"attention"``; the last one carries the fusion. At run time the
 executor hands ``Q``, ``K`` and ``V`` as int8 with one scale per tensor (per head, from the
 calibration ranges) to the backend's ``attention_int``: on the device the scores and the
@@ -24,7 +24,7 @@ import math
 import torch
 
 from ...hdl.requant import dyadic
-from .graph import Graph
+from .graph import MASK_FILL_MAX, Graph
 from .quant import act_scale
 
 __all__ = ["fuse_attention", "prepare_fused", "FUSED"]
@@ -53,11 +53,17 @@ def fuse_attention(graph: Graph, placement: dict, cfg) -> dict[str, dict]:
             continue
         if op.attrs["dim"] not in (-1, len(op.shape) - 1):
             continue
-        chain, factor = [op.name], 1.0
+        chain, factor, diag = [op.name], 1.0, None
         src = graph.op(op.inputs[0])
-        while src.kind == "scale" and len(users.get(src.name, [])) == 1:
+        while src.kind in ("scale", "mask") and len(users.get(src.name, [])) == 1:
+            if src.kind == "mask":
+                d = _causal_diag(graph.consts[src.attrs["mask"]], src.shape)
+                if d is None or diag is not None or src.attrs["fill"] > MASK_FILL_MAX:
+                    break
+                diag = d
+            else:
+                factor *= src.attrs["factor"]
             chain.insert(0, src.name)
-            factor *= src.attrs["factor"]
             src = graph.op(src.inputs[0])
         if src.kind != "matmul" or placement[src.name][0] != "systolic":
             continue
@@ -89,8 +95,22 @@ def fuse_attention(graph: Graph, placement: dict, cfg) -> dict[str, dict]:
             graph.op(n).kind for n in members))  # fmt: skip
         out[last.name] = {"members": members, "q": q.name, "kt": kt.name, "v": v.name,
                           "factor": factor, "heads": math.prod(q.shape[:-2]), "seq": seq,
-                          "dim": dim}  # fmt: skip
+                          "dim": dim, "causal": diag is not None, "diag": diag or 0}  # fmt: skip
     return out
+
+
+def _causal_diag(mask: torch.Tensor, shape) -> int | None:
+    """``d`` when ``mask`` (True = masked, broadcast to ``shape``) masks exactly the entries
+    ``e > r + d`` of every ``S x S`` score tile (a causal mask), else None."""
+    s = shape[-1]
+    if len(shape) < 2 or shape[-2] != s:
+        return None
+    m = mask.to(torch.bool).expand(shape).reshape(-1, s, s)
+    for d in range(0, min(s, 1024)):
+        want = torch.ones(s, s, dtype=torch.bool).triu(d + 1)
+        if torch.equal(m[0], want):
+            return d if bool((m == want).all()) else None
+    return None
 
 
 def prepare_fused(fusions: dict, calib, cfg, consts: dict) -> None:
@@ -124,7 +144,8 @@ def run_fused(op, env: dict, c: dict, backend, calls: list):
     sv = c["v_scale"]
     vq = to_int(v, sv[..., None, :] if sv.dim() else sv, i8).reshape(-1, S, D)
     calls.append((qq.shape[0], S, D))
-    ints = backend.attention_int(qq, kq.contiguous(), vq, c["mult"], c["shift"])
+    ints = backend.attention_int(qq, kq.contiguous(), vq, c["mult"], c["shift"],
+                                 causal=f.get("causal", False), diag=f.get("diag", 0))
     scale = torch.as_tensor(sv, dtype=torch.float64) * 2.0 ** -(15 - P_SHIFT)
     out_scale = scale[..., None, :].expand(*lead, S, D) if scale.dim() else scale
     return QT(ints.reshape(*lead, S, D), out_scale)

@@ -129,7 +129,7 @@ class Backend:
     def layer_norm_int(self, x, gamma, beta) -> torch.Tensor:
         raise NotImplementedError
 
-    def attention_int(self, qq, kq, vq, mult: int, shift: int) -> torch.Tensor:
+    def attention_int(self, qq, kq, vq, mult: int, shift: int, *, causal=False, diag=0):
         """Fused attention ([H, S, D] int8 each, see host/attention.py): the integer P V."""
         raise NotImplementedError
 
@@ -178,10 +178,11 @@ class GoldenBackend(Backend):
         out = layernorm_model(x.reshape(-1, x.shape[-1]), gamma, beta, self._cfg("layernorm"))
         return out.reshape(x.shape)
 
-    def attention_int(self, qq, kq, vq, mult, shift):
+    def attention_int(self, qq, kq, vq, mult, shift, *, causal=False, diag=0):
         from ..attention import attention_int_golden
 
-        return attention_int_golden(qq, kq, vq, mult, shift, self._cfg("softmax"))
+        return attention_int_golden(qq, kq, vq, mult, shift, self._cfg("softmax"),
+                                    causal=causal, diag=diag)  # fmt: skip
 
 
 class DeviceBackend(Backend):
@@ -218,10 +219,10 @@ class DeviceBackend(Backend):
 
         return layer_norm_int(self.dev, x, gamma, beta)
 
-    def attention_int(self, qq, kq, vq, mult, shift):
+    def attention_int(self, qq, kq, vq, mult, shift, *, causal=False, diag=0):
         from ..attention import attention_int
 
-        return attention_int(self.dev, qq, kq, vq, mult, shift)
+        return attention_int(self.dev, qq, kq, vq, mult, shift, causal=causal, diag=diag)
 
     def begin(self, op):
         self._before = self.dev.perf()
