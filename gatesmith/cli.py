@@ -257,6 +257,7 @@ def cmd_compile(args) -> int:
     progress(f"load {args.model}")
     model, inputs, calib = _load_model_file(args.model)
     compiled = compile_model(model, inputs, cfg, calibration=calib, granularity=args.granularity,
+                             mode=args.mode,
                              progress=progress)  # fmt: skip
     out = Path(args.output)
     out.mkdir(parents=True, exist_ok=True)
@@ -327,6 +328,8 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("model", help="MODEL.py defining model() and example_inputs()")
     c.add_argument("--config", "-c", help="accelerator config (YAML)")
     c.add_argument("-o", "--output", required=True, help="output directory")
+    c.add_argument("--mode", choices=("auto", "sequential"), default="auto",
+                   help="auto: chains that fit run on chip (dataflow); sequential: op by op")
     c.add_argument("--granularity", choices=("row", "tensor"), default="row",
                    help="GEMM activation scales per row (default) or per tensor")
     c.set_defaults(func=cmd_compile)

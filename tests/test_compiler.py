@@ -373,7 +373,7 @@ def test_report_is_a_table_with_predicted_cycles(encoder):
     _, c = encoder
     text = str(c.report)
     assert text.splitlines()[0].startswith(
-        "| op | kind | engine | dataflow | tiles | in shapes | out shape | MACs"
+        "| op | kind | engine | mode | dataflow | tiles | in shapes | out shape | MACs"
     )
     lin = next(r for r in c.report.rows if r["op"] == "linear")
     assert lin["macs"] == SEQ * H * H and lin["predicted"] > SEQ * H * H / 16
@@ -457,6 +457,9 @@ def test_attention_fused_on_chip(encoder):
         y = c.run(HELD_OUT, be)
         be.close()
     assert torch.equal(y, golden)
+    seq = compile(_model(Encoder), CALIB[0], CFG, calibration=CALIB, mode="sequential")
+    assert not any(e == "attention" for e, _ in seq.placement.values())
+    assert torch.equal(seq.run(HELD_OUT), seq.run(HELD_OUT)) and "sequential" in str(seq.report)
     row = next(r for r in c.report.rows if r["op"] == fused[-1])
     assert row["measured"]["words"] == row["words"]
     heads, s, d = 2, SEQ, H // 2

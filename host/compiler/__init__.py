@@ -27,7 +27,7 @@ from .quant import GRANULARITIES, Calibration, calibrate, prepare
 from .fuse import fuse_attention, prepare_fused
 from .report import Report, place
 
-__all__ = ["compile", "schedule", "Compiled", "capture", "calibrate", "place", "Graph", "Op", "Report",
+__all__ = ["compile", "schedule", "MODES", "Compiled", "capture", "calibrate", "place", "Graph", "Op", "Report",
            "Backend", "GoldenBackend", "DeviceBackend", "CompileError"]  # fmt: skip
 
 FORMAT = "gatesmith.compiled/1"
@@ -113,17 +113,27 @@ def schedule(graph: Graph, placement: dict, cfg) -> dict:
     return out
 
 
+MODES = ("auto", "sequential")
+
+
 def compile(model: torch.nn.Module, example_inputs: tuple, config, calibration=None, *,
-            granularity: str = "row", progress=None) -> Compiled:  # fmt: skip
+            granularity: str = "row", mode: str = "auto", progress=None) -> Compiled:  # fmt: skip
     """Capture, place, calibrate (on ``calibration``, a list of input tuples; default: the
     example inputs alone) and quantise ``model`` for the accelerator ``config`` (anything
-    :func:`gatesmith.config.load_config` takes). ``progress(stage)`` is told each stage."""
+    :func:`gatesmith.config.load_config` takes). ``progress(stage)`` is told each stage.
+
+    ``mode`` (InTAR's choice per task): ``"auto"`` runs every chain that fits on chip in
+    dataflow mode (attention: the intermediates never leave the chip) and the rest
+    sequentially, one op at a time through device memory; ``"sequential"`` runs every op that
+    way (the baseline)."""
     from ...config import load_config
 
     say = progress or (lambda _msg: None)
     cfg = load_config(config)
     if granularity not in GRANULARITIES:
         raise CompileError(f"granularity must be 'row' or 'tensor', not {granularity!r}")
+    if mode not in MODES:
+        raise CompileError(f"mode must be one of {', '.join(MODES)}, not {mode!r}")
     say("capture: torch.export")
     was_training = model.training if isinstance(model, torch.nn.Module) else False
     if was_training:
@@ -135,7 +145,7 @@ def compile(model: torch.nn.Module, example_inputs: tuple, config, calibration=N
             model.train()
     say(f"place: {sum(o.kind != 'input' for o in graph.ops)} ops on {cfg.name}")
     placement = place(graph, cfg)
-    fusions = fuse_attention(graph, placement, cfg)
+    fusions = fuse_attention(graph, placement, cfg) if mode == "auto" else {}
     if fusions:
         say(f"fuse: {len(fusions)} attention chain(s) on chip")
     samples = [tuple(example_inputs)] if calibration is None else calibration

@@ -177,7 +177,7 @@ class Report:
 
     ``str(report)`` is a markdown table; ``to_dict()`` / ``from_dict()`` round-trip it."""
 
-    COLUMNS = ("op", "kind", "engine", "dataflow", "tiles", "in shapes", "out shape", "MACs",
+    COLUMNS = ("op", "kind", "engine", "mode", "dataflow", "tiles", "in shapes", "out shape", "MACs",
                "pred cycles", "pred program", "pred words", "meas busy", "meas program",
                "meas words", "reason")  # fmt: skip
 
@@ -242,7 +242,9 @@ class Report:
             m = r["measured"] or {}
             sc = r.get("schedule") or {}
             tiles = f"{sc['mt']}x{sc['kc']}x{sc['nt']}" if sc else ""
-            cells = [r["op"], r["kind"], r["engine"], sc.get("dataflow", ""), tiles,
+            mode = {"attention": "dataflow", "fused": "", "host": "", "input": ""}.get(
+                r["engine"], "sequential")
+            cells = [r["op"], r["kind"], r["engine"], mode, sc.get("dataflow", ""), tiles,
                      " ".join("x".join(map(str, s)) or "()" for s in r["in_shapes"]),
                      "x".join(map(str, r["shape"])) or "()", _n(r["macs"] or None),
                      _n(r["predicted"]), _n(r["program"]), _n(r.get("words")),
