@@ -23,10 +23,14 @@ units over ``bytes`` of traffic (arithmetic intensity ``work / bytes``) takes
   float32 values in and out. A nonlinear op counts a few flops per element (softmax 5,
   LayerNorm 8, GELU 10).
 
-Policies: ``"roofline"`` (the faster predicted device; GEMV-shaped work, ``M = 1``, goes to the
-PIM engine when the config has one and the roofline says so), ``"accelerator"`` (every op the
+Policies: ``"roofline"`` (the faster predicted device), ``"balance"`` (from the roofline
+placement, move ops to the accelerator, least slowed down first, while that lowers the busier
+device's predicted time per request: with requests pipelined over both devices the slower one
+sets the throughput), ``"accelerator"`` (every op the
 accelerator can run, whatever it costs: accelerator-only) and ``"host"`` (nothing on the
-accelerator: GPU- or CPU-only). Every decision carries its reason.
+accelerator: GPU- or CPU-only). Every decision carries its reason. GEMV-shaped work (``M = 1``)
+is priced on the systolic engine: the PIM engine's roofline is computed, but the schedule
+compiler has no PIM route yet, so no op is placed there.
 """
 
 from __future__ import annotations
@@ -41,7 +45,7 @@ from ..errors import UsageError
 
 __all__ = ["AccelRoofline", "HostRoofline", "Decision", "decide", "POLICIES", "op_work"]
 
-POLICIES = ("roofline", "accelerator", "host")
+POLICIES = ("roofline", "balance", "accelerator", "host")
 ACCEL_ENGINES = ("systolic", "softmax", "gelu", "layernorm", "pim")
 _HOST_FLOPS_PER_ELEM = {"softmax": 5, "layer_norm": 8, "gelu": 10}
 # measured on the simulated chain board: program cycles minus engine busy cycles of a one-row
@@ -184,12 +188,9 @@ def _model_cycles(op, graph, engine: str, w: dict, cfg) -> int:
 def decide(op, graph, cfg, engine: str, acc: AccelRoofline, host: HostRoofline,
            policy: str = "roofline") -> Decision:  # fmt: skip
     """Place one op the compiler can run on ``engine`` of ``cfg`` (see the module doc)."""
-    if policy not in POLICIES:
+    if policy not in POLICIES or policy == "balance":
         raise UsageError(f"placement must be one of {', '.join(POLICIES)}, not {policy!r}")
     w = op_work(op, graph)
-    if engine == "systolic" and w["m"] == 1 and w["batch"] == 1 and "pim" in acc.peaks:
-        if op.kind == "linear":
-            engine = "pim"
     peak = acc.peaks.get(engine)
     work = w.get("macs", w.get("elems"))
     ai = work / w["accel_bytes"]

@@ -81,7 +81,7 @@ def resolve_host(host: str = "auto") -> torch.device:
     raise UsageError(f"host must be 'auto', 'cpu' or 'cuda', not {host!r}")
 
 
-def host_roofline(dev: torch.device) -> HostRoofline:
+def measured_host_roofline(dev: torch.device) -> HostRoofline:
     """The host's roofline, measured once per device per process."""
     key = str(dev)
     if key not in _HOST_ROOFLINES:
@@ -138,7 +138,7 @@ def _decide_nodes(gm, ir, placement, cfg, acc, host, policy) -> tuple[set, dict]
             continue
         engine, reason = placement[op.name]
         if engine in ACCEL:
-            d = decide(op, ir, cfg, engine, acc, host, policy)
+            d = decide(op, ir, cfg, engine, acc, host, "roofline" if policy == "balance" else policy)
             if reason and d.device == "accel":
                 d.reason += f"; {reason}"
             decisions[op.name] = d
@@ -147,6 +147,8 @@ def _decide_nodes(gm, ir, placement, cfg, acc, host, policy) -> tuple[set, dict]
                                           "data movement or scale, follows its neighbours")  # fmt: skip
         else:
             decisions[op.name] = Decision(op.name, op.kind, "host", "host", reason)
+    if policy == "balance":
+        _balance(decisions, host)
     supported: set[str] = set()
     for node in reversed(list(gm.graph.nodes)):
         if node.op not in ("call_function", "get_attr"):
@@ -161,6 +163,28 @@ def _decide_nodes(gm, ir, placement, cfg, acc, host, policy) -> tuple[set, dict]
 
 
 # ---- graph preparation --------------------------------------------------------------------------
+
+
+def _balance(decisions: dict, host: HostRoofline) -> None:
+    """Move engine ops to the accelerator, least slowed down first, while that lowers the
+    busier device's load per request (both devices run at once when requests are pipelined)."""
+    eng = [d for d in decisions.values() if d.pred_accel_s is not None]
+    acc = sum(d.pred_accel_s for d in eng if d.device == "accel")
+    hst = sum(d.pred_host_s for d in eng if d.device == "host")
+    hst += host.op_s * sum(d.device == "host" and d.pred_host_s is None for d in decisions.values())
+    for d in sorted((d for d in eng if d.device == "host"), key=lambda d: d.pred_accel_s / d.pred_host_s):
+        if max(acc + d.pred_accel_s, hst - d.pred_host_s) >= max(acc, hst):
+            continue
+        acc, hst = acc + d.pred_accel_s, hst - d.pred_host_s
+        d.device, d.engine = "accel", _engine_of(d)
+        d.reason = (f"balance: moved to the accelerator to share the load ({d.reason.split(': ', 1)[-1]})")
+    for d in eng:
+        if d.device == "accel" and not d.reason.startswith("balance"):
+            d.reason = d.reason.replace("roofline", "balance: roofline", 1)
+
+
+def _engine_of(d: Decision) -> str:
+    return {"linear": "systolic", "matmul": "systolic", "layer_norm": "layernorm"}.get(d.kind, d.kind)
 
 
 def _fold_constants(gm: torch.fx.GraphModule) -> None:
@@ -220,7 +244,7 @@ class AccelPartition(torch.nn.Module):
         """(outputs on the host device, board cycles of this run)."""
         owner = self._owner[0]
         cpu = tuple(_to_cpu(a) for a in args)
-        be = owner._backend(backend)
+        be = owner._backend(backend, self.name)
         out = self.compiled.run(cpu, be)
         rows = [r for r in self.compiled.report.rows if r["engine"] in ACCEL]
         if backend == "device":
@@ -275,7 +299,7 @@ class GatesmithModel:
         self._make = make  # compile again for other shapes (None: refuse)
         self._variants: dict[tuple, GatesmithModel] = {}
         self._golden = None
-        self._device_be = None
+        self._device_be: dict = {}
         self.default_backend = "device" if dev is not None else "golden"
         self.stream = torch.cuda.Stream(host) if host.type == "cuda" else None
         self.last_timeline: overlap.Timeline | None = None
@@ -283,22 +307,26 @@ class GatesmithModel:
             p._owner[0] = self
 
     # ---- backends ----
-    def _backend(self, which: str):
+    def _backend(self, which: str, part: str):
+        """The golden models, or the device; one DeviceBackend per partition, as its resident
+        weights are keyed by the partition's own op names."""
         from .compiler import DeviceBackend, GoldenBackend
 
         if which == "golden" or self.device is None:
             if self._golden is None:
                 self._golden = GoldenBackend(self.config)
             return self._golden
-        if self._device_be is None:
-            self._device_be = DeviceBackend(self.device)
-        return self._device_be
+        if which != "device":
+            raise UsageError(f"backend must be 'device' or 'golden', not {which!r}")
+        if part not in self._device_be:
+            self._device_be[part] = DeviceBackend(self.device)
+        return self._device_be[part]
 
     def close(self) -> None:
         """Free the resident weights (and close the device if this model opened it)."""
-        if self._device_be is not None:
-            self._device_be.close()
-            self._device_be = None
+        for be in self._device_be.values():
+            be.close()
+        self._device_be.clear()
         for v in self._variants.values():
             v.close()
         if self._opened and self.device is not None:
@@ -462,7 +490,7 @@ def _to(t, dev):
 
 def compile(model: torch.nn.Module, example_inputs: tuple, *, device=None, config=None,
             placement: str = "roofline", host: str = "auto", calibration=None,
-            recompile: bool = False, host_roofline_: HostRoofline | None = None,
+            recompile: bool = False, host_roofline: HostRoofline | None = None,
             clock_hz: float | None = None, progress=None) -> GatesmithModel:  # fmt: skip
     """Split ``model`` between the accelerator and the host (see the module doc).
 
@@ -476,7 +504,7 @@ def compile(model: torch.nn.Module, example_inputs: tuple, *, device=None, confi
     hdev = resolve_host(host)
     dev, cfg, opened = _resolve_device(device, config)
     try:
-        hostr = host_roofline_ or host_roofline(hdev)
+        hostr = host_roofline or measured_host_roofline(hdev)
         acc = AccelRoofline.from_config(cfg, clock_hz)
         make = None
         if recompile:
@@ -521,6 +549,7 @@ def _compile(model, example_inputs, dev, cfg, policy, hdev, calibration, hostr, 
                                        allows_single_node_partition=True).propose_partitions()  # fmt: skip
     keep = [p for p in parts if any(decisions.get(n.name) is not None
                                     and decisions[n.name].device == "accel" for n in p.nodes)]  # fmt: skip
+    order = list(gm.graph.nodes)
     fused = CapabilityBasedPartitioner(gm, AccelSupport(supported)).fuse_partitions(keep)
     targets = sorted(n.target for n in fused.graph.nodes
                      if n.op == "call_module" and str(n.target).startswith("fused_"))  # fmt: skip
@@ -533,7 +562,7 @@ def _compile(model, example_inputs, dev, cfg, policy, hdev, calibration, hostr, 
         calib = seen[t]
         with torch.no_grad():
             multi = isinstance(sub(*calib[0]), (tuple, list))
-        orig = [n.name for n in sub.graph.nodes if n.op == "call_function"
+        orig = [n.name for n in order if n in keep[int(t.removeprefix("fused_"))].nodes
                 and n.name in decisions and decisions[n.name].device == "accel"]  # fmt: skip
         compiled = compile_partition(sub, calib[0], cfg, calibration=calib)
         part = AccelPartition(t, compiled, multi, None)
