@@ -152,10 +152,57 @@ def cmd_build(args) -> int:
     return 0
 
 
+def cmd_run_model(args) -> int:
+    """``gatesmith run MODEL.py``: split the model between the accelerator and the host, run
+    its ``requests()`` (default: the example inputs, 4 times) pipelined over both devices, and
+    print the placement table and the timing."""
+    import importlib.util
+
+    from rich.table import Table
+
+    from . import compile as split
+
+    con = _console()
+    model, inputs, calib = _load_model_file(args.model)
+    spec = importlib.util.spec_from_file_location("_gatesmith_requests", args.model)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    reqs = mod.requests() if callable(getattr(mod, "requests", None)) else [inputs] * 4
+    config = _config_from_args(args) if (args.config or args.set) else None
+    with con.status("compiling") as st:
+        m = split(model, inputs, device=args.device, config=config, placement=args.placement,
+                  host=args.host, calibration=calib, progress=lambda msg: st.update(msg))  # fmt: skip
+    with m:
+        with con.status(f"running {len(reqs)} requests ({args.device})"):
+            t0 = time.monotonic()
+            m.run_many(reqs)
+            wall = time.monotonic() - t0
+        print(m.report())
+        tl = m.last_timeline
+        if args.timeline:
+            tl.plot(args.timeline, title=f"{args.model} ({m.policy})")
+        cyc = tl.board_cycles()
+        t = Table(title=f"gatesmith run {args.model}: {m.config.name} beside {m.host}")
+        t.add_column("what")
+        t.add_column("value", justify="right")
+        t.add_row("requests", str(len(reqs)))
+        t.add_row("wall s (simulated board)" if m.device else "wall s (golden models)",
+                  f"{wall:.3f}")  # fmt: skip
+        t.add_row("requests/s (wall)", f"{len(reqs) / wall:,.1f}")
+        t.add_row(f"accelerator board cycles ({m.config.clock_hz / 1e6:g} MHz)", f"{cyc:,}")
+        t.add_row("accelerator time at the clock, ms", f"{cyc / m.config.clock_hz * 1e3:.3f}")
+        t.add_row("both devices busy (share of wall)", f"{tl.both_busy():.1%}")
+        con.print(t)
+    return 0
+
+
 def cmd_run(args) -> int:
     import torch
 
     from . import host
+
+    if args.model:
+        return cmd_run_model(args)
 
     cfg = _config_from_args(args)
     con = _console()
@@ -304,8 +351,16 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--freq", type=float, help="clock to time against, MHz (default: config)")
     b.set_defaults(func=cmd_build)
 
-    r = sub.add_parser("run", help="run a GEMM on the simulated accelerator and check it")
+    r = sub.add_parser("run", help="run MODEL.py split between the accelerator and the host "
+                       "(without MODEL.py: a GEMM on the simulated accelerator)")  # fmt: skip
+    r.add_argument("model", nargs="?", help="MODEL.py defining model() and example_inputs()")
     _add_config_args(r, engine_positional=False)
+    r.add_argument("--device", default="sim", choices=("sim", "golden"),
+                   help="MODEL.py: the simulated board (default) or the golden models")
+    r.add_argument("--placement", default="balance",
+                   choices=("roofline", "balance", "accelerator", "host"), help="MODEL.py placement")
+    r.add_argument("--host", default="auto", help="MODEL.py host device: auto, cpu or cuda")
+    r.add_argument("--timeline", metavar="PNG", help="MODEL.py: save the timeline plot here")
     r.add_argument("--m", type=int, default=64)
     r.add_argument("--k", type=int, default=64)
     r.add_argument("--n", type=int, default=64)

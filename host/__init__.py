@@ -8,3 +8,13 @@
 from .device import TRANSPORTS, Device, open
 
 __all__ = ["open", "Device", "TRANSPORTS"]
+
+
+def _register_torch_backend() -> None:
+    """``torch.compile(model, backend="gatesmith", options={...})``: see host/torch_backend.py."""
+    from .torch_backend import register
+
+    register()
+
+
+_register_torch_backend()
