@@ -9,12 +9,7 @@ from .device import TRANSPORTS, Device, open
 
 __all__ = ["open", "Device", "TRANSPORTS"]
 
-
-def _register_torch_backend() -> None:
-    """``torch.compile(model, backend="gatesmith", options={...})``: see host/torch_backend.py."""
-    from .torch_backend import register
-
-    register()
-
-
-_register_torch_backend()
+# ``torch.compile(model, backend="gatesmith", options={...})`` finds the backend through the
+# ``torch_dynamo_backends`` entry point in pyproject.toml (host/torch_backend.py), so importing
+# gatesmith does not import torch._dynamo; ``gatesmith.host.torch_backend.register()`` also
+# registers it by hand.

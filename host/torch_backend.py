@@ -246,7 +246,7 @@ class AccelPartition(torch.nn.Module):
         cpu = tuple(_to_cpu(a) for a in args)
         be = owner._backend(backend, self.name)
         out = self.compiled.run(cpu, be)
-        rows = [r for r in self.compiled.report.rows if r["engine"] in ACCEL]
+        rows = [r for r in self.compiled.report.rows if r["engine"] in (*ACCEL, "attention")]
         if backend == "device":
             cycles = sum((r["measured"] or {}).get("program", 0) for r in rows)
         else:
@@ -417,8 +417,10 @@ class GatesmithModel:
         meas = {}
         for p in self.parts.values():
             for r in p.compiled.report.rows:
-                if r["engine"] in ACCEL_ENGINES:
+                if r["engine"] in ACCEL_ENGINES or r["op"] in p.op_map:
                     cyc = (r["measured"] or {}).get("program") or r["program"] or r["predicted"]
+                    if cyc is None:  # inside a fused chain: its time is on the chain's last op
+                        continue
                     src = "board" if r["measured"] else "model"
                     meas[p.op_map[r["op"]]] = (cyc / self.config.clock_hz, src)
         meas.update(getattr(self, "_host_meas", {}))
@@ -463,13 +465,20 @@ class GatesmithModel:
         m._host_meas = times
 
 
+def _accel_rows(compiled) -> list[dict]:
+    """The report rows of the ops that run on an engine (a fused attention chain's matmuls and
+    softmax included; its scale / mask steps are folded, as they are outside a chain)."""
+    return [r for r in compiled.report.rows if r["engine"] in ACCEL
+            or (r["engine"] == "attention" and r["kind"] in ("matmul", "softmax"))]  # fmt: skip
+
+
 def _part_ops(p: AccelPartition) -> list[str]:
-    return [p.op_map[r["op"]] for r in p.compiled.report.rows if r["engine"] in ACCEL]
+    return [p.op_map[r["op"]] for r in _accel_rows(p.compiled)]
 
 
 def _op_map(compiled, orig: list[str], decisions, target) -> dict[str, str]:
     """The partition's re-exported op names -> the model's op names (same order and kinds)."""
-    rows = [r for r in compiled.report.rows if r["engine"] in ACCEL]
+    rows = _accel_rows(compiled)
     kinds = [decisions[n].kind for n in orig]
     if [r["kind"] for r in rows] != kinds:
         raise CompileError(f"partition {target}: the compiler placed {[r['kind'] for r in rows]} "

@@ -139,8 +139,9 @@ def predict(engine: str, calls: list, acfg) -> dict:
         from ..systolic import _hw_df, default_dataflow, plan_dma, plan_traffic
 
         total = program = words = 0
-        for m, k, n, df in calls:
-            df = df or default_dataflow(cfg)
+        for call in calls:
+            m, k, n = call[:3]
+            df = (call[3] if len(call) > 3 else None) or default_dataflow(cfg)
             if df == "is":  # hardware roles: IS computes the transpose
                 m, n = n, m
             p, prog = plan_dma(m, k, n, df, cfg, acfg)
