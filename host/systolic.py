@@ -76,11 +76,14 @@ def default_dataflow(cfg: SystolicConfig) -> str:
 
 @dataclass(frozen=True)
 class Plan:
-    """Tile sizes in hardware roles: output tiles mt x nt, K chunks of kc."""
+    """Tile sizes in hardware roles: output tiles mt x nt, K chunks of kc; ``acc_bufs`` output
+    tiles in the accumulator at once (2: the next tile accumulates while the last one is
+    stored; 1: tiles twice as large, each store waited for)."""
 
     mt: int
     nt: int
     kc: int
+    acc_bufs: int = 2
 
     def chunks(self, m: int, k: int, n: int):
         """(m0, n0, k0, tile_index, first_chunk, last_chunk) in issue order."""
@@ -246,27 +249,29 @@ def plan_dma(m: int, k: int, n: int, dataflow: str, cfg: SystolicConfig, acfg=No
     """
     R, C = cfg.rows, cfg.cols
     lay = window_layout(cfg)
-    half, acc_half = cfg.spad_depth // 2, cfg.acc_depth // 2
+    half = cfg.spad_depth // 2
     beat = 1 if acfg is None else acfg.mem_cycles_per_beat
     ls, ts, as_ = lay["left"].stride, lay["top"].stride, lay["acc"].stride
     hw = _hw_df(dataflow)
     best = None
-    for mt in _candidates(min(m, acc_half), R if hw == "os" else 1):
-        for nt in _candidates(n, C):
-            if _ceil(nt, C) * mt > acc_half or mt > _MAX_DIM or nt > _MAX_DIM:
-                continue
-            for kc in _candidates(k, 1 if hw == "os" else R):
-                if hw == "os":
-                    left_e = _ceil(mt, R) * kc
-                else:
-                    left_e = _ceil(kc, R) * mt
-                if left_e > half or _ceil(nt, C) * kc > half or kc > _MAX_DIM:
+    for bufs in (2, 1):
+        acc_room = cfg.acc_depth // bufs
+        for mt in _candidates(min(m, acc_room), R if hw == "os" else 1):
+            for nt in _candidates(n, C):
+                if _ceil(nt, C) * mt > acc_room or mt > _MAX_DIM or nt > _MAX_DIM:
                     continue
-                p = Plan(mt=_balanced(m, mt, R if hw == "os" else 1), nt=_balanced(n, nt, C),
-                         kc=_balanced(k, kc, 1 if hw == "os" else R))  # fmt: skip
-                cost = _model(p, m, k, n, hw, cfg, ls, ts, as_, beat)
-                if best is None or cost < best[1]:
-                    best = (p, cost)
+                for kc in _candidates(k, 1 if hw == "os" else R):
+                    if hw == "os":
+                        left_e = _ceil(mt, R) * kc
+                    else:
+                        left_e = _ceil(kc, R) * mt
+                    if left_e > half or _ceil(nt, C) * kc > half or kc > _MAX_DIM:
+                        continue
+                    p = Plan(mt=_balanced(m, mt, R if hw == "os" else 1), nt=_balanced(n, nt, C),
+                             kc=_balanced(k, kc, 1 if hw == "os" else R), acc_bufs=bufs)  # fmt: skip
+                    cost = _model(p, m, k, n, hw, cfg, ls, ts, as_, beat)
+                    if best is None or cost < best[1]:
+                        best = (p, cost)
     if best is None:
         p = plan(m, k, n, dataflow, cfg)
         best = (p, _model(p, m, k, n, hw, cfg, ls, ts, as_, beat))
@@ -330,7 +335,12 @@ def _model(p: Plan, m, k, n, hw, cfg, ls, ts, as_, beat) -> int:
                 left = (_ceil(mt, R) * kc if hw == "os" else _ceil(kc, R) * mt) * ls
                 load = (left + _ceil(nt, C) * kc * ts) * beat / DMA_EFFICIENCY
                 compute = gemm_cycles(mt, kc, nt, hw, cfg) + 4
-                total += cm * cn * ck * max(compute, load + store / k_chunks)
+                if p.acc_bufs == 1:  # the store does not overlap the next tile's GEMMs
+                    total += cm * cn * ck * max(compute, load)
+                else:
+                    total += cm * cn * ck * max(compute, load + store / k_chunks)
+            if p.acc_bufs == 1:
+                total += cm * cn * store
     # the first chunk's loads and the last tile's stores are not overlapped
     mt0, nt0, kc0 = min(p.mt, m), min(p.nt, n), min(p.kc, k)
     left0 = (_ceil(mt0, R) * kc0 if hw == "os" else _ceil(kc0, R) * mt0) * ls
@@ -353,7 +363,7 @@ def gemm_program(dev, left: Buffer, top: Buffer, out: Buffer, p: Plan, hw: str,
     prog = dev.program() if prog is None else prog
     lay = window_layout(cfg)
     lw, tw, aw = lay["left"], lay["top"], lay["acc"]
-    half, acc_half = cfg.spad_depth // 2, cfg.acc_depth // 2
+    half = cfg.spad_depth // 2
     hm, hk = left.layout.rows, left.layout.cols
     hn = top.layout.cols
     R, C = cfg.rows, cfg.cols
@@ -411,17 +421,18 @@ def gemm_program(dev, left: Buffer, top: Buffer, out: Buffer, p: Plan, hw: str,
         if i + 1 < len(chunks):
             loads(i + 1)
         mt, nt, kc = min(p.mt, hm - m0), min(p.nt, hn - n0), min(p.kc, hk - k0)
-        ah = tile % 2
+        nb = p.acc_bufs
+        acc_base = (tile % nb) * (cfg.acc_depth // nb)
         prog.instr(
-            gemm_instr(hw, mt, kc, nt, acc=ah * acc_half, left=(i % 2) * half,
+            gemm_instr(hw, mt, kc, nt, acc=acc_base, left=(i % 2) * half,
                        top=(i % 2) * half, accumulate=not first),  # fmt: skip
-            deps=Deps(pop_prev=True, pop_next=first and tile >= 2, push_prev=i + 2 < len(chunks),
-                      push_next=last and out is not None),  # fmt: skip
+            deps=Deps(pop_prev=True, pop_next=first and tile >= nb and out is not None,
+                      push_prev=i + 2 < len(chunks), push_next=last and out is not None),  # fmt: skip
             what=f"GEMM {hw} {mt}x{kc}x{nt} (tile {tile}, k0 {k0})",
         )
         if last and out is not None:
             panels("store", out, aw, awords, aw.stride, n0 // C, _ceil(nt, C), m0, mt, hm,
-                   ah * acc_half, Deps(pop_prev=True), Deps(push_prev=tile + 2 < n_tiles))  # fmt: skip
+                   acc_base, Deps(pop_prev=True), Deps(push_prev=tile + nb < n_tiles))  # fmt: skip
     return prog
 
 

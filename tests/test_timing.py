@@ -44,3 +44,28 @@ def test_nonlinear_and_attention_programs(dev):  # noqa: F811
     q, k, v = (torch.randn(6, 8, 8, generator=g) for _ in range(3))
     meas, prog = _measured(dev, lambda: attention(dev, q, k, v))
     assert abs(prog.predict() - meas) <= 0.05 * meas, (prog.predict(), meas, len(prog))
+
+
+def test_single_buffered_accumulator_plan(dev):  # noqa: F811
+    """A plan with one output tile in the accumulator at a time (each tile's store waited for
+    by the next tile's GEMMs): exact over many tiles, and predicted like the others."""
+    from gatesmith.generators.systolic.engine import window_layout
+    from gatesmith.host.systolic import Packed, Plan, gemm_program, upload
+
+    g = torch.Generator().manual_seed(SEED + 2)
+    cfg = dev.config.engine("systolic")
+    m, k, n = 40, 48, 36
+    a = torch.randint(-128, 128, (m, k), generator=g, dtype=torch.int8)
+    b = torch.randint(-128, 128, (k, n), generator=g, dtype=torch.int8)
+    la, lb = upload(dev, a, "a", "os"), upload(dev, b, "b", "os")
+    acc = window_layout(cfg)["acc"]
+    res = dev.alloc((-(-n // cfg.cols) * m * acc.stride,), torch.int32)
+    res.layout = Packed(role="result", dataflow="os", rows=m, cols=n)
+    prog = gemm_program(dev, la, lb, res, Plan(mt=16, nt=16, kc=16, acc_bufs=1), "os", cfg)
+    dev.reset_perf()
+    prog.run()
+    meas = dev.perf()["program"]
+    assert torch.equal(res.layout.unpack_from(res).long(), a.long() @ b.long())
+    assert abs(prog.predict() - meas) <= 0.10 * meas, (prog.predict(), meas)
+    for buf in (la, lb, res):
+        buf.free()
