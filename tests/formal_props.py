@@ -431,6 +431,7 @@ class BurstWriterHarness(Elaboratable):
             Assert(~w.valid | (w.payload.last == (beats_left == 1)), "WLAST not on the last beat"),
             Assert(~aw.valid | (beats_left == 0), "an AW before the previous burst's beats"),
             Assert(b.ready, "B not accepted"),
-            Cover(w_fire & w.payload.last & (beats_left == self.MAX_BURST)),
+            Cover(aw_fire & (aw.payload.len == self.MAX_BURST - 1)),
+            Cover(w_fire & w.payload.last),
         ]
         return m
