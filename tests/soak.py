@@ -52,12 +52,15 @@ class Soak:
         self.dev, self.g = dev, torch.Generator().manual_seed(seed)
         self.steps: dict[str, int] = {}
         ln = dev.config.engine("layernorm")
-        wins = windows(dev, "layernorm")
-        # gamma/beta for every element position, written once (the engine reads the first n)
+        # gamma/beta for every element position (a chained LayerNorm of n reads the first n)
         self.gamma = torch.randint(2**10, 2**12, (ln.max_len,), generator=self.g)
         self.beta = torch.randint(-500, 500, (ln.max_len,), generator=self.g)
-        _write_region(dev, "layernorm", wins["gamma"], self.gamma[None].numpy(), ln.lanes)
-        _write_region(dev, "layernorm", wins["beta"], self.beta[None].numpy(), ln.lanes)
+        self._write_params()
+
+    def _write_params(self) -> None:
+        ln, wins = self.dev.config.engine("layernorm"), windows(self.dev, "layernorm")
+        _write_region(self.dev, "layernorm", wins["gamma"], self.gamma[None].numpy(), ln.lanes)
+        _write_region(self.dev, "layernorm", wins["beta"], self.beta[None].numpy(), ln.lanes)
 
     def model(self, kind: str, x: torch.Tensor) -> torch.Tensor:
         cfg = self.dev.config.engine(kind)
@@ -172,6 +175,7 @@ class Soak:
             if _r(g, 0, 1):
                 got = dev.layer_norm(y, n, self.gamma[:n], self.beta[:n])
                 assert torch.equal(got, self.model("layernorm", want)), "rows gelu -> layernorm"
+                self._write_params()  # the call wrote n of them, zero-padded to a lane word
             else:
                 got = dev.softmax(y)
                 assert torch.equal(got, self.model("softmax", want)), "rows gelu -> softmax"
