@@ -30,7 +30,15 @@ from ..generators.bitserial.model import (
     result_from_image,
     weight_image,
 )
-from .quant import ENCODINGS, QuantizedWeight, encode_int, quantize_activations, quantize_weights
+from .quant import (
+    ENCODINGS,
+    QuantizedWeight,
+    encode_int,
+    int_range,
+    quantize_activations,
+    quantize_weights,
+)
+from .ranges import check_policy, fit_bounds
 
 __all__ = ["matmul", "linear", "quantize", "Plan", "plan"]
 
@@ -179,8 +187,12 @@ def _check_common(cfg, m, n, k, w_bits, a_bits, w_encoding, a_encoding):
 
 
 def matmul(dev, a: torch.Tensor, w: torch.Tensor, *, w_bits: int, a_bits: int = 8,
-           w_encoding: str = "twos", a_encoding: str = "twos") -> torch.Tensor:  # fmt: skip
-    """``a @ w`` on the bit-serial engine at ``w_bits``-bit weights (see the module doc)."""
+           w_encoding: str = "twos", a_encoding: str = "twos",
+           range: str = "error") -> torch.Tensor:  # fmt: skip
+    """``a @ w`` on the bit-serial engine at ``w_bits``-bit weights (see the module doc).
+    ``range``: "error" or "saturate" for values outside the ``a_bits`` / ``w_bits`` integers
+    (``host/ranges.py``; a bipolar value saturates to the odd end of its range)."""
+    policy = check_policy(range)
     cfg = engine_config(dev)
     a, w = _check_int2d("a", a), _check_int2d("w", w)
     if a.shape[1] != w.shape[0]:
@@ -190,11 +202,20 @@ def matmul(dev, a: torch.Tensor, w: torch.Tensor, *, w_bits: int, a_bits: int = 
         )
     m, k, n = a.shape[0], a.shape[1], w.shape[1]
     _check_common(cfg, m, n, k, w_bits, a_bits, w_encoding, a_encoding)
+    a = _fit(a, a_bits, a_encoding, policy, "a")
+    w = _fit(w, w_bits, w_encoding, policy, "w")
     ac = encode_int(a, a_bits, a_encoding, name="a")
     wc = encode_int(w, w_bits, w_encoding, name="w").T.contiguous()
     r = _run(dev, cfg, ac, wc, None, None, w_bits=w_bits, a_bits=a_bits, w_enc=w_encoding,
              a_enc=a_encoding)  # fmt: skip
     return r.to(torch.int32)
+
+
+def _fit(t: torch.Tensor, bits: int, enc: str, policy: str, name: str) -> torch.Tensor:
+    if t.is_floating_point() or t.is_complex() or t.dtype == torch.bool:
+        return t  # encode_int names the dtype
+    lo, hi = int_range(bits, enc)
+    return fit_bounds(t, lo, hi, f"{bits}-bit {enc}", policy, op="matmul", name=name)
 
 
 def quantize(dev_or_cfg, w: torch.Tensor, *, bits: int = 4, types: str = "bitmod",
@@ -213,6 +234,9 @@ def linear(dev, x: torch.Tensor, qw: QuantizedWeight, *, a_bits: int = 8) -> tor
     x = _check_int2d("x", x)
     if not x.is_floating_point():
         raise UsageError(f"x must be a float tensor, not {x.dtype}")
+    if not bool(torch.isfinite(x).all()):
+        # each row is scaled by its absmax: one infinity would zero the rest of its row
+        raise UsageError("x must be finite (no inf or NaN): its rows are scaled by their absmax")
     if qw.group_size != cfg.group_size:
         raise UsageError(f"qw was quantised with group_size {qw.group_size}, but this engine's "
                          f"group_size is {cfg.group_size}")  # fmt: skip

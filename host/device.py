@@ -358,53 +358,57 @@ class Device:
                 raise UsageError("dataflow applies to the systolic engine, not bitserial")
             return matmul(self, a, b, w_bits=8 if w_bits is None else w_bits, **kwargs)
         out = kwargs.pop("out", "host")
+        policy = kwargs.pop("range", "error")
         if w_bits is not None or kwargs:
             extra = sorted(kwargs) + (["w_bits"] if w_bits is not None else [])
             raise UsageError(f"the systolic engine takes no {', '.join(extra)} argument")
         from .systolic import matmul
 
-        return matmul(self, a, b, dataflow=dataflow, out=out)
+        return matmul(self, a, b, dataflow=dataflow, out=out, range=policy)
 
-    def upload(self, t, role: str = "b", *, dataflow: str | None = None):
+    def upload(self, t, role: str = "b", *, dataflow: str | None = None, range: str = "error"):
         """Pack a systolic operand (``role`` "a" or "b" of ``a @ b``) into device memory once;
-        pass the returned buffer to :meth:`matmul` as often as you like (it stays resident)."""
+        pass the returned buffer to :meth:`matmul` as often as you like (it stays resident).
+        ``range``: "error" or "saturate" for values outside the engine's format."""
         from .systolic import _systolic_config, default_dataflow, upload
 
         if role not in ("a", "b"):
             raise UsageError(f"role must be 'a' or 'b', not {role!r}")
         df = dataflow or default_dataflow(_systolic_config(self))
-        return upload(self, t, role, df)
+        return upload(self, t, role, df, range=range)
 
     # Device buffers hold the engines' integers: a buffer argument, or out="device", runs the
     # integer form of the op (host/nonlinear.py's *_int) and may return a device buffer of rows.
-    def softmax(self, x, dim: int = -1, *, out: str = "host", **kwargs):
+    # ``range`` ("error" or "saturate"): what happens to a value outside the engine's input
+    # format, see host/ranges.py; the default raises.
+    def softmax(self, x, dim: int = -1, *, out: str = "host", range: str = "error", **kwargs):
         """Softmax on the softmax engine (float in, float out; a device buffer or
         ``out="device"``: integers, see :func:`gatesmith.host.nonlinear.softmax_int`)."""
         from . import nonlinear as NL
 
         if _on_device(x, out):
-            return NL.softmax_int(self, x, dim, out=out)
-        return NL.softmax(self, x, dim=dim, **kwargs)
+            return NL.softmax_int(self, x, dim, out=out, range=range)
+        return NL.softmax(self, x, dim=dim, range=range, **kwargs)
 
-    def gelu(self, x, *, out: str = "host", **kwargs):
+    def gelu(self, x, *, out: str = "host", range: str = "error"):
         """GELU on the GELU engine (float in, float out; a device buffer or ``out="device"``:
         integers, see :func:`gatesmith.host.nonlinear.gelu_int`)."""
         from . import nonlinear as NL
 
         if _on_device(x, out):
-            return NL.gelu_int(self, x, out=out)
-        return NL.gelu(self, x, **kwargs)
+            return NL.gelu_int(self, x, out=out, range=range)
+        return NL.gelu(self, x, range=range)
 
     def layer_norm(self, x, normalized_shape, weight=None, bias=None, *, out: str = "host",
-                   **kwargs):  # fmt: skip
+                   range: str = "error", **kwargs):  # fmt: skip
         """LayerNorm on the LayerNorm engine (float in, float out; a device buffer or
         ``out="device"``: integers with int16 ``weight``/``bias``, see
         :func:`gatesmith.host.nonlinear.layer_norm_int`)."""
         from . import nonlinear as NL
 
         if _on_device(x, out):
-            return NL.layer_norm_int(self, x, weight, bias, out=out)
-        return NL.layer_norm(self, x, normalized_shape, weight, bias, **kwargs)
+            return NL.layer_norm_int(self, x, weight, bias, out=out, range=range)
+        return NL.layer_norm(self, x, normalized_shape, weight, bias, range=range, **kwargs)
 
     def load_weights(self, w, **kwargs):
         """Place an integer weight matrix in the PIM banks once; returns a handle for gemv."""
@@ -412,11 +416,11 @@ class Device:
 
         return load_weights(self, w, **kwargs)
 
-    def gemv(self, x, w):
+    def gemv(self, x, w, *, range: str = "error"):
         """``w @ x`` on the PIM banks, ``w`` a handle from load_weights or a matrix."""
         from .pim import gemv
 
-        return gemv(self, x, w)
+        return gemv(self, x, w, range=range)
 
 def _on_device(x, out: str) -> bool:
     """True when an op takes the device-buffer (integer) form: a buffer in, or one wanted out."""

@@ -12,7 +12,11 @@ Float functions quantise to the engine's input format, run the engine and return
   engine's ``eps`` is the config's.
 
 The ``*_int`` variants take and return the engines' integers for callers that manage scales. Rows
-longer than the engine's ``max_len`` and values that do not fit raise :class:`UsageError`.
+longer than the engine's ``max_len`` raise :class:`UsageError`. Every call takes ``range=``
+(``"error"``, the default, or ``"saturate"``): what to do with a value outside the engine's input
+format (``host/ranges.py``: raise, or clamp with a :class:`SaturationWarning`; softmax's ``-inf``
+is a masked entry, other infinities are out of range). An empty tensor gives an empty result, as
+in torch.
 
 Layout in an engine's window (``generators/<engine>/engine.py``'s ``windows()``): rows are packed
 into vector words of ``lanes`` elements (element ``j`` of a row in word ``j // lanes``, lane
@@ -29,7 +33,9 @@ import numpy as np
 import torch
 
 from ..errors import UsageError
+from ..hdl.formats import IntFormat
 from ..hdl.nonlinear_common import pack_row_instr
+from .ranges import check_policy, fit_float, fit_int
 
 __all__ = [
     "pack_rows",
@@ -148,7 +154,7 @@ def _rows_layout(kind, region, win, lanes, rows, n, signed) -> Rows:
     return Rows(kind, region, rows, n, lanes, win.width // lanes, win.stride, signed)
 
 
-def _input_rows(dev, kind, x):
+def _input_rows(dev, kind, x, policy="error"):
     """``x`` as (tensor or None, packed input buffer or None, rows, n): a buffer already in the
     engine's input layout is used as it is; a plain integer buffer is read (a host round trip)."""
     from .memory import Buffer
@@ -162,18 +168,19 @@ def _input_rows(dev, kind, x):
     t = lay.unpack_from(x) if lay is not None else x.read()
     if t.dim() != 2:
         raise UsageError(f"a device buffer of rows must be 2-D, not {tuple(t.shape)}")
-    t = _as_int(t, cfg.in_fmt, "x (read from its device buffer)")
+    floor = cfg.in_fmt.min + 1 if kind == "softmax" else None  # softmax's minimum: masked
+    t = _as_int(t, cfg.in_fmt, "x (read from its device buffer)", policy, kind, floor)
     return t, None, t.shape[0], t.shape[1]
 
 
-def _run_rows(dev, kind, x2d, *, signed_out: bool, out: str = "host"):
+def _run_rows(dev, kind, x2d, *, signed_out: bool, out: str = "host", policy: str = "error"):
     """Run ``[rows, n]`` integer rows (a tensor or a device buffer of rows) through engine
     ``kind``, in chunks that fit its memories; returns int64 rows, or with ``out="device"`` a
     device buffer (layout :class:`Rows`) of the engine's output."""
     if out not in ("host", "device"):
         raise UsageError(f"out must be 'host' or 'device', not {out!r}")
     cfg, wins = _engine(dev, kind)
-    x2d, packed, rows, n = _input_rows(dev, kind, x2d)
+    x2d, packed, rows, n = _input_rows(dev, kind, x2d, policy)
     if not 1 <= n <= cfg.max_len:
         raise UsageError(
             f"rows must have 1..{cfg.max_len} elements for this {kind} engine, not {n}"
@@ -278,13 +285,10 @@ def _row_blocks(count: int):
         yield min(65535, count - r0), r0
 
 
-def _as_int(x, fmt, name):
+def _as_int(x, fmt, name, policy, op, floor=None):
     if not isinstance(x, torch.Tensor) or x.is_floating_point() or x.is_complex():
         raise UsageError(f"{name} must be an integer torch tensor, not {_describe(x)}")
-    x = x.long()
-    if x.numel() and (x.min() < fmt.min or x.max() > fmt.max):
-        raise UsageError(f"{name} must hold {fmt.name} values ({fmt.min}..{fmt.max})")
-    return x
+    return fit_int(x, fmt, policy, op=op, name=name, floor=floor)
 
 
 def _as_float(x, name):
@@ -299,18 +303,13 @@ def _describe(x):
     return f"a tensor of {x.dtype}" if isinstance(x, torch.Tensor) else type(x).__name__
 
 
-def _quantise(x, frac, lo, hi):
-    scaled = torch.nan_to_num(x.double() * 2.0**frac, posinf=hi, neginf=lo)
-    return scaled.round().clamp(lo, hi).long()
-
-
 def _rows_last(x, dim):
     if x.dim() == 0:
         raise UsageError("x must have at least one dimension")
     if not -x.dim() <= dim < x.dim():
         raise UsageError(f"dim must be in {-x.dim()}..{x.dim() - 1} for a {x.dim()}-d x, not {dim}")
     xt = x.movedim(dim, -1)
-    return xt, xt.reshape(-1, xt.shape[-1])
+    return xt, xt.reshape(-1 if xt.numel() else 0, xt.shape[-1])
 
 
 def _is_buffer(x) -> bool:
@@ -319,10 +318,10 @@ def _is_buffer(x) -> bool:
     return isinstance(x, Buffer)
 
 
-def _rows_op(dev, kind, x, dim, cfg, *, signed_out, out):
+def _rows_op(dev, kind, x, dim, cfg, *, signed_out, out, policy, floor=None):
     """The device-buffer form of an op: rows in (a buffer, or a tensor as rows of ``dim``)."""
     if not _is_buffer(x):
-        x = _as_int(x, cfg.in_fmt, "x")
+        x = _as_int(x, cfg.in_fmt, "x", policy, kind, floor)
         if x.dim() != 2 or dim not in (-1, 1):
             raise UsageError(
                 f"with out='device' x must be 2-D rows (the op along its last dimension), "
@@ -330,34 +329,44 @@ def _rows_op(dev, kind, x, dim, cfg, *, signed_out, out):
             )
     elif dim not in (-1, 1):
         raise UsageError(f"a device buffer of rows is processed along its rows (dim=-1), not {dim}")
-    return _run_rows(dev, kind, x, signed_out=signed_out, out=out)
+    return _run_rows(dev, kind, x, signed_out=signed_out, out=out, policy=policy)
 
 
 # ---- softmax -------------------------------------------------------------------------------
 
 
-def softmax_int(dev, x, dim: int = -1, *, out: str = "host"):
+def softmax_int(dev, x, dim: int = -1, *, out: str = "host", range: str = "error"):
     """Softmax of integer logits (``in_dtype``; its minimum is a masked entry) along ``dim``:
     int64 probabilities with 1.0 == 2**15 (see ``generators/softmax/engine.py``).
 
     ``x`` may be a device buffer of rows (softmax over its last dimension); ``out="device"``
-    returns the probabilities as a device buffer of rows (:class:`Rows`) instead."""
+    returns the probabilities as a device buffer of rows (:class:`Rows`) instead. With
+    ``range="saturate"`` a logit below the format saturates to the minimum plus one (the minimum
+    itself means masked)."""
     cfg, _ = _engine(dev, "softmax")
+    policy, floor = check_policy(range), cfg.in_fmt.min + 1
     if _is_buffer(x) or out == "device":
-        return _rows_op(dev, "softmax", x, dim, cfg, signed_out=False, out=out)
-    x = _as_int(x, cfg.in_fmt, "x")
+        return _rows_op(dev, "softmax", x, dim, cfg, signed_out=False, out=out, policy=policy,
+                        floor=floor)  # fmt: skip
+    x = _as_int(x, cfg.in_fmt, "x", policy, "softmax", floor)
+    if x.numel() == 0:
+        _rows_last(x, dim)  # the dim check
+        return torch.zeros(x.shape, dtype=torch.int64)
     xt, rows = _rows_last(x, dim)
     out = _run_rows(dev, "softmax", rows, signed_out=False)
     return out.reshape(xt.shape).movedim(-1, dim)
 
 
-def softmax(dev, x: torch.Tensor, dim: int = -1, *, mask: torch.Tensor | None = None):
+def softmax(dev, x: torch.Tensor, dim: int = -1, *, mask: torch.Tensor | None = None,
+            range: str = "error"):  # fmt: skip
     """``torch.softmax(x, dim)`` on the engine; ``-inf`` or ``mask == True`` entries are masked
-    (a fully masked row gives zeros). Returns ``x.dtype`` probabilities (multiples of 2**-15)."""
+    (a fully masked row gives zeros). Returns ``x.dtype`` probabilities (multiples of 2**-15).
+    Other logits outside the input range (``+inf`` included) raise, or with
+    ``range="saturate"`` are clamped and reported."""
     cfg, _ = _engine(dev, "softmax")
+    policy = check_policy(range)
     x = _as_float(x, "x")
     fmt = cfg.in_fmt
-    q = _quantise(x, cfg.in_frac, fmt.min + 1, fmt.max)
     masked = torch.isneginf(x)
     if mask is not None:
         if not isinstance(mask, torch.Tensor) or mask.dtype != torch.bool:
@@ -365,6 +374,8 @@ def softmax(dev, x: torch.Tensor, dim: int = -1, *, mask: torch.Tensor | None = 
         if mask.shape != x.shape:
             raise UsageError(f"mask must have x's shape {tuple(x.shape)}, not {tuple(mask.shape)}")
         masked = masked | mask
+    q = fit_float(torch.where(masked, 0.0, x), cfg.in_frac, fmt, policy, op="softmax", name="x",
+                  lo=fmt.min + 1)  # fmt: skip
     q = torch.where(masked, fmt.min, q)
     return (softmax_int(dev, q, dim).double() / 2**15).to(x.dtype)
 
@@ -372,15 +383,16 @@ def softmax(dev, x: torch.Tensor, dim: int = -1, *, mask: torch.Tensor | None = 
 # ---- GELU ----------------------------------------------------------------------------------
 
 
-def gelu_int(dev, x, *, out: str = "host"):
+def gelu_int(dev, x, *, out: str = "host", range: str = "error"):
     """GELU of ``in_dtype`` integers (any shape): ``out_dtype`` integers as int64.
 
     ``x`` may be a device buffer of rows; ``out="device"`` keeps the result on the device as
     rows (:class:`Rows`; a tensor is then taken as rows of its last dimension)."""
     cfg, _ = _engine(dev, "gelu")
+    policy = check_policy(range)
     if _is_buffer(x) or out == "device":
-        return _rows_op(dev, "gelu", x, -1, cfg, signed_out=True, out=out)
-    x = _as_int(x, cfg.in_fmt, "x")
+        return _rows_op(dev, "gelu", x, -1, cfg, signed_out=True, out=out, policy=policy)
+    x = _as_int(x, cfg.in_fmt, "x", policy, "gelu")
     flat = x.reshape(-1)
     if flat.numel() == 0:
         return x.clone()
@@ -392,35 +404,42 @@ def gelu_int(dev, x, *, out: str = "host"):
     return out.reshape(-1)[: flat.numel()].reshape(x.shape)
 
 
-def gelu(dev, x: torch.Tensor) -> torch.Tensor:
+def gelu(dev, x: torch.Tensor, *, range: str = "error") -> torch.Tensor:
     """``F.gelu(x)`` on the engine: ``x`` quantised to ``in_dtype`` with ``in_frac`` fraction
-    bits (saturated), result in multiples of ``2**-out_frac``, as ``x.dtype``."""
+    bits, result in multiples of ``2**-out_frac``, as ``x.dtype``. Values outside the input
+    range (infinities included) raise, or with ``range="saturate"`` are clamped and reported."""
     cfg, _ = _engine(dev, "gelu")
+    policy = check_policy(range)
     x = _as_float(x, "x")
-    q = _quantise(x, cfg.in_frac, cfg.in_fmt.min, cfg.in_fmt.max)
+    q = fit_float(x, cfg.in_frac, cfg.in_fmt, policy, op="gelu", name="x")
     return (gelu_int(dev, q).double() / 2**cfg.out_frac).to(x.dtype)
 
 
 # ---- LayerNorm -----------------------------------------------------------------------------
 
 
-def layer_norm_int(dev, x, gamma: torch.Tensor, beta: torch.Tensor, *, out: str = "host"):
+def layer_norm_int(dev, x, gamma: torch.Tensor, beta: torch.Tensor, *, out: str = "host",
+                   range: str = "error"):  # fmt: skip
     """LayerNorm over the last dimension of ``in_dtype`` integers with int16 ``gamma`` and
     ``beta`` (``gamma_frac`` / ``out_frac`` fraction bits): ``out_dtype`` integers as int64.
 
     ``x`` may be a device buffer of rows; ``out="device"`` keeps the result on the device."""
     cfg, wins = _engine(dev, "layernorm")
-    from ..hdl.formats import IntFormat
-
+    policy = check_policy(range)
     if _is_buffer(x):
-        n = _input_rows(dev, "layernorm", x)[3]
+        n = _input_rows(dev, "layernorm", x, policy)[3]
     else:
-        x = _as_int(x, cfg.in_fmt, "x")
+        x = _as_int(x, cfg.in_fmt, "x", policy, "layernorm")
         n = x.shape[-1] if x.dim() else 0
+    params = []
     for name, t in (("gamma", gamma), ("beta", beta)):
-        t = _as_int(t, IntFormat(16), name)
+        t = _as_int(t, IntFormat(16), name, policy, "layernorm")
         if t.shape != (n,):
             raise UsageError(f"{name} must have shape ({n},), not {tuple(t.shape)}")
+        params.append(t)
+    gamma, beta = params
+    if not _is_buffer(x) and out == "host" and x.dim() and x.numel() == 0:
+        return torch.zeros(x.shape, dtype=torch.int64)
     if not 1 <= n <= cfg.max_len:
         raise UsageError(
             f"rows must have 1..{cfg.max_len} elements for this layernorm engine, not {n}"
@@ -428,16 +447,20 @@ def layer_norm_int(dev, x, gamma: torch.Tensor, beta: torch.Tensor, *, out: str 
     _write_region(dev, "layernorm", wins["gamma"], gamma.long()[None].numpy(), cfg.lanes)
     _write_region(dev, "layernorm", wins["beta"], beta.long()[None].numpy(), cfg.lanes)
     if _is_buffer(x) or out == "device":
-        return _rows_op(dev, "layernorm", x, -1, cfg, signed_out=True, out=out)
+        return _rows_op(dev, "layernorm", x, -1, cfg, signed_out=True, out=out, policy=policy)
     _xt, rows = _rows_last(x, -1)
     return _run_rows(dev, "layernorm", rows, signed_out=True).reshape(x.shape)
 
 
-def layer_norm(dev, x, normalized_shape, weight=None, bias=None, eps: float | None = None):
+def layer_norm(dev, x, normalized_shape, weight=None, bias=None, eps: float | None = None, *,
+               range: str = "error"):  # fmt: skip
     """``F.layer_norm(x, normalized_shape, weight, bias)`` over the last dimension on the engine.
 
-    ``eps`` must be None or equal to the engine's (a generation parameter)."""
+    ``eps`` must be None or equal to the engine's (a generation parameter). Values of ``x``,
+    ``weight`` or ``bias`` outside their formats raise, or with ``range="saturate"`` are
+    clamped and reported."""
     cfg, _ = _engine(dev, "layernorm")
+    policy = check_policy(range)
     x = _as_float(x, "x")
     shape = (normalized_shape,) if isinstance(normalized_shape, int) else tuple(normalized_shape)
     if len(shape) != 1 or x.dim() == 0 or shape[0] != x.shape[-1]:
@@ -450,15 +473,10 @@ def layer_norm(dev, x, normalized_shape, weight=None, bias=None, eps: float | No
     n = shape[0]
     w = torch.ones(n, dtype=torch.float64) if weight is None else _as_float(weight, "weight")
     b = torch.zeros(n, dtype=torch.float64) if bias is None else _as_float(bias, "bias")
+    ints = []
     for name, t, frac in (("weight", w, cfg.gamma_frac), ("bias", b, cfg.out_frac)):
         if t.shape != (n,):
             raise UsageError(f"{name} must have shape ({n},), not {tuple(t.shape)}")
-        lim = 2.0 ** (15 - frac)
-        if t.abs().max() >= lim:
-            raise UsageError(
-                f"{name} must be in (-{lim}, {lim}) for int16 with {frac} fraction bits"
-            )
-    g = _quantise(w, cfg.gamma_frac, -(2**15), 2**15 - 1)
-    bq = _quantise(b, cfg.out_frac, -(2**15), 2**15 - 1)
-    q = _quantise(x, cfg.in_frac, cfg.in_fmt.min, cfg.in_fmt.max)
-    return (layer_norm_int(dev, q, g, bq).double() / 2**cfg.out_frac).to(x.dtype)
+        ints.append(fit_float(t, frac, IntFormat(16), policy, op="layer_norm", name=name))
+    q = fit_float(x, cfg.in_frac, cfg.in_fmt, policy, op="layer_norm", name="x")
+    return (layer_norm_int(dev, q, *ints).double() / 2**cfg.out_frac).to(x.dtype)

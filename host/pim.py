@@ -34,6 +34,7 @@ from ..generators.engine import ErrorCode
 from ..generators.pim.cycles import schedule
 from ..generators.pim.isa import GemvInstr
 from ..generators.pim.model import pack_operands, unpack_results
+from .ranges import check_policy, fit_int
 
 __all__ = ["Pass", "Plan", "plan_gemv", "placements", "bank_images", "load_weights", "gemv",
            "WeightHandle", "STRATEGIES"]  # fmt: skip
@@ -237,18 +238,15 @@ def _pim_config(dev):
     return cfg
 
 
-def _check_int_tensor(name, t, cfg, ndim):
+def _check_int_tensor(name, t, cfg, ndim, policy, op):
+    """``t`` as int64 in the engine's format (the range policy applied)."""
     if not isinstance(t, torch.Tensor):
         raise UsageError(f"{name} must be a torch.Tensor, not {type(t).__name__}")
     if t.dtype.is_floating_point or t.dtype.is_complex or t.dtype == torch.bool:
         raise UsageError(f"{name} must be an integer tensor ({cfg.dtype} values), not {t.dtype}")
     if t.dim() != ndim:
         raise UsageError(f"{name} must have {ndim} dimension(s), not shape {tuple(t.shape)}")
-    if t.numel() and (int(t.min()) < cfg.fmt.min or int(t.max()) > cfg.fmt.max):
-        raise UsageError(
-            f"{name} values must lie in {cfg.fmt.min}..{cfg.fmt.max} ({cfg.dtype}), "
-            f"not {int(t.min())}..{int(t.max())}"
-        )
+    return fit_int(t, cfg.fmt, policy, op=op, name=name)
 
 
 def _word(cfg, region: str, entry: int) -> int:
@@ -256,15 +254,23 @@ def _word(cfg, region: str, entry: int) -> int:
     return win.offset + entry * win.stride
 
 
-def load_weights(dev, w: torch.Tensor, *, strategy: str = "auto") -> WeightHandle:
+def load_weights(dev, w: torch.Tensor, *, strategy: str = "auto",
+                 range: str = "error") -> WeightHandle:  # fmt: skip
     """Place ``w [n, k]`` (integers in the engine's format) in the banks; returns a handle.
 
     The rows are taken from a per-device allocator, so several matrices stay resident together.
     On a device with device memory the bank images go there first and one program LOADs them
-    into the banks by DMA.
+    into the banks by DMA. Values outside the engine's format raise, or with
+    ``range="saturate"`` are clamped and reported (``host/ranges.py``).
     """
+    policy = check_policy(range)
+    return _load_weights(dev, w, strategy, policy)
+
+
+def _load_weights(dev, w, strategy: str, policy: str) -> WeightHandle:
     cfg = _pim_config(dev)
-    _check_int_tensor("w", w, cfg, 2)
+    dtype = w.dtype if isinstance(w, torch.Tensor) else None
+    w = _check_int_tensor("w", w, cfg, 2, policy, "load_weights")
     st = _dev_state(dev)
     plan = plan_gemv(cfg, w.shape[0], w.shape[1], strategy=strategy, row=st.next_row)
     img = bank_images(cfg, plan, w)
@@ -285,10 +291,10 @@ def load_weights(dev, w: torch.Tensor, *, strategy: str = "auto") -> WeightHandl
         for b, im in enumerate(images):
             dev.write(base + 4 * _word(cfg, "weights", entries[b]), im)
     st.next_row += plan.rows
-    return WeightHandle(plan, tuple(w.shape), w.dtype, dev)
+    return WeightHandle(plan, tuple(w.shape), dtype, dev)
 
 
-def gemv(dev, x, w) -> torch.Tensor:
+def gemv(dev, x, w, *, range: str = "error") -> torch.Tensor:
     """``w @ x`` on the PIM engine; ``w`` is a :class:`WeightHandle` or an integer tensor;
     ``x`` an integer vector, or a device buffer holding one.
 
@@ -296,15 +302,18 @@ def gemv(dev, x, w) -> torch.Tensor:
     accumulator width. On a device with device memory one program does the whole GEMV: the
     vector is LOADed into the engine, each GEMV instruction's results STOREd to device memory
     while the next one runs on the other rows (column partitions are summed by the host).
+    ``range``: "error" or "saturate" for values of ``x`` (and a matrix ``w``) outside the
+    engine's format (``host/ranges.py``).
     """
     from .memory import Buffer
 
     cfg = _pim_config(dev)
+    policy = check_policy(range)
     if isinstance(w, torch.Tensor):
         st = _dev_state(dev)
         mark = st.next_row
         try:
-            return gemv(dev, x, load_weights(dev, w))
+            return gemv(dev, x, load_weights(dev, w, range=policy), range=policy)
         finally:
             st.next_row = mark  # a one-off matrix does not stay resident
     if not isinstance(w, WeightHandle):
@@ -313,7 +322,7 @@ def gemv(dev, x, w) -> torch.Tensor:
         raise UsageError("w is a WeightHandle of another device")
     if isinstance(x, Buffer):
         x = x.layout.unpack_from(x) if x.layout is not None else x.read()
-    _check_int_tensor("x", x, cfg, 1)
+    x = _check_int_tensor("x", x, cfg, 1, policy, "gemv")
     plan = w.plan
     if x.shape[0] != plan.k:
         raise UsageError(f"x must have {plan.k} elements to match w {w.shape}, not {x.shape[0]}")

@@ -34,6 +34,7 @@ from ..generators.systolic.layout import _tiles_along, pack_words, unpack_acc
 from ..generators.systolic.model import cycles as gemm_cycles
 from .memory import Buffer
 from .program import Deps
+from .ranges import check_policy, fit_int
 
 __all__ = [
     "matmul",
@@ -129,8 +130,12 @@ def _balanced(total: int, limit: int, grain: int) -> int:
     return rounded if rounded <= limit else size
 
 
-def _check_operands(a, b, cfg: SystolicConfig, single: str | None = None):
+def _check_operands(a, b, cfg: SystolicConfig, single: str | None = None, *,
+                    policy: str = "error", op: str = "matmul") -> list[torch.Tensor]:  # fmt: skip
+    """Type and shape checks; returns the operands as int64 in the engine's format (the
+    range policy applied)."""
     fmt = cfg.fmt
+    fitted = []
     want = {"int8": "torch.int8", "uint8": "torch.uint8", "int16": "torch.int16"}.get(
         fmt.name, "an integer dtype"
     )
@@ -145,18 +150,12 @@ def _check_operands(a, b, cfg: SystolicConfig, single: str | None = None):
             )
         if t.dim() != 2:
             raise UsageError(f"{name} must be 2-D (rows x columns), not {t.dim()}-D {tuple(t.shape)}")
-        if t.numel():
-            lo, hi = int(t.min()), int(t.max())
-            if lo < fmt.min or hi > fmt.max:
-                raise UsageError(
-                    f"{name} has values in {lo}..{hi}, outside this engine's {fmt.name} "
-                    f"range {fmt.min}..{fmt.max}"
-                )
     if not single and a.shape[1] != b.shape[0]:
         raise UsageError(
             f"a and b do not chain: a is {a.shape[0]}x{a.shape[1]}, b is "
             f"{b.shape[0]}x{b.shape[1]} (a's columns must equal b's rows)"
         )
+    return [fit_int(t, fmt, policy, op=op, name=name) for name, t in pairs]
 
 
 
@@ -203,14 +202,18 @@ def _hw_df(df: str) -> str:
     return "ws" if df == "is" else df
 
 
-def upload(dev, t: torch.Tensor, role: str, dataflow: str, *, label: str = "") -> Buffer:
+def upload(dev, t: torch.Tensor, role: str, dataflow: str, *, label: str = "",
+           range: str = "error", op: str = "upload") -> Buffer:  # fmt: skip
     """Pack a logical operand into device memory for ``dataflow``; returns the resident buffer.
 
     ``role`` is the operand's place in ``a @ b``: ``"a"`` or ``"b"``. Keep the buffer to reuse
-    a weight across calls (``dev.matmul(x, w_buf)``); free it when done.
+    a weight across calls (``dev.matmul(x, w_buf)``); free it when done. Values outside the
+    engine's format raise, or with ``range="saturate"`` are clamped and reported
+    (``host/ranges.py``).
     """
     cfg = _systolic_config(dev)
-    _check_operands(t, t.t() if role == "a" else t, cfg, single=role)
+    (t,) = _check_operands(t, t.t() if role == "a" else t, cfg, single=role,
+                           policy=check_policy(range), op=op)  # fmt: skip
     df = dataflow
     # hardware roles: IS swaps the operands and transposes them
     if df == "is":
@@ -444,7 +447,7 @@ def _systolic_config(dev) -> SystolicConfig:
     return cfg
 
 
-def _operand(dev, x, role: str, df: str, cfg, temps: list) -> Buffer:
+def _operand(dev, x, role: str, df: str, cfg, temps: list, policy: str) -> Buffer:
     """A packed buffer for operand ``x`` (a tensor, or a buffer already packed for ``df``)."""
     if isinstance(x, Buffer):
         lay = x.layout
@@ -457,12 +460,12 @@ def _operand(dev, x, role: str, df: str, cfg, temps: list) -> Buffer:
                 f"(upload it with dataflow={df!r})"
             )
         x = x.read()
-    buf = upload(dev, x, role, df)
+    buf = upload(dev, x, role, df, range=policy, op="matmul")
     temps.append(buf)
     return buf
 
 
-def matmul(dev, a, b, *, dataflow: str | None = None, out: str = "host"):
+def matmul(dev, a, b, *, dataflow: str | None = None, out: str = "host", range: str = "error"):
     """``a @ b`` on the device's systolic engine.
 
     ``a`` (M x K) and ``b`` (K x N) are integer tensors whose values fit the engine's format
@@ -472,9 +475,11 @@ def matmul(dev, a, b, *, dataflow: str | None = None, out: str = "host"):
     ``2**acc_width`` (equal outright when no partial sum overflows the accumulator); with
     ``out="device"`` it returns the result's device buffer instead (``.read()`` gives the
     tensor). ``dataflow`` picks one of the built-in dataflows (default: os if built, else ws,
-    else is).
+    else is). Operand values outside the engine's format raise, or with ``range="saturate"``
+    are clamped and reported (``host/ranges.py``).
     """
     cfg = _systolic_config(dev)
+    policy = check_policy(range)
     df = dataflow or default_dataflow(cfg)
     if df not in DATAFLOW_CODES:
         raise UsageError(f"dataflow must be one of os, ws, is, not {df!r}")
@@ -486,7 +491,7 @@ def matmul(dev, a, b, *, dataflow: str | None = None, out: str = "host"):
     if out not in ("host", "device"):
         raise UsageError(f"out must be 'host' or 'device', not {out!r}")
     if isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor):
-        _check_operands(a, b, cfg)
+        a, b = _check_operands(a, b, cfg, policy=policy)
     M, K = _logical_shape(a, "a")
     K2, N = _logical_shape(b, "b")
     if K != K2:
@@ -499,8 +504,8 @@ def matmul(dev, a, b, *, dataflow: str | None = None, out: str = "host"):
         return z
     temps: list[Buffer] = []
     try:
-        la = _operand(dev, a, "a", df, cfg, temps)
-        lb = _operand(dev, b, "b", df, cfg, temps)
+        la = _operand(dev, a, "a", df, cfg, temps, policy)
+        lb = _operand(dev, b, "b", df, cfg, temps, policy)
         left, top = (lb, la) if df == "is" else (la, lb)
         hw = _hw_df(df)
         hm, hk, hn = left.layout.rows, left.layout.cols, top.layout.cols

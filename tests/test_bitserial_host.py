@@ -219,7 +219,8 @@ def test_usage_errors():
         (lambda: B.matmul(dev, a, w.T, w_bits=4),
          "a and w do not chain: a is 2x3, w is 2x3 (a's columns must equal w's rows)"),
         (lambda: B.matmul(dev, a, w * 8, w_bits=4),
-         "w must hold 4-bit twos integers in -8..7, not values in 8..8"),
+         "matmul: 6 of 6 values of w lie outside the 4-bit twos range -8..7, the farthest 8; "
+         "pass range='saturate' to clamp them"),
         (lambda: B.matmul(dev, a, w * 2, w_bits=4, w_encoding="bipolar"),
          "w must hold odd integers for the bipolar encoding"),
         (lambda: B.matmul(dev, a.float(), w, w_bits=4), "a must be an integer tensor, not "
@@ -237,6 +238,12 @@ def test_usage_errors():
         B.linear(other, torch.randn(2, 3), qw)
     assert str(e.value) == ("qw was quantised with group_size 8, but this engine's group_size "
                             "is 16")
+    for bad in (float("inf"), float("nan")):
+        x = torch.ones(2, 3)
+        x[1, 2] = bad
+        with pytest.raises(UsageError) as e:
+            B.linear(dev, x, qw)
+        assert str(e.value) == "x must be finite (no inf or NaN): its rows are scaled by their absmax"
     with pytest.raises(UsageError) as e:
         B.matmul(other, a, w, w_bits=4, w_encoding="bipolar")
     assert str(e.value) == "w_encoding 'bipolar' is not built into this engine (built: twos)"

@@ -112,7 +112,10 @@ def test_host_errors_name_the_argument(dev_small):
     assert str(e.value) == "dataflow must be one of os, ws, is, not 'xs'"
     with pytest.raises(UsageError) as e:
         dev_small.matmul(torch.full((2, 2), 300), torch.zeros((2, 2), dtype=torch.int64))
-    assert str(e.value) == "a has values in 300..300, outside this engine's int8 range -128..127"
+    assert str(e.value) == (
+        "matmul: 4 of 4 values of a lie outside the int8 range -128..127, the farthest 300; "
+        "pass range='saturate' to clamp them"
+    )
     with pytest.raises(UsageError) as e:
         dev_small.matmul(torch.zeros(3, dtype=torch.int8), a)
     assert str(e.value) == "a must be 2-D (rows x columns), not 1-D (3,)"

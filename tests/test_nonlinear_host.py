@@ -151,7 +151,8 @@ def test_host_layer_norm():
         (lambda d: NL.softmax(d, torch.zeros(3, 4), dim=2),
          "dim must be in -2..1 for a 2-d x, not 2"),
         (lambda d: NL.softmax_int(d, torch.full((2,), 40000)),
-         "x must hold int16 values (-32768..32767)"),
+         "softmax: 2 of 2 values of x lie outside the int16 range -32768..32767, the farthest "
+         "40000; pass range='saturate' to clamp them"),
         (lambda d: NL.softmax(d, torch.tensor([1.0, float("nan")])), "x must not contain NaN"),
         (lambda d: NL.gelu(d, torch.zeros(3)),
          "this accelerator has no gelu engine (it has: softmax)"),
@@ -171,7 +172,10 @@ def test_host_layer_norm_usage_errors():
     assert str(e.value) == "normalized_shape must be the size of x's last dimension (8), not (2, 8)"
     with pytest.raises(UsageError) as e:
         NL.layer_norm(dev, x, 8, torch.full((8,), 9.0))
-    assert str(e.value) == "weight must be in (-8.0, 8.0) for int16 with 12 fraction bits"
+    assert str(e.value) == (
+        "layer_norm: 8 of 8 values of weight lie outside the input range -8..7.999755859375 "
+        "(int16 with 12 fraction bits), the farthest 9; pass range='saturate' to clamp them"
+    )
     with pytest.raises(UsageError) as e:
         NL.layer_norm(dev, x, 8, eps=1e-6)
     assert str(e.value) == "eps must be the engine's 1e-05 (a generation parameter), not 1e-06"

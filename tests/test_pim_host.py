@@ -251,7 +251,8 @@ def test_usage_errors():
         (lambda: pim.load_weights(dev, torch.zeros(8, dtype=torch.int8)),
          "w must have 2 dimension(s), not shape (8,)"),
         (lambda: pim.load_weights(dev, torch.full((2, 2), 200)),
-         "w values must lie in -128..127 (int8), not 200..200"),
+         "load_weights: 4 of 4 values of w lie outside the int8 range -128..127, the farthest "
+         "200; pass range='saturate' to clamp them"),
         (lambda: pim.load_weights(dev, torch.zeros(2, 129, dtype=torch.int8)),
          "weights have 129 columns but the engine's vector buffer holds 128"),
         (lambda: pim.load_weights(dev, good, strategy="diag"),
