@@ -99,7 +99,8 @@ class HostLinkBridge(wiring.Component):
         seq, cmd = Signal(8), Signal(8)
         addr = Signal(32)
         count = Signal(16)
-        idx = Signal(ceil_log2(self.max_words + 1) + 1)  # byte/word counter
+        # byte/word counter: a header of 8 bytes, or a payload word index and its byte
+        idx = Signal(max(3, 2 + ceil_log2(self.max_words)))
         word = Signal(32)
         crc = Signal(16)
         crc_rx = Signal(16)
