@@ -95,21 +95,10 @@ def attention_int_golden(qq, kq, vq, mult, shift, sm_cfg, *, causal: bool = Fals
 
 def _check_fits(dev, H, S, D):
     cfg = _systolic_config(dev)
-    sm = dev.config.engine("softmax")
-    if sm is None:
-        raise UsageError("fused attention needs a softmax engine; this accelerator has none")
-    if "ws" not in cfg.dataflows or "os" not in cfg.dataflows:
-        raise UsageError("fused attention needs the os and ws dataflows built in")
-    for what, entries in _needs(cfg, S, D).items():
-        if entries > cfg.spad_depth // 4:
-            raise UsageError(f"seq {S} x head_dim {D}: {what} needs {entries} scratchpad entries, "
-                             f"a quarter of the scratchpad is {cfg.spad_depth // 4}")  # fmt: skip
-    if _acc_plan(cfg, S, D) is None:
-        raise UsageError(f"seq {S} x head_dim {D} does not fit the accumulator ({cfg.acc_depth} rows)")
-    if S > sm.max_len or -(-S // sm.lanes) * S > sm.depth:
-        raise UsageError(f"seq {S} does not fit the softmax engine (max_len {sm.max_len}, "
-                         f"depth {sm.depth})")  # fmt: skip
-    return cfg, sm
+    why = fits(dev.config, S, D)
+    if why:
+        raise UsageError(why)
+    return cfg, dev.config.engine("softmax")
 
 
 def _needs(cfg, S, D) -> dict:
@@ -132,18 +121,22 @@ def _acc_plan(cfg, S: int, D: int):
 def fits(acfg, S: int, D: int) -> str:
     """'' when ``seq`` x ``head_dim`` attention fits ``acfg`` as one program per head, else why."""
     cfg, sm = acfg.engine("systolic"), acfg.engine("softmax")
-    if cfg is None or sm is None:
-        return "needs a systolic and a softmax engine"
+    if cfg is None:
+        return "fused attention needs a systolic engine; this accelerator has none"
+    if sm is None:
+        return "fused attention needs a softmax engine; this accelerator has none"
     if "ws" not in cfg.dataflows or "os" not in cfg.dataflows:
-        return "needs the os and ws dataflows"
+        return "fused attention needs the os and ws dataflows built in"
     if cfg.acc_width > 32:
-        return "needs 32-bit accumulators"
-    if any(e > cfg.spad_depth // 4 for e in _needs(cfg, S, D).values()):
-        return f"seq {S} x head_dim {D} does not fit a quarter of the scratchpad"
+        return "fused attention needs 32-bit accumulators"
+    for what, entries in _needs(cfg, S, D).items():
+        if entries > cfg.spad_depth // 4:
+            return (f"seq {S} x head_dim {D}: {what} needs {entries} scratchpad entries, "
+                    f"a quarter of the scratchpad is {cfg.spad_depth // 4}")  # fmt: skip
     if _acc_plan(cfg, S, D) is None:
-        return f"seq {S} x head_dim {D} does not fit the accumulator"
+        return f"seq {S} x head_dim {D} does not fit the accumulator ({cfg.acc_depth} rows)"
     if S > sm.max_len or -(-S // sm.lanes) * S > sm.depth:
-        return f"seq {S} does not fit the softmax engine"
+        return f"seq {S} does not fit the softmax engine (max_len {sm.max_len}, depth {sm.depth})"
     return ""
 
 

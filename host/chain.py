@@ -25,7 +25,7 @@ from functools import lru_cache
 from ..errors import UsageError
 from ..generators.engine import Window
 
-__all__ = ["Walk", "acc_tile", "spad_rows", "rows", "windows", "requant_params"]
+__all__ = ["Walk", "acc_tile", "spad_rows", "rows", "windows", "engine_model", "requant_params"]
 
 
 @dataclass(frozen=True)
@@ -55,12 +55,19 @@ class Walk:
 
 
 @lru_cache(maxsize=64)
-def _windows(kind: str, cfg) -> dict:
+def engine_model(kind: str, cfg):
+    """The engine Component of ``cfg``, built (once per config) for what it describes (its
+    windows, its cycle model) and never elaborated."""
     from ..generators.registry import engine_spec
 
     eng = engine_spec(kind).build(cfg)
-    eng._MustUse__silence = True  # built for its window layout only, never elaborated
-    return {w.name: w for w in eng.windows()}
+    eng._MustUse__silence = True
+    return eng
+
+
+@lru_cache(maxsize=64)
+def _windows(kind: str, cfg) -> dict:
+    return {w.name: w for w in engine_model(kind, cfg).windows()}
 
 
 def windows(dev, kind: str) -> dict[str, Window]:

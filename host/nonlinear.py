@@ -102,15 +102,10 @@ def unpack_rows(words, *, rows: int, n: int, lanes: int, width: int, stride: int
 
 
 def _engine(dev, kind: str):
-    cfg = dev.config.engine(kind)
-    if cfg is None:
-        have = ", ".join(type(e).kind for e in dev.config.engines)
-        raise UsageError(f"this accelerator has no {kind} engine (it has: {have})")
-    from ..generators.registry import engine_spec
+    from .chain import windows
 
-    eng = engine_spec(kind).build(cfg)
-    eng._MustUse__silence = True  # built for its window layout only, never elaborated
-    return cfg, {w.name: w for w in eng.windows()}
+    wins = windows(dev, kind)  # (raises when the accelerator has no such engine)
+    return dev.config.engine(kind), wins
 
 
 def _write_region(dev, kind, win, rows, lanes):

@@ -394,11 +394,10 @@ def _gemv_program(dev, cfg, plan, xwords: np.ndarray, y: torch.Tensor) -> None:
                        row_words=entries * res.stride, deps=Deps(pop_prev=True, push_prev=True))  # fmt: skip
             offsets.append(o_off)
             o_off += entries * res.stride
-        xoff_state = state
         prog.nop(deps=Deps(pop_next=bool(jobs)))  # the last store's token
         st.xoff = None  # unknown until the program has finished
         prog.run()
-        st.xoff = xoff_state
+        st.xoff = state
         words = bout.read_raw().view("<u4")
     for (ps, p0, instr, entries), off in zip(jobs, offsets, strict=True):
         vals = unpack_results(words[off : off + entries * res.stride], cfg.acc_width)

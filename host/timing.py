@@ -69,11 +69,10 @@ def _engine_cycles(dev, words):
         if kind in ("softmax", "gelu"):
             from ..hdl.nonlinear_common import INSTR_FIELDS
 
-            from .chain import _windows  # noqa: F401 - builds the engine once (cached)
-            from .compiler.report import _engine
+            from .chain import engine_model
 
             n, rows = _field(words, INSTR_FIELDS, "len"), _field(words, INSTR_FIELDS, "rows")
-            return _engine(kind, e).cycles(n, rows)
+            return engine_model(kind, e).cycles(n, rows)
         return None
     return None
 

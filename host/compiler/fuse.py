@@ -122,7 +122,7 @@ def prepare_fused(fusions: dict, calib, cfg, consts: dict) -> None:
         r1, r2 = calib.ranges[first], calib.ranges[final]
         sq = act_scale(r1["a"].amax())
         sk = act_scale(r1["b"].amax())
-        sv = act_scale(r2["b"]) if r2["b"].dim() else act_scale(r2["b"])
+        sv = act_scale(r2["b"])  # V per column (0-d with tensor granularity)
         mult, shift = dyadic(float(sq * sk) * f["factor"] * 2.0**sm.in_frac)
         consts[last] = {"fusion": dict(f), "q_scale": sq, "k_scale": sk, "v_scale": sv,
                         "mult": mult, "shift": shift}  # fmt: skip

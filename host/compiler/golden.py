@@ -29,6 +29,7 @@ import torch
 import torch.nn.functional as F
 
 from ...errors import CompileError, UsageError
+from .fuse import run_fused
 from .graph import Graph, Op, call_aten, decode
 from .quant import I8, QT, dequant, to_int
 
@@ -272,8 +273,6 @@ def execute(graph: Graph, consts: dict, placement: dict, backend: Backend, input
             backend.begin(op)
             calls: list = []
             if engine == "attention":
-                from .fuse import run_fused
-
                 out = run_fused(op, env, consts[op.name], backend, calls)
             else:
                 out = _ENGINE_OPS[op.kind](op, vals, consts[op.name], backend, calls)

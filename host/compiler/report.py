@@ -23,7 +23,6 @@ depends on the data: the prediction is for the inputs of the run it comes from).
 from __future__ import annotations
 
 import math
-from functools import lru_cache
 
 from .graph import Graph
 
@@ -97,13 +96,10 @@ def _check(graph, op, cfg) -> str:
 # ---- cycle predictions ------------------------------------------------------------------------
 
 
-@lru_cache(maxsize=32)
 def _engine(kind, cfg):
-    from ...generators.registry import engine_spec
+    from ..chain import engine_model
 
-    eng = engine_spec(kind).build(cfg)
-    eng._MustUse__silence = True  # built for its cycle model only, never elaborated
-    return eng
+    return engine_model(kind, cfg)
 
 
 def _row_chunks(rows: int, n: int, cfg):
