@@ -48,7 +48,7 @@ def build(name, engine, args) -> dict:
 
     try:
         rep = build_bitstream(cfg, "ulx3s", Path(args.work_dir) / name, freq_mhz=args.freq,
-                              progress=progress, seed=1, timeout_s=args.timeout)  # fmt: skip
+                              clock="pll", progress=progress, seed=1, timeout_s=args.timeout)  # fmt: skip
     except BuildError as e:
         row.update(error=str(e)[:300], seconds=round(time.monotonic() - t0))
         return row

@@ -8,15 +8,20 @@
 The link top is any ``wiring.Component`` with the signature of
 ``gatesmith.generators.accel.top.LinkTop``: ``rx: In(stream.Signature(8))``,
 ``tx: Out(stream.Signature(8))``, ``idle: Out(1)`` (bytes of the host-link protocol). By default
-the board top builds ``LinkTop(cfg)``. The UART divisor comes from the board's oscillator
-(``board.clock_hz``) and ``cfg.baud``.
+the board top builds ``LinkTop(cfg)``. The UART divisor comes from the design's clock and
+``cfg.baud``.
+
+**Clock.** Without ``pll_hz`` the design runs from the board's oscillator (``board.clock_hz``).
+With ``pll_hz`` a PLL (``boards/pll.py``: ``EHXPLLL`` on ECP5, ``SB_PLL40_PAD`` on iCE40) makes
+the clock from the oscillator, at ``pll_hz`` or the nearest setting below it
+(``BoardTop.clock_hz`` says which), and holds the design in reset until it locks.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 
-from amaranth.hdl import Elaboratable, Module
+from amaranth.hdl import ClockDomain, Elaboratable, Module
 from amaranth.lib import io, stream, wiring
 from amaranth.lib.wiring import In, Out
 
@@ -67,14 +72,23 @@ class BoardTop(Elaboratable):
     """The top-level design of a board build (see module docstring).
 
     ``link`` makes the link top: a callable ``cfg -> Component`` (default :func:`default_link`).
-    Raises ConfigError when ``cfg.baud`` cannot be made from the board's clock.
+    ``pll_hz``: run from a PLL at this frequency or the nearest setting below (module docstring).
+    Raises ConfigError when ``cfg.baud`` cannot be made from the clock, or no PLL setting fits.
     """
 
-    def __init__(self, cfg, board: Board | str, *, link: Callable | None = None):
+    def __init__(
+        self, cfg, board: Board | str, *, link: Callable | None = None, pll_hz: float | None = None
+    ):
+        from .pll import pll_params
+
         self.cfg = cfg
         self.board = get_board(board)
+        self.pll = None
+        if pll_hz is not None:
+            self.pll = pll_params(self.board.family, self.board.clock_hz, pll_hz)
+        self.clock_hz = self.board.clock_hz if self.pll is None else self.pll.fout_hz
         try:
-            self.uart = UART(clock_hz=self.board.clock_hz, baud=cfg.baud)
+            self.uart = UART(clock_hz=int(self.clock_hz), baud=cfg.baud)
         except ValueError as e:
             raise ConfigError(f"baud does not suit board {self.board.name}: {e}") from None
         self.link = (link or default_link)(cfg)
@@ -90,6 +104,13 @@ class BoardTop(Elaboratable):
         m.submodules.link = link = self.link
         wiring.connect(m, uart_rx=uart.rx, link_rx=link.rx)
         wiring.connect(m, link_tx=link.tx, uart_tx=uart.tx)
+        if platform is not None and self.pll is not None:
+            from .pll import PLLDomain
+
+            pin = platform.request(self.board.clock, 0, dir="-")
+            m.submodules.pll = pll = PLLDomain(self.pll, pin)
+            m.domains.sync = cd_sync = ClockDomain("sync")
+            m.d.comb += [cd_sync.clk.eq(pll.clk), cd_sync.rst.eq(pll.rst)]
         if platform is not None:
             pins = platform.request("uart", 0, dir="-")
             m.submodules.rx_buffer = rx_buffer = io.Buffer("i", pins.rx)

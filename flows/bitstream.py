@@ -5,6 +5,10 @@ accelerator's link top) with the board's amaranth-boards platform, takes the pla
 (RTLIL, Yosys script, pin constraints and the tool command lines) and runs the tools itself, stage
 by stage, so a caller can show progress:
 
+The design runs from a PLL (``boards/pll.py``) at the frequency it closes at: by default
+(``clock="closure"``) a build that misses its target is rebuilt with the PLL below the Fmax it
+reached (see :func:`build_bitstream`).
+
 ``elaborate`` -> ``synthesis`` (yosys ``synth_ecp5``/``synth_ice40``) -> ``fit`` (post-synthesis
 counts against the part; refuses above 85% LUT or FF use, more block RAMs than the part has, or
 more DSPs than the part has when they cannot be mapped to LUTs) -> ``place`` and ``route`` (one
@@ -45,6 +49,7 @@ from .report import (
 
 __all__ = [
     "STAGES",
+    "CLOCKS",
     "StageEvent",
     "build_bitstream",
     "find_tool",
@@ -225,11 +230,13 @@ def _tool_cmd(cmd: list[str]) -> list[str]:
     return [tool, *args]
 
 
-def _elaborate(cfg, board, build_dir: Path, target_hz: float, link, dsp: bool):
+def _elaborate(cfg, board, build_dir: Path, target_hz: float, link, dsp: bool, pll=None):
     from ..boards.top import BoardTop
 
-    top = BoardTop(cfg, board, link=link)
-    platform = board.platform(target_hz=target_hz)
+    if pll is None:  # the oscillator, its constraint raised to the target
+        top, platform = BoardTop(cfg, board, link=link), board.platform(target_hz=target_hz)
+    else:  # the PLL constrains its own output; the oscillator pin keeps its real frequency
+        top, platform = BoardTop(cfg, board, link=link, pll_hz=pll.fout_hz), board.platform()
     synth_opts = {"ecp5": "" if dsp else "-nodsp", "ice40": "-dsp" if dsp else ""}[board.family]
     try:
         plan = platform.prepare(
@@ -304,33 +311,53 @@ def _check_freq(freq_mhz, cfg) -> float:
     return float(freq_mhz)
 
 
+CLOCKS = ("board", "pll", "closure")
+CLOSURE_MARGIN = 0.05  # run this far below the Fmax a build reached (run-to-run spread)
+CLOSURE_PASSES = 3
+
+
 def build_bitstream(
     cfg,
     board,
     out_dir: str | os.PathLike,
     *,
     freq_mhz: float | None = None,
+    clock: str = "closure",
     progress: Callable[[StageEvent], None] | None = None,
     link: Callable | None = None,
     dsp: str = "auto",
     seed: int | None = None,
     timeout_s: float | None = None,
     max_fill: float = MAX_FILL,
+    margin: float = CLOSURE_MARGIN,
 ) -> BuildReport:
     """Build a bitstream of the accelerator ``cfg`` for ``board`` into ``out_dir``.
 
     * ``cfg``: an AccelConfig, or anything :func:`gatesmith.config.load_config` takes.
     * ``board``: a board name (``board_names()``) or a Board.
-    * ``freq_mhz``: the clock nextpnr times against (default ``cfg.clock_hz``); the report says
-      whether it and the board's own clock are met.
+    * ``freq_mhz``: the clock to build for (default ``cfg.clock_hz``).
+    * ``clock``: where the design's clock comes from (``boards/pll.py``).
+
+      - ``"closure"`` (default): a PLL at ``freq_mhz`` (the nearest setting at or below it). When
+        the build misses it, the design is rebuilt with the PLL at ``(1 - margin)`` of the Fmax
+        it reached, up to :data:`CLOSURE_PASSES` builds, so the bitstream runs at a frequency it
+        closes at. ``report.passes`` lists every build.
+      - ``"pll"``: one build with the PLL at ``freq_mhz`` (rounded down to a PLL setting),
+        whether timing closes or not.
+      - ``"board"``: no PLL; the design runs from the oscillator and nextpnr times it against
+        ``freq_mhz``, so Fmax can be measured against any target.
+
+      With a PLL the built config's ``clock_hz`` is the PLL's frequency: the identity ROM
+      records it and the host takes its timing figures from it.
     * ``progress``: called with a :class:`StageEvent` at each stage's start and end (and news).
     * ``link``: a callable ``cfg -> Component`` to use instead of the accelerator's LinkTop (any
       component with its signature; see ``boards/top.py``).
     * ``dsp``: ``"auto"`` maps multipliers to DSP blocks and falls back to LUTs when synthesis
       wants more DSPs than the part has; ``"on"``/``"off"`` force the choice.
 
-    Raises ConfigError (unknown board, bad baud or frequency), ToolMissingError, BuildError (the
-    design does not fit, a tool failed, or ``timeout_s`` ran out in one stage).
+    Raises ConfigError (unknown board, bad baud, frequency or clock mode, or no PLL setting),
+    ToolMissingError, BuildError (the design does not fit, a tool failed, or ``timeout_s`` ran
+    out in one stage).
     """
     from ..boards import get_board
     from ..config import load_config
@@ -340,9 +367,48 @@ def build_bitstream(
     target_mhz = _check_freq(freq_mhz, cfg)
     if dsp not in ("auto", "on", "off"):
         raise ConfigError(f"dsp must be one of auto, on, off, not {dsp!r}")
+    if clock not in CLOCKS:
+        raise ConfigError(f"clock must be one of {', '.join(CLOCKS)}, not {clock!r}")
+    if isinstance(margin, bool) or not isinstance(margin, (int, float)) or not 0 <= margin < 0.5:
+        raise ConfigError(f"margin must be a fraction in [0, 0.5), not {margin!r}")
     for tool in _FAMILY_TOOLS[board.family]:  # fail before any work when a tool is missing
         find_tool(tool)
-    out = Path(out_dir)
+    if clock == "board":
+        return _build_once(cfg, board, Path(out_dir), target_mhz, None, progress, link, dsp,
+                           seed, timeout_s, max_fill)  # fmt: skip
+    from ..boards.pll import pll_params
+
+    passes, notes = [], []
+    want = target_mhz
+    for n in range(1, (CLOSURE_PASSES if clock == "closure" else 1) + 1):
+        pll = pll_params(board.family, board.clock_hz, want * 1e6)
+        if progress is not None and n > 1:
+            progress(StageEvent("elaborate", "info", f"build {n}: PLL at {pll.fout_mhz:.3f} MHz"))
+        report = _build_once(cfg, board, Path(out_dir), target_mhz, pll, progress, link, dsp,
+                             seed, timeout_s, max_fill)  # fmt: skip
+        passes.append({"requested_mhz": round(want, 3), "pll_mhz": round(pll.fout_mhz, 3),
+                       "fmax_mhz": report.fmax_mhz, "seconds": report.total_seconds})  # fmt: skip
+        if report.fmax_mhz is None or report.fmax_mhz >= pll.fout_mhz or clock == "pll":
+            break
+        want = report.fmax_mhz * (1 - margin)
+        notes.append(
+            f"build {n} reached {report.fmax_mhz:.2f} MHz, below the PLL's {pll.fout_mhz:.3f} "
+            f"MHz: rebuilt for {want:.2f} MHz ({100 * margin:g}% below)"
+        )
+    report.passes = passes
+    report.notes = notes + report.notes
+    report.write(Path(out_dir))
+    return report
+
+
+def _build_once(cfg, board, out, target_mhz, pll, progress, link, dsp, seed, timeout_s, max_fill):
+    """One build: elaborate ... pack. With ``pll`` the design runs from it at its frequency."""
+    import dataclasses
+
+    if pll is not None:
+        run_hz = int(round(pll.fout_hz))
+        cfg = dataclasses.replace(cfg, clock_hz=run_hz)  # the identity ROM records the clock
+        target_mhz = pll.fout_hz / 1e6
     build_dir = out / "build"
     build_dir.mkdir(parents=True, exist_ok=True)
     for stale in (out / "report.json", build_dir / "top.stat.json", build_dir / "top.report.json"):
@@ -353,8 +419,9 @@ def build_bitstream(
 
     use_dsp = dsp != "off"
     while True:
-        runner.start("elaborate", f"{cfg.name} for {board.name} ({board.device})")
-        commands = _elaborate(cfg, board, build_dir, target_mhz * 1e6, link, use_dsp)
+        how = "" if pll is None else f", PLL at {pll.fout_mhz:.3f} MHz"
+        runner.start("elaborate", f"{cfg.name} for {board.name} ({board.device}){how}")
+        commands = _elaborate(cfg, board, build_dir, target_mhz * 1e6, link, use_dsp, pll)
         runner.start("synthesis", "yosys" + ("" if use_dsp else ", multipliers in LUTs"))
         estimate = _synthesise(runner, commands[0], board)
         runner.start("fit", ", ".join(f"{k} {estimate[k]}" for k in ("lut", "ff", "dsp", "bram")))
@@ -381,7 +448,7 @@ def build_bitstream(
     shutil.copyfile(build_dir / f"top{ext}", bitstream)
     runner.done(f"{bitstream.name}, {bitstream.stat().st_size} bytes")
 
-    # The design's own clock: nextpnr names it after the sync domain.
+    # The design's own clock: nextpnr names it after the sync domain (or the PLL's output net).
     fmax = min((v["achieved"] for v in clocks.values()), default=None)
     report = BuildReport(
         board=board.name,
@@ -389,7 +456,7 @@ def build_bitstream(
         family=board.family,
         design=cfg.name,
         config_hash=cfg.content_hash,
-        target_mhz=target_mhz,
+        target_mhz=round(target_mhz, 6),
         board_clock_mhz=board.clock_hz / 1e6,
         fmax_mhz=None if fmax is None else round(fmax, 2),
         clocks=clocks,
@@ -401,6 +468,9 @@ def build_bitstream(
         tools=_tool_versions(build_dir / "top.stat.json"),
         notes=notes,
         config=cfg.to_dict(),
+        clock_source="oscillator" if pll is None else "pll",
+        run_mhz=board.clock_hz / 1e6 if pll is None else round(pll.fout_hz / 1e6, 6),
+        pll=None if pll is None else {"fvco_mhz": round(pll.fvco_hz / 1e6, 6), **pll.dividers},
     )
     report.write(out)
     return report

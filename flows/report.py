@@ -201,7 +201,10 @@ class BuildReport:
     ``utilisation``: nextpnr's packed counts (``lut``, ``ff``, ``dsp``, ``bram``) as
     :class:`ResourceUse`; ``estimate``: the post-synthesis counts the fit check used.
     ``fmax_mhz``: the slowest achieved clock (nextpnr, post-route); ``target_mhz``: the clock
-    requested for timing; ``board_clock_mhz``: the oscillator the design runs from on the board.
+    timed against (with a PLL, the PLL's frequency); ``board_clock_mhz``: the board's oscillator;
+    ``clock_source``: ``oscillator`` or ``pll``; ``run_mhz``: the clock the bitstream runs at
+    (the config's ``clock_hz`` in the identity ROM); ``pll``: its dividers and VCO frequency;
+    ``passes``: with ``clock="closure"``, each build (requested, PLL and reached MHz, seconds).
     ``stage_seconds``: wall time of each stage; ``critical_path``: see :func:`critical_path`.
     """
 
@@ -222,6 +225,10 @@ class BuildReport:
     tools: dict = field(default_factory=dict)
     notes: list = field(default_factory=list)
     config: dict = field(default_factory=dict)
+    clock_source: str = "oscillator"
+    run_mhz: float | None = None
+    pll: dict | None = None
+    passes: list = field(default_factory=list)
 
     @property
     def timing_met(self) -> bool:
@@ -243,6 +250,23 @@ class BuildReport:
         d["total_seconds"] = self.total_seconds
         return d
 
+    def _clock_lines(self) -> list:
+        if self.clock_source != "pll":
+            return [f"- Runs from the {self.board_clock_mhz:g} MHz oscillator (no PLL)."]
+        divs = ", ".join(f"{k} {v}" for k, v in (self.pll or {}).items())
+        lines = [f"- Runs at {self.run_mhz:.3f} MHz from a PLL ({divs})."]
+        if len(self.passes) > 1:
+            lines.append(
+                "- Builds: "
+                + "; ".join(
+                    f"{i}: PLL {p['pll_mhz']:g} MHz, reached {p['fmax_mhz']} MHz, "
+                    f"{p['seconds']:.0f} s"
+                    for i, p in enumerate(self.passes, 1)
+                )
+                + "."
+            )
+        return lines
+
     def to_markdown(self) -> str:
         fmax = "n/a" if self.fmax_mhz is None else f"{self.fmax_mhz:.1f} MHz"
         met = "met" if self.timing_met else "NOT met"
@@ -251,6 +275,7 @@ class BuildReport:
             "",
             f"- Fmax {fmax} against a {self.target_mhz:g} MHz target: {met}; the board clock is "
             f"{self.board_clock_mhz:g} MHz ({'met' if self.board_clock_met else 'NOT met'}).",
+            *self._clock_lines(),
             f"- Bitstream: `{self.bitstream}`; config hash `{self.config_hash[:16]}`.",
             f"- Build time {self.total_seconds:.1f} s: "
             + ", ".join(f"{k} {v:.1f} s" for k, v in self.stage_seconds.items())

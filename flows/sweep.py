@@ -85,7 +85,7 @@ __all__ = ["SweepSpec", "load_sweep", "make_trials", "run_sweep", "run_trial", "
 _KEYS = {"name", "base", "axes", "mode", "samples", "seed", "stages", "generate", "verify",
          "build", "workload", "resources", "objectives"}  # fmt: skip
 _OPTIONS = {"generate": {"lint"}, "verify": {"cocotb", "count", "seed"},
-            "build": {"board", "freq_mhz", "dsp", "timeout_s", "seed"}}  # fmt: skip
+            "build": {"board", "freq_mhz", "clock", "dsp", "timeout_s", "seed"}}  # fmt: skip
 
 
 @dataclasses.dataclass

@@ -170,9 +170,10 @@ def _verify(cfg, opts: dict, trial_dir: Path) -> dict:
 def _build(cfg, opts: dict, trial_dir: Path) -> dict:
     from .bitstream import build_bitstream
 
+    # one build per trial by default (clock "pll"): the Fmax is the trial's figure
     rep = build_bitstream(cfg, opts["board"], trial_dir / "build", freq_mhz=opts.get("freq_mhz"),
-                          dsp=opts.get("dsp", "auto"), seed=opts.get("seed"),
-                          timeout_s=opts.get("timeout_s"))  # fmt: skip
+                          clock=opts.get("clock", "pll"), dsp=opts.get("dsp", "auto"),
+                          seed=opts.get("seed"), timeout_s=opts.get("timeout_s"))  # fmt: skip
     u = rep.utilisation
     metrics = {k: (u[k].used if k in u else None) for k in ("lut", "ff", "dsp", "bram")}
     metrics["lut_percent"] = round(100 * u["lut"].fraction, 2) if "lut" in u else None

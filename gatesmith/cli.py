@@ -147,7 +147,15 @@ def cmd_build(args) -> int:
     cfg = _config_from_args(args)
     con = _console()
     with rich_progress(console=con) as progress:
-        rep = build_bitstream(cfg, args.board, args.output, freq_mhz=args.freq, progress=progress)
+        rep = build_bitstream(
+            cfg,
+            args.board,
+            args.output,
+            freq_mhz=args.freq,
+            clock=args.clock,
+            margin=args.margin,
+            progress=progress,
+        )
     print(rep.to_markdown())
     return 0
 
@@ -348,7 +356,17 @@ def _parser() -> argparse.ArgumentParser:
     _add_config_args(b, engine_positional=False)
     b.add_argument("--board", required=True, help="board: icebreaker or ulx3s")
     b.add_argument("-o", "--output", required=True, help="output directory")
-    b.add_argument("--freq", type=float, help="clock to time against, MHz (default: config)")
+    b.add_argument("--freq", type=float, help="clock to build for, MHz (default: config)")
+    b.add_argument(
+        "--clock",
+        choices=("closure", "pll", "board"),
+        default="closure",
+        help="closure (default): a PLL at --freq, rebuilt below the reached Fmax when timing "
+        "fails; pll: one build with the PLL at --freq; board: the oscillator, timed at --freq",
+    )
+    b.add_argument(
+        "--margin", type=float, default=0.05, help="closure: run this fraction below Fmax"
+    )
     b.set_defaults(func=cmd_build)
 
     r = sub.add_parser("run", help="run MODEL.py split between the accelerator and the host "
