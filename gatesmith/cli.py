@@ -320,6 +320,18 @@ def cmd_compile(args) -> int:
     text = compiled.report.to_markdown()
     (out / "report.md").write_text(f"# {Path(args.model).name} on {cfg.name}\n\n{text}\n")
     progress(f"wrote {out / 'compiled.pt'} and {out / 'report.md'}")
+    if args.specialise:
+        import yaml
+
+        from .host.compiler.specialise import specialise
+
+        lines = [f"# {cfg.name} specialised to {Path(args.model).name}", ""]
+        for variant, fname in (("schedule", "specialised"), ("sequential", "sequential")):
+            spec, notes = specialise(compiled, variant=variant)
+            (out / f"{fname}.yaml").write_text(yaml.safe_dump(spec.to_dict(), sort_keys=False))
+            lines += [f"## {fname}.yaml ({spec.name})", "", *(f"- {n}" for n in notes), ""]
+        (out / "specialised.md").write_text("\n".join(lines))
+        progress(f"wrote {out / 'specialised.yaml'}, {out / 'sequential.yaml'} (see specialised.md)")
     print(text)
     return 0
 
@@ -405,6 +417,9 @@ def _parser() -> argparse.ArgumentParser:
                    help="auto: chains that fit run on chip (dataflow); sequential: op by op")
     c.add_argument("--granularity", choices=("row", "tensor"), default="row",
                    help="GEMM activation scales per row (default) or per tensor")
+    c.add_argument("--specialise", action="store_true",
+                   help="also write specialised.yaml (only the engines, dataflows and COPY the "
+                   "schedule uses) and sequential.yaml (no on-chip chaining)")
     c.set_defaults(func=cmd_compile)
     return p
 

@@ -134,6 +134,7 @@ class AccelConfig:
     mem_cycles_per_beat: int = 1  # beats are this many cycles apart (1: 4 bytes/cycle)
     mem_max_burst: int = 16  # longest burst the DMA issues, in beats
     watchdog_cycles: int = 4096  # a program that makes no progress this long is a DEADLOCK
+    copy_unit: bool = True  # the on-chip COPY (chaining); without it chains go through memory
 
     def __post_init__(self):
         if not isinstance(self.name, str) or not self.name.isidentifier():
@@ -179,6 +180,8 @@ class AccelConfig:
             raise ConfigError(
                 f"mem_max_burst must be a power of two in 1..256, not {self.mem_max_burst}"
             )
+        if not isinstance(self.copy_unit, bool):
+            raise ConfigError(f"copy_unit must be true or false, not {self.copy_unit!r}")
         if not 64 <= self.watchdog_cycles <= 1 << 24:
             raise ConfigError(f"watchdog_cycles must be in 64..2**24, not {self.watchdog_cycles}")
 

@@ -123,6 +123,8 @@ def fits(acfg, S: int, D: int) -> str:
     cfg, sm = acfg.engine("systolic"), acfg.engine("softmax")
     if cfg is None:
         return "fused attention needs a systolic engine; this accelerator has none"
+    if not acfg.copy_unit:
+        return "fused attention needs the on-chip COPY unit; this accelerator has none"
     if sm is None:
         return "fused attention needs a softmax engine; this accelerator has none"
     if "ws" not in cfg.dataflows or "os" not in cfg.dataflows:

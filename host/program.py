@@ -130,6 +130,10 @@ class Program:
 
         what = f"COPY {src.engine}.{src.window.name} -> {dst.engine}.{dst.window.name}"
         at = f"entry {len(self.entries)} ({what})"
+        if not self.dev.config.copy_unit:
+            raise UsageError(f"{at}: this accelerator was built without the on-chip COPY unit "
+                             "(copy_unit: false); move the data through device memory "
+                             "(store, then load)")  # fmt: skip
         if scale is not None:
             try:
                 mult, shift = requant_params(scale)

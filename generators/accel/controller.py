@@ -36,8 +36,8 @@ _Q_BITS = 4 + INSTR_BITS + 16  # token bits, instruction, program entry index
 
 class Controller(wiring.Component):
     def __init__(self, engines, specs, *, queue_depth: int, mem_bytes: int, watchdog: int,
-                 max_burst: int):  # fmt: skip
-        self.engines, self.specs = engines, specs
+                 max_burst: int, copy: bool = True):  # fmt: skip
+        self.engines, self.specs, self.copy = engines, specs, copy
         self.queue_depth, self.mem_bytes, self.watchdog = queue_depth, mem_bytes, watchdog
         self.max_burst = max_burst
         super().__init__(
@@ -215,10 +215,13 @@ class Controller(wiring.Component):
             ]
 
         # ---- COPY unit (on chip, window -> window; on the compute queue) ---------------------
-        m.submodules.copy = cu = CopyUnit()
-        wiring.connect(m, cu.rd, wiring.flipped(self.copy_rd))
-        wiring.connect(m, cu.wr, wiring.flipped(self.copy_wr))
-        m.d.comb += [self.copy_words.eq(cu.words), self.copy_busy.eq(cu.busy)]
+        # Without it (copy_unit: false) its ports stay idle and COPY_SRC/COPY are BAD_OPCODE.
+        cu = None
+        if self.copy:
+            m.submodules.copy = cu = CopyUnit()
+            wiring.connect(m, cu.rd, wiring.flipped(self.copy_rd))
+            wiring.connect(m, cu.wr, wiring.flipped(self.copy_wr))
+            m.d.comb += [self.copy_words.eq(cu.words), self.copy_busy.eq(cu.busy)]
         copy_src = Signal(INSTR_BITS)
 
         # ---- compute unit ---------------------------------------------------------------------------
@@ -238,7 +241,8 @@ class Controller(wiring.Component):
         m.d.comb += any_engine_busy.eq(Cat(e.busy for e in engines).any())
         for eng in engines:
             m.d.comb += eng.cmd.payload.eq(c_ins)
-        m.d.comb += [cu.src_ins.eq(copy_src), cu.dst_ins.eq(c_ins)]
+        if cu is not None:
+            m.d.comb += [cu.src_ins.eq(copy_src), cu.dst_ins.eq(c_ins)]
         with m.FSM(name="compute_unit"):
             with m.State("IDLE"):
                 with m.If(cq.r_rdy):
@@ -258,21 +262,23 @@ class Controller(wiring.Component):
                                 m.next = "WAIT"
                 with m.Elif(c_op == Op.NOP):
                     m.next = "RETIRE"
-                with m.Elif(c_op == Op.COPY_SRC):
-                    m.d.sync += copy_src.eq(c_ins)
-                    m.next = "RETIRE"
-                with m.Elif(c_op == Op.COPY):
-                    cs, cd = CopySrc(copy_src), CopyDst(c_ins)
-                    with m.If((cs.engine >= len(engines)) | (cd.engine >= len(engines))
-                              | (cs.width == 3) | (cd.width == 3)):  # fmt: skip
-                        raise_error(ErrorCode.BAD_FIELD, SRC_COPY, 0, c_pc)
+                if cu is not None:
+                    with m.Elif(c_op == Op.COPY_SRC):
+                        m.d.sync += copy_src.eq(c_ins)
                         m.next = "RETIRE"
-                    with m.Elif((cd.rows == 0) | (cd.len == 0) | (cs.seg == 0) | (cd.seg == 0)):
-                        raise_error(ErrorCode.BAD_SHAPE, SRC_COPY, 0, c_pc)
-                        m.next = "RETIRE"
-                    with m.Else():
-                        m.d.comb += cu.start.eq(1)
-                        m.next = "COPY"
+                    with m.Elif(c_op == Op.COPY):
+                        cs, cd = CopySrc(copy_src), CopyDst(c_ins)
+                        with m.If((cs.engine >= len(engines)) | (cd.engine >= len(engines))
+                                  | (cs.width == 3) | (cd.width == 3)):  # fmt: skip
+                            raise_error(ErrorCode.BAD_FIELD, SRC_COPY, 0, c_pc)
+                            m.next = "RETIRE"
+                        with m.Elif((cd.rows == 0) | (cd.len == 0)
+                                    | (cs.seg == 0) | (cd.seg == 0)):  # fmt: skip
+                            raise_error(ErrorCode.BAD_SHAPE, SRC_COPY, 0, c_pc)
+                            m.next = "RETIRE"
+                        with m.Else():
+                            m.d.comb += cu.start.eq(1)
+                            m.next = "COPY"
                 with m.Elif(c_op == Op.SYNC):
                     with m.If((lq.level == 0) & (sq.level == 0) & ~units_busy[0] & ~units_busy[1]
                               & ~any_engine_busy):  # fmt: skip
@@ -287,12 +293,13 @@ class Controller(wiring.Component):
                         with m.If(eng.error != 0):
                             raise_error(eng.error, i, 0, c_pc)
                         m.next = "RETIRE"
-            with m.State("COPY"):
-                m.d.comb += c_busy.eq(1)
-                with m.If(cu.done):
-                    with m.If(cu.err):
-                        raise_error(ErrorCode.WINDOW_RANGE, SRC_COPY, cu.err_addr, c_pc)
-                    m.next = "RETIRE"
+            if cu is not None:
+                with m.State("COPY"):
+                    m.d.comb += c_busy.eq(1)
+                    with m.If(cu.done):
+                        with m.If(cu.err):
+                            raise_error(ErrorCode.WINDOW_RANGE, SRC_COPY, cu.err_addr, c_pc)
+                        m.next = "RETIRE"
             with m.State("RETIRE"):
                 m.d.comb += [c_busy.eq(1), retire["compute"].eq(1),
                              inc["c2l"].eq(c_hdr[2]), inc["c2s"].eq(c_hdr[3])]  # fmt: skip

@@ -84,7 +84,7 @@ class Accelerator(wiring.Component):
         m.submodules.regq = regq = fifo.SyncFIFOBuffered(width=INSTR_BITS, depth=cfg.queue_depth)
         m.submodules.ctrl = ctrl = Controller(
             engines, self.specs, queue_depth=cfg.queue_depth, mem_bytes=cfg.mem_bytes,
-            watchdog=cfg.watchdog_cycles, max_burst=cfg.mem_max_burst,
+            watchdog=cfg.watchdog_cycles, max_burst=cfg.mem_max_burst, copy=cfg.copy_unit,
         )  # fmt: skip
         m.submodules.load = ld = LoadChannel(max_burst=cfg.mem_max_burst)
         m.submodules.store = st = StoreChannel(max_burst=cfg.mem_max_burst)
@@ -107,7 +107,9 @@ class Accelerator(wiring.Component):
         ax_addr, ax_wdata, ax_wen, ax_ren = Signal(22), Signal(32), Signal(), Signal()
         ax_err = Signal()
         # (port, writes?): load writes windows, store reads them, COPY reads one and writes one
-        ports = [(ld.win, True), (st.win, False), (ctrl.copy_rd, False), (ctrl.copy_wr, True)]
+        ports = [(ld.win, True), (st.win, False)]
+        if cfg.copy_unit:
+            ports += [(ctrl.copy_rd, False), (ctrl.copy_wr, True)]
         for port, _ in ports:
             m.d.comb += port.grant.eq(0)
         for i, eng in enumerate(engines):
