@@ -187,7 +187,7 @@ def compile(model: torch.nn.Module, example_inputs: tuple, config, calibration=N
         say("allocate: scratchpad residency across the graph")
         resident, summary = allocate_scratchpad(graph, placement, consts, cfg, progress=say,
                                                 ilp_limit=ilp_limit)  # fmt: skip
-        report.set_allocation(summary, resident)
+        report.set_allocation(summary, resident, cfg)
         say(f"allocate: {summary['method']} ({summary['status']}) in "
             f"{summary['solve_s'] * 1e3:.1f} ms: {summary['objective']:,} device-memory words "
             f"(nothing resident: {summary['base']:,}), resident: "

@@ -155,6 +155,12 @@ class Backend:
         pass
 
 
+def default_dataflow(cfg):
+    from ..systolic import default_dataflow as dd
+
+    return dd(cfg)
+
+
 class GoldenBackend(Backend):
     """The engines' bit-exact golden models for ``accel_cfg``'s engines."""
 
@@ -171,9 +177,7 @@ class GoldenBackend(Backend):
                "layernorm": lambda t: self.layer_norm_int(t, gamma, beta)}[kind](x)  # fmt: skip
         a = torch.stack([requant(out[r], mu, sh, I8) for r, (mu, sh) in enumerate(requants)])
         size = -(-x.shape[1] // self._cfg("systolic").rows) * x.shape[0]
-        for base, (n, _) in list(self.spad.items()):  # what the new operand overwrites
-            if base < offset + size and offset < base + n:
-                del self.spad[base]
+        self._overwrite(offset, offset + size)
         self.spad[offset] = (size, a)
         return out if store else None
 
@@ -194,8 +198,17 @@ class GoldenBackend(Backend):
     def matmul(self, a, b, dataflow=None):
         from ...generators.systolic.model import gemm
 
-        self.spad.clear()  # a streamed GEMM runs through the whole scratchpad
+        from .residency import left_span
+
+        (m, k), n = a.shape, b.shape[1]
+        df = dataflow or default_dataflow(self._cfg("systolic"))
+        self._overwrite(0, left_span(m, k, n, df, self.config))  # the entries its chunks use
         return gemm(a, b, self._cfg("systolic"))
+
+    def _overwrite(self, lo: int, hi: int) -> None:
+        for base, (size, _) in list(self.spad.items()):
+            if base < hi and lo < base + size:
+                del self.spad[base]
 
     def softmax_int(self, x):
         from ...generators.softmax.model import softmax_model

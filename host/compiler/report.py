@@ -227,13 +227,22 @@ class Report:
     def engine_of(self, op: str) -> str:
         return next(r["engine"] for r in self.rows if r["op"] == op)
 
-    def set_allocation(self, summary: dict, resident: dict) -> None:
-        """Record the allocation (which ran, objective, time) and mark the chained ops."""
+    def set_allocation(self, summary: dict, resident: dict, cfg) -> None:
+        """Record the allocation (which ran, objective, time) and mark the chained ops (a
+        consumer runs WS GEMMs on its resident operand: its tiles are those)."""
+        from .residency import resident_plan
+
         self.allocation = dict(summary)
-        chained = {p for p in resident} | {c for a in resident.values() for c in a["consumers"]}
+        consumers = {c: a for a in resident.values() for c in a["consumers"]}
         for r in self.rows:
-            if r["op"] in chained:
+            if r["op"] in resident:
                 r["chained"] = True
+            elif r["op"] in consumers:
+                a, n = consumers[r["op"]], r["shape"][-1]
+                nt, kc = resident_plan(a["m"], a["k"], n, cfg.engine("systolic"))
+                r["chained"] = True
+                r["schedule"] = {**(r["schedule"] or {}), "dataflow": "ws", "mt": a["m"],
+                                 "nt": nt, "kc": kc}  # fmt: skip
 
     def to_dict(self) -> dict:
         return {"rows": [dict(r) for r in self.rows], "allocation": self.allocation}

@@ -12,9 +12,9 @@ Otherwise the value goes through device memory as today (a STORE, a LOAD per con
 
 :func:`problem` states it for :func:`.alloc.allocate`: one candidate tensor per such
 nonlinear op (its consumers must share one activation scale), live from the producer to its
-last consumer, ``ceil(K / rows) * M`` left entries; every other systolic op (and fused
-attention) streams through the whole left scratchpad, a :class:`.alloc.Block` over it (gone,
-for a consumer, when its operand is resident). ``base`` and the savings come from the exact
+last consumer, ``ceil(K / rows) * M`` left entries; every other systolic op streams its
+operands through the left entries its plan touches (:func:`left_span`; fused attention: all of
+them), a :class:`.alloc.Block` (gone, for a consumer, when its operand is resident). ``base`` and the savings come from the exact
 device-memory word counts of the programs each way (:func:`op_words`), the same words the
 PERF_LOAD / PERF_STORE counters count.
 
@@ -102,6 +102,21 @@ def op_words(graph, op, engine, acfg, consts, *, resident=None, store=True) -> i
         m, k = math.prod(op.shape[:-1]), op.shape[-1]
         return _nl_words(kind, m, k, acfg, store)
     return _nl_words(kind, *_nl_rows(op, acfg), acfg)
+
+
+def left_span(m: int, k: int, n: int, df: str, acfg) -> int:
+    """Left-scratchpad entries ``0..span-1`` a streamed GEMM (``host.systolic.matmul``'s plan
+    for ``a (m x k) @ b (k x n)`` in dataflow ``df``) writes: chunk ``i`` at ``(i % 2) * half``."""
+    from ..systolic import _hw_df, plan_dma
+
+    scfg = acfg.engine("systolic")
+    hm, hk, hn = (n, k, m) if df == "is" else (m, k, n)
+    p, _ = plan_dma(hm, hk, hn, df, scfg, acfg)
+    R, hw = scfg.rows, _hw_df(df)
+    mt, kc = min(p.mt, hm), min(p.kc, hk)
+    size = _ceil(mt, R) * kc if hw == "os" else _ceil(kc, R) * mt
+    chunks = _ceil(hm, p.mt) * _ceil(hn, p.nt) * _ceil(hk, p.kc)
+    return size if chunks == 1 else scfg.spad_depth // 2 + size
 
 
 # ---- the GEMM on a resident operand ----------------------------------------------------------
@@ -323,9 +338,12 @@ def problem(graph, placement: dict, consts: dict, acfg) -> tuple[Problem, dict]:
     for op in device:
         e = engines[op.name]
         base += op_words(graph, op, e, acfg, consts)
-        if e in ("systolic", "attention"):
-            blocks.append(Block(LEFT, 0, scfg.spad_depth, step[op.name],
-                                unless=consumer_of.get(op.name)))  # fmt: skip
+        if e == "attention":
+            blocks.append(Block(LEFT, 0, scfg.spad_depth, step[op.name]))
+        elif e == "systolic":
+            df = consts[op.name]["schedule"]["dataflow"]
+            hi = max(left_span(*c, df, acfg) for c in _gemm_calls(graph, op))
+            blocks.append(Block(LEFT, 0, hi, step[op.name], unless=consumer_of.get(op.name)))
     for p, info in cands.items():
         op = graph.op(p)
         saving = (op_words(graph, op, engines[p], acfg, consts)
