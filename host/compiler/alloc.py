@@ -86,7 +86,8 @@ class Problem:
 
 @dataclass
 class Allocation:
-    """``offsets``: resident tensor -> first entry; ``method``: "ilp" or "heuristic"."""
+    """``offsets``: resident tensor -> first entry; ``method``: "ilp", "heuristic" or "none"
+    (no candidate tensors: nothing to solve)."""
 
     offsets: dict[str, int]
     objective: int
@@ -112,6 +113,8 @@ def solve_ilp(p: Problem, *, time_limit: float = 60.0, tick=None) -> Allocation 
     t0 = time.monotonic()
     ts = p.tensors
     n = len(ts)
+    if n == 0:
+        return Allocation({}, p.base, "ilp", "optimal", 0.0, 0, 0)
     pairs = list(p.pairs())
     clashes = list(p.clashes())
     idx = {t.name: i for i, t in enumerate(ts)}
@@ -156,8 +159,11 @@ def solve_ilp(p: Problem, *, time_limit: float = 60.0, tick=None) -> Allocation 
     result: dict = {}
 
     def run():
-        result["r"] = milp(c, constraints=cons, integrality=np.ones(nv), bounds=Bounds(lo, hi),
-                           options={"time_limit": time_limit})  # fmt: skip
+        try:
+            result["r"] = milp(c, constraints=cons, integrality=np.ones(nv),
+                               bounds=Bounds(lo, hi), options={"time_limit": time_limit})  # fmt: skip
+        except BaseException as e:  # noqa: BLE001 - raised again in the caller's thread
+            result["error"] = e
 
     th = threading.Thread(target=run, daemon=True)
     th.start()
@@ -165,6 +171,8 @@ def solve_ilp(p: Problem, *, time_limit: float = 60.0, tick=None) -> Allocation 
         th.join(1.0)
         if th.is_alive() and tick is not None:
             tick(time.monotonic() - t0)
+    if "error" in result:
+        raise result["error"]
     r = result["r"]
     if r.x is None:
         return None
@@ -210,12 +218,14 @@ def allocate(p: Problem, *, ilp_limit: int = ILP_LIMIT, time_limit: float = 60.0
     """The ILP when it has at most ``ilp_limit`` integer variables (else, or when it finds no
     solution in ``time_limit`` s, the heuristic). ``progress(msg)`` hears how it goes."""
     say = progress or (lambda _m: None)
+    if not p.tensors:
+        return Allocation({}, p.base, "none", "no candidate tensors", 0.0, 0, 0)
     nv = 2 * len(p.tensors) + sum(1 for _ in p.pairs()) + sum(1 for _ in p.clashes())
     if nv <= ilp_limit:
         say(f"allocate: ILP over {len(p.tensors)} tensors ({nv} integer variables)")
         a = solve_ilp(p, time_limit=time_limit,
-                      tick=lambda s: say(f"allocate: ILP over {len(p.tensors)} tensors ({nv} "
-                                         f"integer variables), {s:.0f} s of {time_limit:.0f}"))  # fmt: skip
+                      tick=lambda s: say(f"allocate: ILP over {len(p.tensors)} tensors, "
+                                         f"{s:.0f} s of at most {time_limit:.0f} (running)"))  # fmt: skip
         if a is not None:
             return a
         say("allocate: the ILP found no solution in time; heuristic")
