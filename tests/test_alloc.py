@@ -159,6 +159,25 @@ def test_above_the_limit_the_heuristic_runs_and_says_so():
     assert b.method == "ilp" and said[0].startswith("allocate: ILP over 6 tensors (")
 
 
+def test_the_ilp_reports_progress_while_it_runs():
+    """The ILP runs in a worker thread; the caller hears the elapsed time meanwhile (the
+    ``gatesmith compile`` status line), and the answer is the same as without ticks."""
+    import random
+
+    rnd = random.Random(30)
+    ts = []
+    for i in range(30):
+        s = rnd.randrange(0, 30)
+        ts.append(A.Tensor(f"t{i}", "m", rnd.choice([16, 32, 48, 64]), s, s + rnd.randrange(4),
+                           rnd.randrange(50, 500)))  # fmt: skip
+    p = A.Problem({"m": 128}, ts, [A.Block("m", 0, 64, s) for s in range(0, 30, 2)], 10**6)
+    ticks: list = []
+    a = A.solve_ilp(p, tick=ticks.append, tick_s=0.002)
+    assert a.status == "optimal" and _overlaps(p, a.offsets) == []
+    assert ticks and ticks == sorted(ticks) and ticks[-1] <= a.solve_s
+    assert a.objective <= A.heuristic(p).objective
+
+
 def _nv(p):
     return 2 * len(p.tensors) + sum(1 for _ in p.pairs()) + sum(1 for _ in p.clashes())
 

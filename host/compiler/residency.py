@@ -26,6 +26,7 @@ cannot do), and neither can ``matmul`` operands (they go through fused attention
 from __future__ import annotations
 
 import math
+from functools import lru_cache
 
 import torch
 
@@ -104,6 +105,7 @@ def op_words(graph, op, engine, acfg, consts, *, resident=None, store=True) -> i
     return _nl_words(kind, *_nl_rows(op, acfg), acfg)
 
 
+@lru_cache(maxsize=4096)
 def left_span(m: int, k: int, n: int, df: str, acfg) -> int:
     """Left-scratchpad entries ``0..span-1`` a streamed GEMM (``host.systolic.matmul``'s plan
     for ``a (m x k) @ b (k x n)`` in dataflow ``df``) writes: chunk ``i`` at ``(i % 2) * half``."""
