@@ -41,8 +41,8 @@ from gatesmith.config import AccelConfig
 SEED = 20261202
 NL = (GeluConfig(lanes=4, depth=64, max_len=64), LayerNormConfig(lanes=4, depth=64, max_len=64),
       SoftmaxConfig(lanes=4, depth=64, max_len=64))  # fmt: skip
-CFG = AccelConfig(name="chain", engines=(*NL, SystolicConfig(rows=4, cols=4, spad_depth=128,
-                                                             acc_depth=64, dataflows=("os", "ws"))))  # fmt: skip
+CFG = AccelConfig(name="chain", engines=(*NL, SystolicConfig(
+    rows=4, cols=4, spad_depth=128, acc_depth=64, dataflows=("os", "ws"))))  # fmt: skip
 
 
 # ---- an independent check: live tensors never overlap ----------------------------------------
@@ -106,8 +106,9 @@ def problems(draw, max_tensors=4):
     tensors = []
     for i in range(n):
         start = draw(st.integers(0, 6))
-        tensors.append(A.Tensor(f"t{i}", draw(st.sampled_from(mems)), draw(st.integers(1, cap)),
-                                start, start + draw(st.integers(0, 3)), draw(st.integers(0, 50))))  # fmt: skip
+        mem, size = draw(st.sampled_from(mems)), draw(st.integers(1, cap))
+        end = start + draw(st.integers(0, 3))
+        tensors.append(A.Tensor(f"t{i}", mem, size, start, end, draw(st.integers(0, 50))))
     blocks = []
     for _ in range(draw(st.integers(0, 4))):
         lo = draw(st.integers(0, cap - 1))

@@ -50,7 +50,7 @@ class Tensor:
 
 @dataclass(frozen=True)
 class Block:
-    """Entries ``lo..hi-1`` of ``memory`` in use at ``step`` (absent when ``unless`` is resident)."""
+    """Entries ``lo..hi-1`` of ``memory`` in use at ``step`` (gone when ``unless`` is resident)."""
 
     memory: str
     lo: int
@@ -164,7 +164,7 @@ def solve_ilp(p: Problem, *, time_limit: float = 60.0, tick=None,
     def run():
         try:
             result["r"] = milp(c, constraints=cons, integrality=np.ones(nv),
-                               bounds=Bounds(lo, hi), options={"time_limit": time_limit})  # fmt: skip
+                               bounds=Bounds(lo, hi), options={"time_limit": time_limit})
         except BaseException as e:  # noqa: BLE001 - raised again in the caller's thread
             result["error"] = e
 
@@ -190,8 +190,10 @@ def heuristic(p: Problem) -> Allocation:
     """Greedy: tensors by saving per entry-step, each at the lowest offset free over its range."""
     t0 = time.monotonic()
     offsets: dict[str, int] = {}
-    order = sorted((t for t in p.tensors if _fits(t, p.capacity)),
-                   key=lambda t: (-t.saving / (t.size * (t.end - t.start + 1)), t.name))  # fmt: skip
+    def density(t):
+        return -t.saving / (t.size * (t.end - t.start + 1)), t.name
+
+    order = sorted((t for t in p.tensors if _fits(t, p.capacity)), key=density)
     byname = {t.name: t for t in p.tensors}
     for t in order:
         busy = [(b.lo, b.hi) for b in p.blocks
@@ -226,9 +228,11 @@ def allocate(p: Problem, *, ilp_limit: int = ILP_LIMIT, time_limit: float = 60.0
     nv = 2 * len(p.tensors) + sum(1 for _ in p.pairs()) + sum(1 for _ in p.clashes())
     if nv <= ilp_limit:
         say(f"allocate: ILP over {len(p.tensors)} tensors ({nv} integer variables)")
-        a = solve_ilp(p, time_limit=time_limit,
-                      tick=lambda s: say(f"allocate: ILP over {len(p.tensors)} tensors, "
-                                         f"{s:.0f} s of at most {time_limit:.0f} (running)"))  # fmt: skip
+        def tick(s):
+            say(f"allocate: ILP over {len(p.tensors)} tensors, {s:.0f} s of at most "
+                f"{time_limit:.0f} (running)")
+
+        a = solve_ilp(p, time_limit=time_limit, tick=tick)
         if a is not None and a.status == "optimal":
             return a
         h = heuristic(p)

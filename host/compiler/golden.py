@@ -336,7 +336,7 @@ class OnChip:
 
 
 def execute(graph: Graph, consts: dict, placement: dict, backend: Backend, inputs: tuple,
-            trace: list | None = None, alloc: dict | None = None) -> list[torch.Tensor]:  # fmt: skip
+            trace: list | None = None, alloc: dict | None = None) -> list:  # fmt: skip
     """Run the quantised graph; ``trace`` (a list) receives one record per engine op.
 
     ``consts[op]`` holds the op's integer constants and scales (quant.prepare), ``placement[op]``

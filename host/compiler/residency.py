@@ -14,7 +14,8 @@ Otherwise the value goes through device memory as today (a STORE, a LOAD per con
 nonlinear op (its consumers must share one activation scale), live from the producer to its
 last consumer, ``ceil(K / rows) * M`` left entries; every other systolic op streams its
 operands through the left entries its plan touches (:func:`left_span`; fused attention: all of
-them), a :class:`.alloc.Block` (gone, for a consumer, when its operand is resident). ``base`` and the savings come from the exact
+them), a :class:`.alloc.Block` (gone, for a consumer, when its operand is resident). ``base``
+and the savings come from the exact
 device-memory word counts of the programs each way (:func:`op_words`), the same words the
 PERF_LOAD / PERF_STORE counters count.
 
@@ -180,7 +181,7 @@ def gemm_resident(dev, left_base: int, m: int, k: int, top, out, acfg) -> None:
                               accumulate=not first),
                    deps=Deps(pop_prev=True, pop_next=first and tile > 0,
                              push_prev=i + 1 < len(chunks), push_next=last),
-                   what=f"GEMM ws {m}x{kcc}x{ntc} on the resident operand (tile {tile})")  # fmt: skip
+                   what=f"GEMM ws {m}x{kcc}x{ntc}, resident operand (tile {tile})")  # fmt: skip
         if last:
             ops = _panel_dmas(awords, aw.stride, n0 // C, panels, 0, m, m, aw.offset)
             for j, d in enumerate(ops):
