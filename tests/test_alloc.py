@@ -187,8 +187,9 @@ def _nv(p):
 
 
 @st.composite
-def graphs(draw):
-    """A random graph of linear / GELU / LayerNorm / softmax ops whose values fan out."""
+def graphs(draw, cfg=None):
+    """A random graph of linear / GELU / LayerNorm / softmax ops whose values fan out (and a
+    random scratchpad and accumulator size unless ``cfg`` is given)."""
     g = torch.Generator().manual_seed(draw(st.integers(0, 2**31)))
     m = draw(st.integers(1, 8))
     width = {"x": draw(st.sampled_from([8, 16, 32]))}
@@ -213,26 +214,32 @@ def graphs(draw):
         width[name] = n
         used.add(src)
     outs = [o.name for o in ops[1:] if o.name not in used] or [ops[-1].name]
-    spad = draw(st.sampled_from([32, 64, 128, 256]))
-    acc = draw(st.sampled_from([16, 32, 64]))
-    cfg = AccelConfig(name="rand", engines=(*NL, SystolicConfig(
-        rows=4, cols=4, spad_depth=spad, acc_depth=acc, dataflows=("os", "ws"))))  # fmt: skip
+    if cfg is None:
+        spad = draw(st.sampled_from([32, 64, 128, 256]))
+        acc = draw(st.sampled_from([16, 32, 64]))
+        cfg = AccelConfig(name="rand", engines=(*NL, SystolicConfig(
+            rows=4, cols=4, spad_depth=spad, acc_depth=acc, dataflows=("os", "ws"))))  # fmt: skip
     graph = Graph(ops, consts, ["x"], outs, [(m, width["x"])])
     x = [(torch.randn(m, width["x"], generator=g) * 2,) for _ in range(2)]
     return graph, cfg, x
 
 
-@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(graphs(), st.sampled_from([None, 0]))
-def test_random_graphs_live_tensors_never_overlap(case, ilp_limit):
+def _prepared(graph, cfg, x):
     from gatesmith.host.compiler import schedule
 
-    graph, cfg, x = case
     placement = place(graph, cfg)
     engines = {k: v[0] for k, v in placement.items()}
     consts = prepare(graph, calibrate(graph, x), cfg, engines)
     for name, sc in schedule(graph, placement, cfg).items():
         consts[name]["schedule"] = sc
+    return placement, engines, consts
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(graphs(), st.sampled_from([None, 0]))
+def test_random_graphs_live_tensors_never_overlap(case, ilp_limit):
+    graph, cfg, x = case
+    placement, engines, consts = _prepared(graph, cfg, x)
     prob, _ = problem(graph, placement, consts, cfg)
     resident, summary = allocate_scratchpad(graph, placement, consts, cfg, ilp_limit=ilp_limit)
     assert _overlaps(prob, summary["offsets"]) == []
@@ -291,3 +298,30 @@ def test_counted_device_words_equal_the_objective():
     assert got["ilp"][0] < got["heuristic"][0] < c.report.allocation["base"]
     assert got["ilp"][1] == ["gelu", "layer_norm"] and got["heuristic"][1] == ["gelu"]
     assert got["ilp"][2]["layer_norm"] >= 80  # above the 80 entries the unrelated GEMM uses
+
+
+@pytest.fixture(scope="module")
+def board():
+    with gatesmith.host.open("sim", config=CFG) as dev:
+        yield dev
+
+
+@settings(max_examples=6, deadline=None, suppress_health_check=[
+    HealthCheck.too_slow, HealthCheck.function_scoped_fixture])  # fmt: skip
+@given(graphs(cfg=CFG))
+def test_random_graphs_on_the_board_count_the_objective(board, case):
+    """Random graphs (softmax producers, fan-out to several linears, 1..8 rows) on the board:
+    device == golden with the allocation, and the counted words equal its objective."""
+    graph, cfg, x = case
+    placement, engines, consts = _prepared(graph, cfg, x)
+    resident, summary = allocate_scratchpad(graph, placement, consts, cfg)
+    want = execute(graph, consts, engines, GoldenBackend(cfg), x[1], None, resident)
+    be = DeviceBackend(board)
+    board.reset_perf()
+    try:
+        got = execute(graph, consts, engines, be, x[1], None, resident)
+    finally:
+        be.close()
+    perf = board.perf()
+    assert all(torch.equal(a, b) for a, b in zip(got, want, strict=True))
+    assert perf["load"] + perf["store"] == summary["objective"]
