@@ -239,10 +239,10 @@ class Report:
                 r["chained"] = True
             elif r["op"] in consumers:
                 a, n = consumers[r["op"]], r["shape"][-1]
-                nt, kc = resident_plan(a["m"], a["k"], n, cfg.engine("systolic"))
+                p = resident_plan(a["m"], a["k"], n, cfg.engine("systolic"), cfg)
                 r["chained"] = True
                 r["schedule"] = {**(r["schedule"] or {}), "dataflow": "ws", "mt": a["m"],
-                                 "nt": nt, "kc": kc}  # fmt: skip
+                                 "nt": p.nt, "kc": p.kc}  # fmt: skip
 
     def to_dict(self) -> dict:
         return {"rows": [dict(r) for r in self.rows], "allocation": self.allocation}

@@ -27,6 +27,7 @@ cannot do), and neither can ``matmul`` operands (they go through fused attention
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from functools import lru_cache
 
 import torch
@@ -34,7 +35,7 @@ import torch
 from ...hdl.requant import dyadic
 from .alloc import Block, Problem, Tensor
 
-__all__ = ["problem", "op_words", "resident_plan", "row_requant", "nl_resident",
+__all__ = ["problem", "op_words", "resident_plan", "ResidentPlan", "row_requant", "nl_resident",
            "gemm_resident", "predict_resident", "NL_KINDS"]  # fmt: skip
 
 NL_KINDS = {"softmax": "softmax", "gelu": "gelu", "layer_norm": "layernorm"}
@@ -125,18 +126,46 @@ def left_span(m: int, k: int, n: int, df: str, acfg) -> int:
 # ---- the GEMM on a resident operand ----------------------------------------------------------
 
 
-def resident_plan(m: int, k: int, n: int, scfg) -> tuple[int, int] | None:
-    """(nt, kc) of :func:`gemm_resident` for an m x k resident A (WS), or None if none fits:
-    the widest output tile the accumulator holds, K chunks (multiples of rows) that fit the top
-    scratchpad beside it."""
+@dataclass(frozen=True)
+class ResidentPlan:
+    """Tiles of :func:`gemm_resident`: output tiles of ``nt`` columns (all ``m`` rows), K chunks
+    of ``kc`` (multiples of the array's rows); ``bufs`` weight chunks in the top scratchpad and
+    output tiles in the accumulator at once (2: the next chunk loads and the last tile stores
+    while one computes; 1: each step waits for the last)."""
+
+    nt: int
+    kc: int
+    bufs: int
+
+
+def resident_plan(m: int, k: int, n: int, scfg, acfg=None) -> ResidentPlan | None:
+    """The plan of :func:`gemm_resident` for an ``m x k`` resident A (WS) with the fewest
+    modelled cycles (GEMM from the exact cycle model against its DMA words, as
+    ``host.systolic.plan_dma``), or None when none fits."""
+    from ...generators.systolic.model import cycles as gemm_cycles
+    from ..systolic import DMA_EFFICIENCY
+
     R, C = scfg.rows, scfg.cols
     if m > scfg.acc_depth or m > 65535 or _ceil(k, R) * m > scfg.spad_depth:
         return None
-    for blocks in range(min(_ceil(n, C), scfg.acc_depth // m), 0, -1):
-        kc = min(_ceil(k, R) * R, scfg.spad_depth // blocks // R * R, 65535 // R * R)
-        if kc >= R:
-            return min(n, blocks * C), min(k, kc)
-    return None
+    beat = 1 if acfg is None else acfg.mem_cycles_per_beat
+    best = None
+    for bufs in (2, 1):
+        for blocks in range(min(_ceil(n, C), scfg.acc_depth // bufs // m), 0, -1):
+            room = scfg.spad_depth // bufs // blocks
+            kc = min(_ceil(k, R) * R, room // R * R, 65535 // R * R)
+            if kc < R:
+                continue
+            p = ResidentPlan(min(n, blocks * C), min(k, kc), bufs)
+            cost = 0.0
+            for _, _, ntc, kcc, _, last in _chunks(m, k, n, p.nt, p.kc):
+                load = _ceil(ntc, C) * kcc * beat / DMA_EFFICIENCY
+                store = _ceil(ntc, C) * m * C * beat / DMA_EFFICIENCY if last else 0
+                g = gemm_cycles(m, kcc, ntc, "ws", scfg) + 4
+                cost += max(g, load) + (store if bufs == 1 else 0)
+            if best is None or cost < best[0]:
+                best = (cost, p)
+    return None if best is None else best[1]
 
 
 def resident_words(m: int, k: int, n: int, acfg) -> int:
@@ -156,7 +185,9 @@ def _chunks(m, k, n, nt, kc):
 def gemm_resident(dev, left_base: int, m: int, k: int, top, out, acfg) -> None:
     """``out = A @ top`` with A (m x k, WS panels) resident in the left scratchpad from entry
     ``left_base``; ``top`` a weight buffer packed for WS, ``out`` a result buffer (m x n).
-    One program, serial: per chunk LOAD the weight panels, GEMM, per tile STORE."""
+    One program (:func:`resident_plan`): per chunk LOAD the weight panels, GEMM, per tile
+    STORE; with two buffers tokens let chunk ``i + 1`` load and tile ``t - 1`` store while
+    chunk ``i`` computes (the pattern of ``host.systolic.gemm_program``)."""
     from ..program import Deps
     from ..systolic import gemm_instr
 
@@ -166,27 +197,38 @@ def gemm_resident(dev, left_base: int, m: int, k: int, top, out, acfg) -> None:
     tw, aw = lay["top"], lay["acc"]
     twords, awords = tw.width // 32, C * _ceil(scfg.acc_width, 32)
     n = top.layout.cols
-    nt, kc = resident_plan(m, k, n, scfg)
-    chunks = list(_chunks(m, k, n, nt, kc))
-    n_tiles = _ceil(n, nt)
+    p = resident_plan(m, k, n, scfg, acfg)
+    nb = p.bufs
+    top_room, acc_room = scfg.spad_depth // nb, scfg.acc_depth // nb
+    chunks = list(_chunks(m, k, n, p.nt, p.kc))
+    n_tiles = _ceil(n, p.nt)
     prog = dev.program()
-    for i, (n0, k0, ntc, kcc, first, last) in enumerate(chunks):
-        tile = n0 // nt
-        panels = _ceil(ntc, C)
-        ops = _panel_dmas(twords, tw.stride, n0 // C, panels, k0, kcc, k, tw.offset)
+
+    def loads(i):
+        n0, k0, ntc, kcc, _, _ = chunks[i]
+        ops = _panel_dmas(twords, tw.stride, n0 // C, _ceil(ntc, C), k0, kcc, k,
+                          tw.offset + (i % nb) * top_room * tw.stride)  # fmt: skip
         for j, d in enumerate(ops):
-            prog.load("systolic", buf=top, deps=Deps(pop_next=i > 0 and j == 0,
+            prog.load("systolic", buf=top, deps=Deps(pop_next=i >= nb and j == 0,
                                                    push_next=j == len(ops) - 1), **d)  # fmt: skip
-        prog.instr(gemm_instr("ws", m, kcc, ntc, acc=0, left=left_base + (k0 // R) * m, top=0,
-                              accumulate=not first),
-                   deps=Deps(pop_prev=True, pop_next=first and tile > 0,
-                             push_prev=i + 1 < len(chunks), push_next=last),
+
+    loads(0)
+    for i, (n0, k0, ntc, kcc, first, last) in enumerate(chunks):
+        if i + 1 < len(chunks):
+            loads(i + 1)
+        tile = n0 // p.nt
+        acc_base = (tile % nb) * acc_room
+        prog.instr(gemm_instr("ws", m, kcc, ntc, acc=acc_base, left=left_base + (k0 // R) * m,
+                              top=(i % nb) * top_room, accumulate=not first),
+                   deps=Deps(pop_prev=True, pop_next=first and tile >= nb,
+                             push_prev=i + nb < len(chunks), push_next=last),
                    what=f"GEMM ws {m}x{kcc}x{ntc}, resident operand (tile {tile})")  # fmt: skip
         if last:
-            ops = _panel_dmas(awords, aw.stride, n0 // C, panels, 0, m, m, aw.offset)
+            ops = _panel_dmas(awords, aw.stride, n0 // C, _ceil(ntc, C), 0, m, m,
+                              aw.offset + acc_base * aw.stride)  # fmt: skip
             for j, d in enumerate(ops):
                 prog.store("systolic", buf=out, deps=Deps(
-                    pop_prev=j == 0, push_prev=tile + 1 < n_tiles and j == len(ops) - 1), **d)
+                    pop_prev=j == 0, push_prev=tile + nb < n_tiles and j == len(ops) - 1), **d)
     prog.run()
 
 
@@ -291,9 +333,9 @@ def predict_resident(engine: str, call: dict, acfg) -> dict:
     if engine == "systolic":
         m, k, n = call["m"], call["k"], call["n"]
         scfg = acfg.engine("systolic")
-        nt, kc = resident_plan(m, k, n, scfg)
+        p = resident_plan(m, k, n, scfg, acfg)
         cyc = sum(gemm_cycles(m, kcc, ntc, "ws", scfg) for _, _, ntc, kcc, _, _ in
-                  _chunks(m, k, n, nt, kc))  # fmt: skip
+                  _chunks(m, k, n, p.nt, p.kc))  # fmt: skip
         return {"cycles": cyc, "program": None, "words": resident_words(m, k, n, acfg)}
     cfg = acfg.engine(engine)
     eng = engine_model(engine, cfg)
