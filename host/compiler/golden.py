@@ -293,7 +293,8 @@ class DeviceBackend(Backend):
             gemm_resident(self.dev, offset, m, k, b, res, self.config)
             return res.layout.unpack(res.read_raw(), cfg).long()
         finally:
-            res.free()
+            if not res.freed and not res.busy:
+                res.free()
 
     def begin(self, op):
         self._before = self.dev.perf()

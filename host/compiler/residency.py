@@ -229,7 +229,12 @@ def gemm_resident(dev, left_base: int, m: int, k: int, top, out, acfg) -> None:
             for j, d in enumerate(ops):
                 prog.store("systolic", buf=out, deps=Deps(
                     pop_prev=j == 0, push_prev=tile + nb < n_tiles and j == len(ops) - 1), **d)
-    prog.run()
+    try:
+        prog.run()
+    except BaseException:
+        if out.busy:  # interrupted: the result buffer goes when the program has finished
+            prog.temporaries.append(out)
+        raise
 
 
 def _panel_dmas(words, stride, first_panel, n_panels, entry0, per_panel, panel_entries, win0):
@@ -281,8 +286,8 @@ def nl_resident(dev, kind: str, x: torch.Tensor, requants, left_base: int, *, ga
     bin_ = dev.alloc((words.size,), torch.int32, label=f"{kind} in")
     bin_.write_raw(words)
     bout = dev.alloc((m * row_out,), torch.int32, label=f"{kind} out") if store else None
+    prog = dev.program()
     try:
-        prog = dev.program()
         starts = list(range(0, m, per))
         for i, r0 in enumerate(starts):
             cnt = min(per, m - r0)
@@ -309,9 +314,12 @@ def nl_resident(dev, kind: str, x: torch.Tensor, requants, left_base: int, *, ga
                                             width=wo.width // cfg.lanes, stride=wo.stride,
                                             signed=kind != "softmax"))  # fmt: skip
     finally:
-        bin_.free()
-        if bout is not None:
-            bout.free()
+        for b in (bin_, bout):
+            if b is not None and not b.freed:
+                if b.busy:  # interrupted: freed when the program has finished
+                    prog.temporaries.append(b)
+                else:
+                    b.free()
 
 
 def _runs(pairs):
