@@ -306,14 +306,19 @@ def cmd_compile(args) -> int:
         raise ConfigError("gatesmith compile needs --config ACCEL.yaml")
     cfg = load_config(args.config)
 
-    def progress(msg):
-        print(f"compile: {msg}", file=sys.stderr, flush=True)
+    con = _console()
+    with con.status("compile") as st:
 
-    progress(f"load {args.model}")
-    model, inputs, calib = _load_model_file(args.model)
-    compiled = compile_model(model, inputs, cfg, calibration=calib, granularity=args.granularity,
-                             mode=args.mode,
-                             progress=progress)  # fmt: skip
+        def progress(msg):
+            st.update(f"compile: {msg}")  # the live line (the ILP's running time included)
+            if not msg.endswith("(running)"):
+                print(f"compile: {msg}", file=sys.stderr, flush=True)
+
+        progress(f"load {args.model}")
+        model, inputs, calib = _load_model_file(args.model)
+        compiled = compile_model(model, inputs, cfg, calibration=calib,
+                                 granularity=args.granularity, mode=args.mode,
+                                 progress=progress)  # fmt: skip
     out = Path(args.output)
     out.mkdir(parents=True, exist_ok=True)
     compiled.save(out / "compiled.pt")

@@ -27,7 +27,7 @@ from .quant import GRANULARITIES, Calibration, calibrate, prepare
 from .fuse import fuse_attention, prepare_fused
 from .report import Report, place
 
-__all__ = ["compile", "schedule", "MODES", "Compiled", "capture", "calibrate", "place", "Graph", "Op", "Report",
+__all__ = ["compile", "schedule", "allocate_scratchpad", "MODES", "Compiled", "capture", "calibrate", "place", "Graph", "Op", "Report",
            "Backend", "GoldenBackend", "DeviceBackend", "CompileError"]  # fmt: skip
 
 FORMAT = "gatesmith.compiled/1"
@@ -37,11 +37,12 @@ class Compiled:
     """A captured, placed and quantised graph for one accelerator config."""
 
     def __init__(self, graph: Graph, config, placement: dict, consts: dict, report: Report,
-                 granularity: str):  # fmt: skip
+                 granularity: str, alloc: dict | None = None):  # fmt: skip
         self.graph, self.config, self.consts = graph, config, consts
         self.placement = placement  # {op: (engine, reason)}
         self.report = report
         self.granularity = granularity
+        self.alloc = alloc or {}  # resident tensors: {producer: {"offset", "consumers", ...}}
 
     def run(self, inputs, backend: Backend | None = None):
         """The quantised graph on ``inputs`` (shaped as the example inputs): the golden model
@@ -57,7 +58,7 @@ class Compiled:
         trace: list = []
         engines = {k: v[0] for k, v in self.placement.items()}
         with torch.no_grad():
-            outs = execute(self.graph, self.consts, engines, backend, inputs, trace)
+            outs = execute(self.graph, self.consts, engines, backend, inputs, trace, self.alloc)
         self.report.update(trace)
         return outs[0] if len(outs) == 1 else tuple(outs)
 
@@ -72,7 +73,7 @@ class Compiled:
                     "config": self.config.to_dict(),
                     "placement": {k: list(v) for k, v in self.placement.items()},
                     "consts": self.consts, "report": self.report.to_dict(),
-                    "granularity": self.granularity}, path)  # fmt: skip
+                    "granularity": self.granularity, "alloc": self.alloc}, path)  # fmt: skip
 
     @classmethod
     def load(cls, path) -> Compiled:
@@ -88,7 +89,7 @@ class Compiled:
             raise UsageError(f"{str(path)!r} is not a compiled gatesmith model ({FORMAT})")
         return cls(Graph.from_dict(d["graph"]), AccelConfig.from_dict(d["config"]),
                    {k: tuple(v) for k, v in d["placement"].items()}, d["consts"],
-                   Report.from_dict(d["report"]), d["granularity"])  # fmt: skip
+                   Report.from_dict(d["report"]), d["granularity"], d.get("alloc"))  # fmt: skip
 
 
 def schedule(graph: Graph, placement: dict, cfg) -> dict:
@@ -116,8 +117,27 @@ def schedule(graph: Graph, placement: dict, cfg) -> dict:
 MODES = ("auto", "sequential")
 
 
+def allocate_scratchpad(graph: Graph, placement: dict, consts: dict, cfg, *, progress=None,
+                        ilp_limit: int | None = None, time_limit: float = 60.0):  # fmt: skip
+    """The scratchpad allocation (:mod:`.residency`, :mod:`.alloc`): ``(resident, summary)``
+    with ``resident = {producer: {"offset", "consumers", "store", "m", "k"}}`` and a summary
+    for the report (method "ilp" or "heuristic", status, objective words, solve time)."""
+    from . import alloc as _alloc
+    from .residency import problem
+
+    prob, cands = problem(graph, placement, consts, cfg)
+    limit = _alloc.ILP_LIMIT if ilp_limit is None else ilp_limit
+    a = _alloc.allocate(prob, ilp_limit=limit, time_limit=time_limit, progress=progress)
+    _alloc.check(prob, a.offsets)
+    resident = {p: {**cands[p], "offset": o} for p, o in a.offsets.items()}
+    summary = {**a.to_dict(), "offsets": dict(a.offsets), "base": prob.base,
+               "tensors": len(prob.tensors), "resident": sorted(a.offsets)}  # fmt: skip
+    return resident, summary
+
+
 def compile(model: torch.nn.Module, example_inputs: tuple, config, calibration=None, *,
-            granularity: str = "row", mode: str = "auto", progress=None) -> Compiled:  # fmt: skip
+            granularity: str = "row", mode: str = "auto", progress=None,
+            ilp_limit: int | None = None) -> Compiled:  # fmt: skip
     """Capture, place, calibrate (on ``calibration``, a list of input tuples; default: the
     example inputs alone) and quantise ``model`` for the accelerator ``config`` (anything
     :func:`gatesmith.config.load_config` takes). ``progress(stage)`` is told each stage.
@@ -125,7 +145,9 @@ def compile(model: torch.nn.Module, example_inputs: tuple, config, calibration=N
     ``mode`` (InTAR's choice per task): ``"auto"`` runs every chain that fits on chip in
     dataflow mode (attention: the intermediates never leave the chip) and the rest
     sequentially, one op at a time through device memory; ``"sequential"`` runs every op that
-    way (the baseline)."""
+    way (the baseline). In ``"auto"`` mode the scratchpad is allocated across the graph
+    (:func:`allocate_scratchpad`: one ILP, or the greedy heuristic above ``ilp_limit`` integer
+    variables); the report says which ran, its objective in device-memory words and its time."""
     from ...config import load_config
 
     say = progress or (lambda _msg: None)
@@ -160,7 +182,17 @@ def compile(model: torch.nn.Module, example_inputs: tuple, config, calibration=N
         consts[name]["schedule"] = sc
     report = Report.build(graph, placement)
     report.set_schedule(schedules)
-    compiled = Compiled(graph, cfg, placement, consts, report, granularity)
+    resident = {}
+    if mode == "auto":
+        say("allocate: scratchpad residency across the graph")
+        resident, summary = allocate_scratchpad(graph, placement, consts, cfg, progress=say,
+                                                ilp_limit=ilp_limit)  # fmt: skip
+        report.set_allocation(summary, resident, cfg)
+        say(f"allocate: {summary['method']} ({summary['status']}) in "
+            f"{summary['solve_s'] * 1e3:.1f} ms: {summary['objective']:,} device-memory words "
+            f"(nothing resident: {summary['base']:,}), resident: "
+            f"{', '.join(summary['resident']) or 'none'}")  # fmt: skip
+    compiled = Compiled(graph, cfg, placement, consts, report, granularity, resident)
     say("predict: golden run on the example inputs")
     compiled.run(tuple(example_inputs))
     return compiled

@@ -134,6 +134,17 @@ class Backend:
         """Fused attention ([H, S, D] int8 each, see host/attention.py): the integer P V."""
         raise NotImplementedError
 
+    def nl_resident(self, kind: str, x, requants, offset: int, *, gamma=None, beta=None,
+                    store: bool):  # fmt: skip
+        """Engine ``kind`` on rows ``x`` [M, K]; row ``r`` of the output requantised by
+        ``requants[r]`` (mult, shift) into int8 and kept in the systolic left scratchpad (WS
+        panels of an M x K operand from entry ``offset``); the output rows when ``store``."""
+        raise NotImplementedError
+
+    def matmul_resident(self, offset: int, m: int, k: int, b) -> torch.Tensor:
+        """The int32 accumulator of (the M x K operand resident at ``offset``) @ ``b``."""
+        raise NotImplementedError
+
     def begin(self, op: Op) -> None:
         pass
 
@@ -144,6 +155,12 @@ class Backend:
         pass
 
 
+def default_dataflow(cfg):
+    from ..systolic import default_dataflow as dd
+
+    return dd(cfg)
+
+
 class GoldenBackend(Backend):
     """The engines' bit-exact golden models for ``accel_cfg``'s engines."""
 
@@ -151,6 +168,26 @@ class GoldenBackend(Backend):
         from ...config import load_config
 
         self.config = load_config(accel_cfg)
+        self.spad: dict[int, tuple[int, torch.Tensor]] = {}  # the left scratchpad: base -> A
+
+    def nl_resident(self, kind, x, requants, offset, *, gamma=None, beta=None, store):
+        from ...hdl.requant import requant
+
+        out = {"softmax": self.softmax_int, "gelu": self.gelu_int,
+               "layernorm": lambda t: self.layer_norm_int(t, gamma, beta)}[kind](x)  # fmt: skip
+        a = torch.stack([requant(out[r], mu, sh, I8) for r, (mu, sh) in enumerate(requants)])
+        size = -(-x.shape[1] // self._cfg("systolic").rows) * x.shape[0]
+        self._overwrite(offset, offset + size)
+        self.spad[offset] = (size, a)
+        return out if store else None
+
+    def matmul_resident(self, offset, m, k, b):
+        from ...generators.systolic.model import gemm
+
+        if offset not in self.spad or tuple(self.spad[offset][1].shape) != (m, k):
+            raise CompileError(f"no {m}x{k} operand is resident at scratchpad entry {offset} "
+                               "(overwritten: the allocation does not hold)")  # fmt: skip
+        return gemm(self.spad[offset][1].to(torch.int8), b, self._cfg("systolic"))
 
     def _cfg(self, kind):
         cfg = self.config.engine(kind)
@@ -161,7 +198,17 @@ class GoldenBackend(Backend):
     def matmul(self, a, b, dataflow=None):
         from ...generators.systolic.model import gemm
 
+        from .residency import left_span
+
+        (m, k), n = a.shape, b.shape[1]
+        df = dataflow or default_dataflow(self._cfg("systolic"))
+        self._overwrite(0, left_span(m, k, n, df, self.config))  # the entries its chunks use
         return gemm(a, b, self._cfg("systolic"))
+
+    def _overwrite(self, lo: int, hi: int) -> None:
+        for base, (size, _) in list(self.spad.items()):
+            if base < hi and lo < base + size:
+                del self.spad[base]
 
     def softmax_int(self, x):
         from ...generators.softmax.model import softmax_model
@@ -182,6 +229,7 @@ class GoldenBackend(Backend):
     def attention_int(self, qq, kq, vq, mult, shift, *, causal=False, diag=0):
         from ..attention import attention_int_golden
 
+        self.spad.clear()
         return attention_int_golden(qq, kq, vq, mult, shift, self._cfg("softmax"),
                                     causal=causal, diag=diag)  # fmt: skip
 
@@ -225,6 +273,29 @@ class DeviceBackend(Backend):
 
         return attention_int(self.dev, qq, kq, vq, mult, shift, causal=causal, diag=diag)
 
+    def nl_resident(self, kind, x, requants, offset, *, gamma=None, beta=None, store):
+        from .residency import nl_resident
+
+        return nl_resident(self.dev, kind, x, requants, offset, gamma=gamma, beta=beta,
+                           store=store)  # fmt: skip
+
+    def matmul_resident(self, offset, m, k, b):
+        from ..systolic import Packed
+        from .residency import gemm_resident
+
+        cfg = self.config.engine("systolic")
+        n = b.layout.cols
+        acc = windows_acc(self.dev)
+        res = self.dev.alloc((-(-n // cfg.cols) * m * acc.stride,), torch.int32,
+                             label="systolic result")  # fmt: skip
+        res.layout = Packed(role="result", dataflow="ws", rows=m, cols=n)
+        try:
+            gemm_resident(self.dev, offset, m, k, b, res, self.config)
+            return res.layout.unpack(res.read_raw(), cfg).long()
+        finally:
+            if not res.freed and not res.busy:
+                res.free()
+
     def begin(self, op):
         self._before = self.dev.perf()
 
@@ -242,6 +313,12 @@ class DeviceBackend(Backend):
         self._weights.clear()
 
 
+def windows_acc(dev):
+    from ..chain import windows
+
+    return windows(dev, "systolic")["acc"]
+
+
 _ENGINE_KIND = {"linear": "systolic", "matmul": "systolic", "softmax": "softmax",
                 "gelu": "gelu", "layer_norm": "layernorm"}  # fmt: skip
 
@@ -249,14 +326,27 @@ _ENGINE_KIND = {"linear": "systolic", "matmul": "systolic", "softmax": "softmax"
 # ---- the executor ------------------------------------------------------------------------------
 
 
+class OnChip:
+    """The value of an op kept on chip only (the allocation's): no host or device-memory copy."""
+
+    def __init__(self, name: str):
+        self.name = name
+
+    def __getattr__(self, attr):
+        raise CompileError(f"the value of {self.name} stays on chip; nothing can read it here")
+
+
 def execute(graph: Graph, consts: dict, placement: dict, backend: Backend, inputs: tuple,
-            trace: list | None = None) -> list[torch.Tensor]:  # fmt: skip
+            trace: list | None = None, alloc: dict | None = None) -> list:  # fmt: skip
     """Run the quantised graph; ``trace`` (a list) receives one record per engine op.
 
     ``consts[op]`` holds the op's integer constants and scales (quant.prepare), ``placement[op]``
-    its engine."""
+    its engine; ``alloc`` the resident tensors (``{producer: {"offset", "consumers", "store",
+    "m", "k"}}``, see :mod:`.residency`)."""
     from .report import predict
 
+    alloc = alloc or {}
+    operand_of = {c: p for p, a in alloc.items() for c in a["consumers"]}
     env: dict = dict(zip(graph.inputs, inputs, strict=True))
     for op in graph.ops:
         if op.kind == "input":
@@ -274,6 +364,11 @@ def execute(graph: Graph, consts: dict, placement: dict, backend: Backend, input
             calls: list = []
             if engine == "attention":
                 out = run_fused(op, env, consts[op.name], backend, calls)
+            elif op.name in alloc:
+                out = _nl_resident(op, vals, consts, backend, calls, alloc[op.name])
+            elif op.name in operand_of:
+                out = _linear_resident(op, consts[op.name], backend, calls,
+                                       alloc[operand_of[op.name]])  # fmt: skip
             else:
                 out = _ENGINE_OPS[op.kind](op, vals, consts[op.name], backend, calls)
             measured = backend.end(op)
@@ -340,6 +435,37 @@ def _matmul(op, vals, c, backend, calls):
     acc = torch.stack(outs).reshape(*batch, m, n)
     scale = (sa[..., :, None] * sb[..., None, :]) if sa.dim() else sa * sb
     return QT(acc, scale)
+
+
+_NL_KIND = {"softmax": "softmax", "gelu": "gelu", "layer_norm": "layernorm"}
+
+
+def _nl_resident(op, vals, consts, backend, calls, a):
+    """A nonlinear op whose output stays in the scratchpad for its ``linear`` consumers."""
+    from .residency import row_requant
+
+    kind = _NL_KIND[op.kind]
+    cfg, fmt, s = _in_fmt(backend, kind)
+    q = to_int(vals[0], s, fmt, masked_min=kind == "softmax").reshape(a["m"], a["k"])
+    out_scale = 2.0**-15 if kind == "softmax" else 2.0**-cfg.out_frac
+    requants = row_requant(out_scale, consts[a["consumers"][0]]["a_scale"], a["m"])
+    c = consts[op.name]
+    out = backend.nl_resident(kind, q, requants, a["offset"], gamma=c.get("gamma_q"),
+                              beta=c.get("beta_q"), store=a["store"])  # fmt: skip
+    calls.append({"resident": "output", "x": q, "store": a["store"]})
+    return QT(out.long().reshape(op.shape), out_scale) if a["store"] else OnChip(op.name)
+
+
+def _linear_resident(op, c, backend, calls, a):
+    """A ``linear`` on its activation resident in the scratchpad (as :func:`_linear` after)."""
+    sa, sw, wq = c["a_scale"], c["w_scale"], c["w_q"]
+    m, k, n = a["m"], a["k"], wq.shape[1]
+    calls.append({"resident": "operand", "m": m, "k": k, "n": n})
+    acc = backend.matmul_resident(a["offset"], m, k, backend.weight(op.name, wq, "ws")).long()
+    if "bias_q" in c:
+        acc = backend.config.engine("systolic").acc_fmt.wrap(acc + c["bias_q"])
+    scale = (sa.reshape(-1, 1) if sa.dim() else sa) * sw[None, :]
+    return QT(acc.reshape(*op.shape[:-1], n), scale.expand(acc.shape).reshape(*op.shape[:-1], n))
 
 
 def _in_fmt(backend, kind):

@@ -110,7 +110,14 @@ def _row_chunks(rows: int, n: int, cfg):
 
 
 def predict(engine: str, calls: list, acfg) -> dict:
-    """``{"cycles": engine cycles, "program": modelled program cycles or None}`` of the calls."""
+    """``{"cycles": engine cycles, "program": modelled program cycles or None, "words":
+    device-memory words}`` of the calls (a resident call, a dict: :mod:`.residency`)."""
+    if calls and isinstance(calls[0], dict):
+        from .residency import predict_resident
+
+        out = [predict_resident(engine, c, acfg) for c in calls]
+        return {"cycles": sum(o["cycles"] for o in out), "program": None,
+                "words": sum(o["words"] for o in out)}  # fmt: skip
     if engine == "attention":  # per head: Q K^T (OS), softmax rows, P V (WS)
         from ...generators.systolic.model import cycles
 
@@ -148,14 +155,18 @@ def predict(engine: str, calls: list, acfg) -> dict:
                 total += cycles(min(p.mt, m - m0), min(p.kc, k - k0), min(p.nt, n - n0), df, cfg)
         return {"cycles": total, "program": program, "words": words}
     eng = _engine(engine, cfg)
-    total = 0
+    wins = {w.name: w for w in eng.windows()}
+    per_row = wins["in"].stride + wins["out"].stride  # words per vector word of a row, in + out
+    total = words = 0
     for x in calls:
         if engine == "gelu":
             n = min(cfg.max_len, cfg.depth * cfg.lanes, x)
             rows = -(-x // n) if x else 0
             total += sum(eng.cycles(n, c) for _, c in _row_chunks(rows, n, cfg))
+            words += rows * -(-n // cfg.lanes) * per_row
             continue
         rows, n = x.shape
+        words += rows * -(-n // cfg.lanes) * per_row
         for r0, c in _row_chunks(rows, n, cfg):
             chunk = x[r0 : r0 + c]
             if engine == "softmax":
@@ -163,7 +174,7 @@ def predict(engine: str, calls: list, acfg) -> dict:
                 total += eng.cycles(n, c, masked)
             else:
                 total += eng.cycles(chunk.tolist())
-    return {"cycles": total, "program": None, "words": None}
+    return {"cycles": total, "program": None, "words": words}
 
 
 # ---- the report -------------------------------------------------------------------------------
@@ -178,8 +189,9 @@ class Report:
                "pred cycles", "pred program", "pred words", "meas busy", "meas program",
                "meas words", "reason")  # fmt: skip
 
-    def __init__(self, rows: list[dict]):
+    def __init__(self, rows: list[dict], allocation: dict | None = None):
         self.rows = rows
+        self.allocation = allocation  # the scratchpad allocation's summary (compile())
 
     @classmethod
     def build(cls, graph: Graph, placement: dict) -> Report:
@@ -215,12 +227,37 @@ class Report:
     def engine_of(self, op: str) -> str:
         return next(r["engine"] for r in self.rows if r["op"] == op)
 
+    def set_allocation(self, summary: dict, resident: dict, cfg) -> None:
+        """Record the allocation (which ran, objective, time) and mark the chained ops (a
+        consumer runs WS GEMMs on its resident operand: its tiles are those)."""
+        from .residency import resident_plan
+
+        self.allocation = dict(summary)
+        consumers = {c: a for a in resident.values() for c in a["consumers"]}
+        for r in self.rows:
+            if r["op"] in resident:
+                r["chained"] = True
+            elif r["op"] in consumers:
+                a, n = consumers[r["op"]], r["shape"][-1]
+                p = resident_plan(a["m"], a["k"], n, cfg.engine("systolic"), cfg)
+                r["chained"] = True
+                r["schedule"] = {**(r["schedule"] or {}), "dataflow": "ws", "mt": a["m"],
+                                 "nt": p.nt, "kc": p.kc}  # fmt: skip
+
     def to_dict(self) -> dict:
-        return {"rows": [dict(r) for r in self.rows]}
+        return {"rows": [dict(r) for r in self.rows], "allocation": self.allocation}
 
     @classmethod
     def from_dict(cls, d: dict) -> Report:
-        return cls([{"words": None, "schedule": None, **r} for r in d["rows"]])
+        return cls([{"words": None, "schedule": None, **r} for r in d["rows"]],
+                   d.get("allocation"))  # fmt: skip
+
+    def words(self) -> dict:
+        """Device-memory words over the engine ops: predicted, and measured after a device run."""
+        rows = [r for r in self.rows if r.get("words") is not None]
+        meas = [r["measured"]["words"] for r in rows if r["measured"]]
+        return {"predicted": sum(r["words"] for r in rows),
+                "measured": sum(meas) if meas and len(meas) == len(rows) else None}  # fmt: skip
 
     def totals(self) -> dict:
         out = {"macs": 0, "predicted": 0, "busy": 0, "program": 0}
@@ -240,7 +277,7 @@ class Report:
             sc = r.get("schedule") or {}
             tiles = f"{sc['mt']}x{sc['kc']}x{sc['nt']}" if sc else ""
             mode = {"attention": "dataflow", "fused": "", "host": "", "input": ""}.get(
-                r["engine"], "sequential")
+                r["engine"], "chained" if r.get("chained") else "sequential")
             cells = [r["op"], r["kind"], r["engine"], mode, sc.get("dataflow", ""), tiles,
                      " ".join("x".join(map(str, s)) or "()" for s in r["in_shapes"]),
                      "x".join(map(str, r["shape"])) or "()", _n(r["macs"] or None),
@@ -259,6 +296,16 @@ class Report:
             + f"); {t['macs']:,} MACs; predicted engine cycles {t['predicted']:,}"
             + (f"; measured busy {t['busy']:,}, program {t['program']:,}" if t["busy"] else "")
         )
+        a = self.allocation
+        if a:
+            w = self.words()
+            lines.append(
+                f"scratchpad allocation: {a['method']} ({a['status']}), {a['tensors']} candidate "
+                f"tensors, {a['variables']} integer variables, {a['solve_s'] * 1e3:.1f} ms; "
+                f"device-memory words {a['objective']:,} (nothing resident: {a['base']:,}); "
+                f"resident: {', '.join(a['resident']) or 'none'}"
+                + (f"; measured words {w['measured']:,}" if w["measured"] is not None else "")
+            )
         return "\n".join(lines)
 
     __str__ = to_markdown
