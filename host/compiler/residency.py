@@ -380,7 +380,8 @@ def problem(graph, placement: dict, consts: dict, acfg) -> tuple[Problem, dict]:
         for i in op.inputs:
             users.setdefault(i, []).append(op)
     cands: dict[str, dict] = {}
-    if scfg is not None and "ws" in scfg.dataflows:
+    # a resident tensor is written by the on-chip COPY: without it nothing can stay on chip
+    if scfg is not None and "ws" in scfg.dataflows and acfg.copy_unit:
         for op in device:
             info = _candidate(graph, op, engines, consts, users, scfg)
             if info:

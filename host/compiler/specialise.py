@@ -9,8 +9,10 @@ chaining the schedule uses.
 
 Engines talk to each other through one unit, the on-chip COPY (``generators/accel/copy.py``),
 not through a route per engine pair, so "the connections the schedule uses" are: the engines
-it places ops on, and the COPY unit when it runs a chain on chip (fused attention). A systolic
-engine keeps only the dataflows the schedule picked (plus OS and WS for fused attention).
+it places ops on, and the COPY unit when it runs a chain on chip (fused attention, or a
+nonlinear output the scratchpad allocation keeps resident for the next GEMM). A systolic engine
+keeps only the dataflows the schedule picked (plus OS and WS for fused attention, WS for a
+resident operand's consumers).
 
 * ``variant="schedule"`` (default): as above.
 * ``variant="sequential"``: the same engines without the COPY unit; compile with
@@ -55,6 +57,9 @@ def specialise(compiled, *, variant: str = "schedule", name: str | None = None):
             dataflows.add(sc["dataflow"])
     if fused:
         dataflows |= {"os", "ws"}  # Q K^T in OS, P V in WS (host.attention)
+    resident = bool(getattr(compiled, "alloc", None))  # scratchpad-resident operands (.alloc)
+    if resident:
+        dataflows.add("ws")  # a resident operand's consumers run in WS (.residency)
     engines, notes = [], []
     for e in cfg.engines:
         kind = type(e).kind
@@ -68,7 +73,7 @@ def specialise(compiled, *, variant: str = "schedule", name: str | None = None):
                 notes.append(f"dropped the systolic dataflows {gone}: the schedule picks none")
                 e = dataclasses.replace(e, dataflows=keep)
         engines.append(e)
-    copy = fused and variant == "schedule"
+    copy = (fused or resident) and variant == "schedule"
     if cfg.copy_unit and not copy:
         why = ("the sequential variant chains nothing on chip" if variant == "sequential"
                else "the schedule runs no chain on chip")  # fmt: skip
