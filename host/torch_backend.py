@@ -55,7 +55,7 @@ __all__ = ["compile", "GatesmithModel", "AccelSupport", "gatesmith_backend", "re
            "register"]  # fmt: skip
 
 log = logging.getLogger(__name__)
-ACCEL = ("systolic", "softmax", "gelu", "layernorm")
+ACCEL = ("systolic", "softmax", "gelu", "layernorm", "pim")
 _HOST_ROOFLINES: dict[str, HostRoofline] = {}
 
 
@@ -176,7 +176,7 @@ def _balance(decisions: dict, host: HostRoofline) -> None:
         if max(acc + d.pred_accel_s, hst - d.pred_host_s) >= max(acc, hst):
             continue
         acc, hst = acc + d.pred_accel_s, hst - d.pred_host_s
-        d.device, d.engine = "accel", _engine_of(d)
+        d.device, d.engine = "accel", d.planned or _engine_of(d)
         d.reason = (f"balance: moved to the accelerator to share the load ({d.reason.split(': ', 1)[-1]})")
     for d in eng:
         if d.device == "accel" and not d.reason.startswith("balance"):
@@ -382,7 +382,7 @@ class GatesmithModel:
         with torch.no_grad():
             if pipelined:
                 outs = overlap.run_pipelined(m.gm, m.stages, reqs, backend=be, timeline=tl,
-                                             stream=m.stream)  # fmt: skip
+                                             stream=m.stream, device=m.device)  # fmt: skip
             else:
                 outs = [overlap.run_stages(m.gm, m.stages, r, backend=be, timeline=tl,
                                            stream=m.stream, index=i)
@@ -483,6 +483,12 @@ def _op_map(compiled, orig: list[str], decisions, target) -> dict[str, str]:
     if [r["kind"] for r in rows] != kinds:
         raise CompileError(f"partition {target}: the compiler placed {[r['kind'] for r in rows]} "
                            f"on engines, the split expected {kinds}")  # fmt: skip
+    want = [decisions[n].engine for n in orig]
+    got = [r["engine"] if r["engine"] != "attention" else decisions[n].engine
+           for r, n in zip(rows, orig, strict=True)]  # fmt: skip
+    if got != want:
+        raise CompileError(f"partition {target}: the compiler placed its ops on {got}, "
+                           f"the split decided {want}")  # fmt: skip
     return {r["op"]: n for r, n in zip(rows, orig, strict=True)}
 
 
@@ -532,6 +538,7 @@ def _compile(model, example_inputs, dev, cfg, policy, hdev, calibration, hostr, 
              opened, progress) -> GatesmithModel:  # fmt: skip
     from .compiler import compile as compile_partition
     from .compiler.graph import _Builder, _export, check_inputs
+    from .compiler.pim import route_gemv
     from .compiler.report import place
 
     say = progress or (lambda _m: None)
@@ -552,7 +559,9 @@ def _compile(model, example_inputs, dev, cfg, policy, hdev, calibration, hostr, 
     gm = ep.module()
     _fold_constants(gm)
     say(f"place: {sum(o.kind != 'input' for o in ir.ops)} ops ({policy}) on {cfg.name}")
-    supported, decisions = _decide_nodes(gm, ir, place(ir, cfg), cfg, acc, hostr, policy)
+    placed = place(ir, cfg)
+    route_gemv(ir, placed, cfg)  # M = 1 linears to the PIM banks, as compile() does
+    supported, decisions = _decide_nodes(gm, ir, placed, cfg, acc, hostr, policy)
     _no_engine_fallback(decisions, cfg)
     parts = CapabilityBasedPartitioner(gm, AccelSupport(supported),
                                        allows_single_node_partition=True).propose_partitions()  # fmt: skip
@@ -573,7 +582,8 @@ def _compile(model, example_inputs, dev, cfg, policy, hdev, calibration, hostr, 
             multi = isinstance(sub(*calib[0]), (tuple, list))
         orig = [n.name for n in order if n in keep[int(t.removeprefix("fused_"))].nodes
                 and n.name in decisions and decisions[n.name].device == "accel"]  # fmt: skip
-        compiled = compile_partition(sub, calib[0], cfg, calibration=calib)
+        gemv = [decisions[n].engine for n in orig if _is_gemv(ir, n)]
+        compiled = compile_partition(sub, calib[0], cfg, calibration=calib, gemv=gemv)
         part = AccelPartition(t, compiled, multi, None)
         part.op_map = _op_map(compiled, orig, decisions, t)
         fused.delete_submodule(t)
@@ -586,6 +596,14 @@ def _compile(model, example_inputs, dev, cfg, policy, hdev, calibration, hostr, 
                           decisions=decisions, ir=ir, cfg=cfg, dev=dev, host=hdev, acc=acc,
                           hostr=hostr, policy=policy, shapes=_Shapes.of(example_inputs).shapes,
                           out_kind=out_kind, opened=opened, make=make)  # fmt: skip
+
+
+def _is_gemv(ir, name: str) -> bool:
+    """A linear with one row (what ``compiler.pim.route_gemv`` considers)."""
+    import math
+
+    op = ir.op(name)
+    return op.kind == "linear" and math.prod(ir.op(op.inputs[0]).shape[:-1]) == 1
 
 
 def _no_engine_fallback(decisions, cfg) -> None:

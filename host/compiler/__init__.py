@@ -25,6 +25,7 @@ from .golden import Backend, DeviceBackend, GoldenBackend, check_run_inputs, exe
 from .graph import Graph, Op, capture
 from .quant import GRANULARITIES, Calibration, calibrate, prepare
 from .fuse import fuse_attention, prepare_fused
+from .pim import route_gemv
 from .report import Report, place
 
 __all__ = ["compile", "schedule", "MODES", "Compiled", "capture", "calibrate", "place", "Graph", "Op", "Report",
@@ -117,7 +118,8 @@ MODES = ("auto", "sequential")
 
 
 def compile(model: torch.nn.Module, example_inputs: tuple, config, calibration=None, *,
-            granularity: str = "row", mode: str = "auto", progress=None) -> Compiled:  # fmt: skip
+            granularity: str = "row", mode: str = "auto", progress=None,
+            gemv: list[str] | None = None) -> Compiled:  # fmt: skip
     """Capture, place, calibrate (on ``calibration``, a list of input tuples; default: the
     example inputs alone) and quantise ``model`` for the accelerator ``config`` (anything
     :func:`gatesmith.config.load_config` takes). ``progress(stage)`` is told each stage.
@@ -125,7 +127,8 @@ def compile(model: torch.nn.Module, example_inputs: tuple, config, calibration=N
     ``mode`` (InTAR's choice per task): ``"auto"`` runs every chain that fits on chip in
     dataflow mode (attention: the intermediates never leave the chip) and the rest
     sequentially, one op at a time through device memory; ``"sequential"`` runs every op that
-    way (the baseline)."""
+    way (the baseline). ``gemv``: the engine (``"pim"`` or not) of each ``M = 1`` linear in op
+    order, when the caller has routed them (``compiler.pim.route_gemv``; default: routed here)."""
     from ...config import load_config
 
     say = progress or (lambda _msg: None)
@@ -145,6 +148,7 @@ def compile(model: torch.nn.Module, example_inputs: tuple, config, calibration=N
             model.train()
     say(f"place: {sum(o.kind != 'input' for o in graph.ops)} ops on {cfg.name}")
     placement = place(graph, cfg)
+    route_gemv(graph, placement, cfg, gemv)
     fusions = fuse_attention(graph, placement, cfg) if mode == "auto" else {}
     if fusions:
         say(f"fuse: {len(fusions)} attention chain(s) on chip")
