@@ -129,8 +129,10 @@ class AccelSupport(OperatorSupportBase):
         return node.name in self.supported
 
 
-def _decide_nodes(gm, ir, placement, cfg, acc, host, policy) -> tuple[set, dict]:
-    """(names of supported nodes, {IR op: Decision}) for every op of the model."""
+def _decide_nodes(gm, ir, placement, cfg, acc, host, policy, chains=None) -> tuple[set, dict]:
+    """(names of supported nodes, {IR op: Decision}) for every op of the model; ``chains``:
+    offloaded decode attention (``compiler.decode_attention``), on the accelerator whatever
+    the policy."""
     ops = {o.name: o for o in ir.ops}
     decisions: dict[str, Decision] = {}
     for op in ir.ops:
@@ -149,6 +151,8 @@ def _decide_nodes(gm, ir, placement, cfg, acc, host, policy) -> tuple[set, dict]
             decisions[op.name] = Decision(op.name, op.kind, "host", "host", reason)
     if policy == "balance":
         _balance(decisions, host)
+    for f in (chains or {}).values():
+        _offload_chain(f, decisions, ir, cfg, acc, host)
     supported: set[str] = set()
     for node in reversed(list(gm.graph.nodes)):
         if node.op not in ("call_function", "get_attr"):
@@ -163,6 +167,30 @@ def _decide_nodes(gm, ir, placement, cfg, acc, host, policy) -> tuple[set, dict]
 
 
 # ---- graph preparation --------------------------------------------------------------------------
+
+
+def _offload_chain(f: dict, decisions: dict, ir, cfg, acc, host) -> None:
+    """One decode attention chain on the accelerator: its matmuls and softmax there, its mask
+    add and scalings folded into the one program; the reason gives the fused program's
+    modelled time against the host's for the same ops."""
+    from .compiler.report import predict
+
+    p = predict("attention", [(f["heads"], 1, f["keys"], f["dim"])], cfg)
+    t_acc = p["cycles"] / acc.clock_hz + acc.launch_s
+    engine_ops = [decisions[n] for n in f["members"] if decisions[n].kind in ("matmul", "softmax")]
+    t_host = sum(d.pred_host_s or 0.0 for d in engine_ops)
+    why = (f"decode attention offloaded (option): one on-chip program for {f['heads']} heads "
+           f"over {f['keys']} keys, {p['cycles']:,} engine cycles modelled ({t_acc * 1e6:,.1f} us) "
+           f"vs {host.device} {t_host * 1e6:,.1f} us for its ops")  # fmt: skip
+    for n in f["members"]:
+        d = decisions[n]
+        if d.kind in ("matmul", "softmax"):
+            d.device, d.engine = "accel", d.planned or _engine_of(d)
+            d.reason = why
+        else:
+            d.device, d.engine = "fused", "fused"
+            d.reason = ("the additive mask, as the COPY's causal mask" if d.kind == "add"
+                        else "folded into the offloaded decode attention")  # fmt: skip
 
 
 def _balance(decisions: dict, host: HostRoofline) -> None:
@@ -506,14 +534,17 @@ def _to(t, dev):
 def compile(model: torch.nn.Module, example_inputs: tuple, *, device=None, config=None,
             placement: str = "roofline", host: str = "auto", calibration=None,
             recompile: bool = False, host_roofline: HostRoofline | None = None,
-            clock_hz: float | None = None, progress=None) -> GatesmithModel:  # fmt: skip
+            clock_hz: float | None = None, progress=None,
+            offload_attention: bool = False) -> GatesmithModel:  # fmt: skip
     """Split ``model`` between the accelerator and the host (see the module doc).
 
     ``device``: an open :class:`gatesmith.host.Device`, ``"sim"`` (opened here, closed by
     :meth:`GatesmithModel.close`) or ``"golden"`` / None (the golden models; needs ``config``).
     ``placement``: ``"roofline"``, ``"accelerator"`` or ``"host"``. ``host``: ``"auto"``,
     ``"cpu"`` or ``"cuda"``. ``calibration``: a list of input tuples (default: the example
-    inputs). ``clock_hz``: the accelerator clock for the roofline (default: the config's)."""
+    inputs). ``clock_hz``: the accelerator clock for the roofline (default: the config's).
+    ``offload_attention``: decode-step attention over a KV cache runs on the accelerator as
+    one program (``host.compiler.decode_attention``), whatever the placement of the rest."""
     if placement not in POLICIES:
         raise UsageError(f"placement must be one of {', '.join(POLICIES)}, not {placement!r}")
     hdev = resolve_host(host)
@@ -525,9 +556,9 @@ def compile(model: torch.nn.Module, example_inputs: tuple, *, device=None, confi
         if recompile:
             def make(inputs):  # noqa: E306
                 return _compile(model, inputs, dev, cfg, placement, hdev, None, hostr, acc,
-                                None, False, progress)  # fmt: skip
+                                None, False, progress, offload_attention)  # fmt: skip
         return _compile(model, tuple(example_inputs), dev, cfg, placement, hdev, calibration,
-                        hostr, acc, make, opened, progress)  # fmt: skip
+                        hostr, acc, make, opened, progress, offload_attention)  # fmt: skip
     except BaseException:
         if opened:
             dev.close()
@@ -535,9 +566,10 @@ def compile(model: torch.nn.Module, example_inputs: tuple, *, device=None, confi
 
 
 def _compile(model, example_inputs, dev, cfg, policy, hdev, calibration, hostr, acc, make,
-             opened, progress) -> GatesmithModel:  # fmt: skip
+             opened, progress, offload_attention=False) -> GatesmithModel:  # fmt: skip
     from .compiler import compile as compile_partition
     from .compiler.graph import _Builder, _export, check_inputs
+    from .compiler.decode_attention import fuse_decode_attention
     from .compiler.pim import route_gemv
     from .compiler.report import place
 
@@ -561,7 +593,10 @@ def _compile(model, example_inputs, dev, cfg, policy, hdev, calibration, hostr, 
     say(f"place: {sum(o.kind != 'input' for o in ir.ops)} ops ({policy}) on {cfg.name}")
     placed = place(ir, cfg)
     route_gemv(ir, placed, cfg)  # M = 1 linears to the PIM banks, as compile() does
-    supported, decisions = _decide_nodes(gm, ir, placed, cfg, acc, hostr, policy)
+    chains = fuse_decode_attention(ir, dict(placed), cfg) if offload_attention else {}
+    if offload_attention:
+        say(f"offload: {len(chains)} decode attention chain(s) to the accelerator")
+    supported, decisions = _decide_nodes(gm, ir, placed, cfg, acc, hostr, policy, chains)
     _no_engine_fallback(decisions, cfg)
     parts = CapabilityBasedPartitioner(gm, AccelSupport(supported),
                                        allows_single_node_partition=True).propose_partitions()  # fmt: skip
@@ -583,7 +618,8 @@ def _compile(model, example_inputs, dev, cfg, policy, hdev, calibration, hostr, 
         orig = [n.name for n in order if n in keep[int(t.removeprefix("fused_"))].nodes
                 and n.name in decisions and decisions[n.name].device == "accel"]  # fmt: skip
         gemv = [decisions[n].engine for n in orig if _is_gemv(ir, n)]
-        compiled = compile_partition(sub, calib[0], cfg, calibration=calib, gemv=gemv)
+        compiled = compile_partition(sub, calib[0], cfg, calibration=calib, gemv=gemv,
+                                     decode_attention=offload_attention)  # fmt: skip
         part = AccelPartition(t, compiled, multi, None)
         part.op_map = _op_map(compiled, orig, decisions, t)
         fused.delete_submodule(t)
@@ -689,10 +725,12 @@ def gatesmith_backend(gm: torch.fx.GraphModule, example_inputs, options: dict | 
     ``host``, ``calibration`` (tuples of the model's inputs) and ``clock_hz``. Compiles on
     the first call of each input shape signature (the parameters become constants)."""
     opts = dict(options or {})
-    bad = sorted(set(opts) - {"device", "config", "placement", "host", "calibration", "clock_hz"})
+    bad = sorted(set(opts) - {"device", "config", "placement", "host", "calibration", "clock_hz",
+                              "offload_attention"})  # fmt: skip
     if bad:
         raise UsageError(f"unknown gatesmith backend option {bad[0]!r} (options: device, "
-                         "config, placement, host, calibration, clock_hz)")  # fmt: skip
+                         "config, placement, host, calibration, clock_hz, "
+                         "offload_attention)")  # fmt: skip
     device = opts.get("device", "golden")
     dev, cfg, opened = _resolve_device(device, opts.get("config"))
     hdev = resolve_host(opts.get("host", "auto"))
@@ -708,7 +746,8 @@ def gatesmith_backend(gm: torch.fx.GraphModule, example_inputs, options: dict | 
             m = cache[key] = compile(frozen, tuple(args[i] for i in user), device=dev or "golden",
                                      config=cfg, placement=opts.get("placement", "roofline"),
                                      host=str(hdev), calibration=calib,
-                                     clock_hz=opts.get("clock_hz"))  # fmt: skip
+                                     clock_hz=opts.get("clock_hz"),
+                                     offload_attention=opts.get("offload_attention", False))  # fmt: skip
             m._user = user
         out = m(*(args[i] for i in m._user))
         return out

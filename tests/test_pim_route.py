@@ -27,7 +27,7 @@ PIM = PimConfig(banks=4, lanes=4, row_size=32, rows_per_bank=256, vector_depth=6
                 result_depth=32)  # fmt: skip
 CFG = AccelConfig(name="pim_split", engines=(
     SoftmaxConfig(lanes=4, depth=64, max_len=64),
-    SystolicConfig(rows=4, cols=4, spad_depth=128, acc_depth=64, dataflows=("os", "ws")),
+    SystolicConfig(rows=4, cols=4, spad_depth=256, acc_depth=64, dataflows=("os", "ws")),
     PIM))  # fmt: skip
 EXAMPLES = pathlib.Path(__file__).resolve().parents[1] / "examples"
 SLOW_HOST = HostRoofline("cpu", flops=1e6, bytes_per_s=1e6, op_s=1e-3)

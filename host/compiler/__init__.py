@@ -119,7 +119,7 @@ MODES = ("auto", "sequential")
 
 def compile(model: torch.nn.Module, example_inputs: tuple, config, calibration=None, *,
             granularity: str = "row", mode: str = "auto", progress=None,
-            gemv: list[str] | None = None) -> Compiled:  # fmt: skip
+            gemv: list[str] | None = None, decode_attention: bool = False) -> Compiled:  # fmt: skip
     """Capture, place, calibrate (on ``calibration``, a list of input tuples; default: the
     example inputs alone) and quantise ``model`` for the accelerator ``config`` (anything
     :func:`gatesmith.config.load_config` takes). ``progress(stage)`` is told each stage.
@@ -128,7 +128,9 @@ def compile(model: torch.nn.Module, example_inputs: tuple, config, calibration=N
     dataflow mode (attention: the intermediates never leave the chip) and the rest
     sequentially, one op at a time through device memory; ``"sequential"`` runs every op that
     way (the baseline). ``gemv``: the engine (``"pim"`` or not) of each ``M = 1`` linear in op
-    order, when the caller has routed them (``compiler.pim.route_gemv``; default: routed here)."""
+    order, when the caller has routed them (``compiler.pim.route_gemv``; default: routed here).
+    ``decode_attention``: run decode-step attention over a KV cache as one on-chip program
+    (``compiler.decode_attention``: the offloading option)."""
     from ...config import load_config
 
     say = progress or (lambda _msg: None)
@@ -150,6 +152,10 @@ def compile(model: torch.nn.Module, example_inputs: tuple, config, calibration=N
     placement = place(graph, cfg)
     route_gemv(graph, placement, cfg, gemv)
     fusions = fuse_attention(graph, placement, cfg) if mode == "auto" else {}
+    if decode_attention:
+        from .decode_attention import fuse_decode_attention
+
+        fusions.update(fuse_decode_attention(graph, placement, cfg))
     if fusions:
         say(f"fuse: {len(fusions)} attention chain(s) on chip")
     samples = [tuple(example_inputs)] if calibration is None else calibration

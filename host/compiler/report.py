@@ -125,11 +125,12 @@ def predict(engine: str, calls: list, acfg) -> dict:
         aw = scfg.cols * -(-scfg.acc_width // 32)
         R, C = scfg.rows, scfg.cols
         total = words = 0
-        for heads, s, d in calls:
-            per = cycles(s, d, s, "os", scfg) + cycles(s, s, d, "ws", scfg)
-            total += heads * (per + _engine("softmax", sm).cycles(s, s))
+        for call in calls:  # (heads, seq, dim), or (heads, queries, keys, dim) for a decode step
+            heads, s, kv, d = call if len(call) == 4 else (call[0], call[1], call[1], call[2])
+            per = cycles(s, d, kv, "os", scfg) + cycles(s, kv, d, "ws", scfg)
+            total += heads * (per + _engine("softmax", sm).cycles(kv, s))
             # device memory: Q, K^T, V in and the context out, nothing of S x S
-            words += heads * (-(-s // R) * d * lw + -(-s // C) * d * tw + -(-d // C) * s * tw
+            words += heads * (-(-s // R) * d * lw + -(-kv // C) * d * tw + -(-d // C) * kv * tw
                               + -(-d // C) * s * aw)  # fmt: skip
         return {"cycles": total, "program": None, "words": words}
     if engine == "pim":  # M = 1 linears: (n, k) per call
