@@ -14,6 +14,9 @@ import pytest
 import torch
 from gatesmith.errors import UsageError
 from gatesmith.host.attention import attention_int, attention_int_golden
+from gatesmith.host.compiler.decode_attention import fuse_decode_attention
+from gatesmith.host.compiler.graph import capture
+from gatesmith.host.compiler.report import place
 
 from .test_pim_route import CFG, SLOW_HOST, _example
 
@@ -24,9 +27,14 @@ def _compile(dec, device="golden", placement="host", offload=True):
                              host_roofline=SLOW_HOST, offload_attention=offload)  # fmt: skip
 
 
-def test_the_option_moves_each_decode_attention_and_only_it_with_its_reason():
+@pytest.fixture(scope="module")
+def offloaded():
     dec = _example("gpt_decoder")
-    g = _compile(dec)
+    return dec, _compile(dec)
+
+
+def test_the_option_moves_each_decode_attention_and_only_it_with_its_reason(offloaded):
+    dec, g = offloaded
     on = sorted(g.accel_ops())
     assert on == ["matmul", "matmul_1", "matmul_2", "matmul_3", "softmax", "softmax_1"]
     assert len(g.parts) == 2  # one program per layer
@@ -36,8 +44,10 @@ def test_the_option_moves_each_decode_attention_and_only_it_with_its_reason():
     assert g.decisions["add_3"].device == "fused"
     assert g.decisions["add_3"].reason == "the additive mask, as the COPY's causal mask"
     assert "| matmul_1 | matmul | accel | systolic |" in g.report()
-    plain = _compile(dec, offload=False)
-    assert plain.accel_ops() == [] and plain.decisions["add_3"].device == "host"
+    ir = capture(dec.model(), dec.example_inputs())
+    placed = place(ir, CFG)
+    assert fuse_decode_attention(ir, placed, CFG).keys() == {"matmul_1", "matmul_3"}
+    assert place(ir, CFG)["add_3"][0] == "host"  # without the option, the mask add stays
     prompt = dec.prompts(1, seed=21)[0]
     with torch.no_grad():
         ref = dec.generate(dec.model(), prompt, 4)
@@ -45,9 +55,8 @@ def test_the_option_moves_each_decode_attention_and_only_it_with_its_reason():
     assert sum(a == b for a, b in zip(out[4:], ref[4:])) >= 2, (out, ref)
 
 
-def test_a_mask_that_is_not_a_prefix_is_refused():
-    dec = _example("gpt_decoder")
-    g = _compile(dec)
+def test_a_mask_that_is_not_a_prefix_is_refused(offloaded):
+    dec, g = offloaded
     ids, pos, mask, k, v = dec.example_inputs()
     holes = mask.clone()
     holes[0, :3] = torch.tensor([0.0, -1e9, 0.0])
