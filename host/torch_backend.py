@@ -17,7 +17,11 @@ Steps of :func:`compile`:
    and the host's roofline; the policy (``"roofline"``, ``"accelerator"``, ``"host"``) keeps it
    on the accelerator or moves it to the host. Views, scalings and constant masks between
    engine ops follow them (the compiler folds them); residual adds and ops without an engine
-   stay on the host, each with its reason.
+   stay on the host, each with its reason. GEMV-shaped linears (``M = 1``) go to the PIM
+   engine first when its cycle model beats the systolic engine's (``host.compiler.pim``;
+   ``pim=False`` turns that off). ``offload_attention=True`` puts each decode-step attention
+   over a KV cache on the accelerator as one program (``host.compiler.decode_attention``,
+   the InstInfer / attention-offloading option), whatever the policy places around it.
 3. **Partition**: ``CapabilityBasedPartitioner`` with :class:`AccelSupport` groups the
    accelerator ops into partitions (convex, so no cycle through the host); each partition is
    fused into a ``GraphModule`` by torch.fx and compiled by ``host.compiler.compile``, with
@@ -26,7 +30,8 @@ Steps of :func:`compile`:
    ``get_attr``, so every partition holds its weights.
 4. **Run**: host stages run eagerly on the host device (CUDA when available, else the CPU);
    accelerator partitions run through ``DeviceBackend(dev)`` (or the golden models with
-   ``device="golden"``). ``host.overlap`` pipelines many requests over both devices.
+   ``device="golden"``). ``host.overlap`` pipelines many requests over both devices on one
+   host thread: accelerator programs are launched and polled, host stages run meanwhile.
 
 The split's output equals the quantised golden model of its accelerator partitions composed
 with the float host ops (``m(x, backend="golden")``), bit for bit on the accelerator part.
@@ -352,7 +357,7 @@ class GatesmithModel:
 
     def close(self) -> None:
         """Free the resident weights (and close the device if this model opened it)."""
-        for be in self._device_be.values():
+        for be in reversed(list(self._device_be.values())):  # last loaded first: PIM rows
             be.close()
         self._device_be.clear()
         for v in self._variants.values():
@@ -535,7 +540,7 @@ def compile(model: torch.nn.Module, example_inputs: tuple, *, device=None, confi
             placement: str = "roofline", host: str = "auto", calibration=None,
             recompile: bool = False, host_roofline: HostRoofline | None = None,
             clock_hz: float | None = None, progress=None,
-            offload_attention: bool = False) -> GatesmithModel:  # fmt: skip
+            offload_attention: bool = False, pim: bool = True) -> GatesmithModel:  # fmt: skip
     """Split ``model`` between the accelerator and the host (see the module doc).
 
     ``device``: an open :class:`gatesmith.host.Device`, ``"sim"`` (opened here, closed by
@@ -544,7 +549,9 @@ def compile(model: torch.nn.Module, example_inputs: tuple, *, device=None, confi
     ``"cpu"`` or ``"cuda"``. ``calibration``: a list of input tuples (default: the example
     inputs). ``clock_hz``: the accelerator clock for the roofline (default: the config's).
     ``offload_attention``: decode-step attention over a KV cache runs on the accelerator as
-    one program (``host.compiler.decode_attention``), whatever the placement of the rest."""
+    one program (``host.compiler.decode_attention``), whatever the placement of the rest.
+    ``pim``: route ``M = 1`` linears to the PIM engine where its model says it is faster
+    (``host.compiler.pim``; False keeps them on the systolic engine)."""
     if placement not in POLICIES:
         raise UsageError(f"placement must be one of {', '.join(POLICIES)}, not {placement!r}")
     hdev = resolve_host(host)
@@ -556,9 +563,9 @@ def compile(model: torch.nn.Module, example_inputs: tuple, *, device=None, confi
         if recompile:
             def make(inputs):  # noqa: E306
                 return _compile(model, inputs, dev, cfg, placement, hdev, None, hostr, acc,
-                                None, False, progress, offload_attention)  # fmt: skip
+                                None, False, progress, offload_attention, pim)  # fmt: skip
         return _compile(model, tuple(example_inputs), dev, cfg, placement, hdev, calibration,
-                        hostr, acc, make, opened, progress, offload_attention)  # fmt: skip
+                        hostr, acc, make, opened, progress, offload_attention, pim)  # fmt: skip
     except BaseException:
         if opened:
             dev.close()
@@ -566,7 +573,7 @@ def compile(model: torch.nn.Module, example_inputs: tuple, *, device=None, confi
 
 
 def _compile(model, example_inputs, dev, cfg, policy, hdev, calibration, hostr, acc, make,
-             opened, progress, offload_attention=False) -> GatesmithModel:  # fmt: skip
+             opened, progress, offload_attention=False, pim=True) -> GatesmithModel:  # fmt: skip
     from .compiler import compile as compile_partition
     from .compiler.graph import _Builder, _export, check_inputs
     from .compiler.decode_attention import fuse_decode_attention
@@ -592,7 +599,8 @@ def _compile(model, example_inputs, dev, cfg, policy, hdev, calibration, hostr, 
     _fold_constants(gm)
     say(f"place: {sum(o.kind != 'input' for o in ir.ops)} ops ({policy}) on {cfg.name}")
     placed = place(ir, cfg)
-    route_gemv(ir, placed, cfg)  # M = 1 linears to the PIM banks, as compile() does
+    if pim:
+        route_gemv(ir, placed, cfg)  # M = 1 linears to the PIM banks, as compile() does
     chains = fuse_decode_attention(ir, dict(placed), cfg) if offload_attention else {}
     if offload_attention:
         say(f"offload: {len(chains)} decode attention chain(s) to the accelerator")

@@ -22,6 +22,7 @@ from gatesmith.generators.systolic.config import SystolicConfig
 from gatesmith.host.compiler.graph import capture
 from gatesmith.host.compiler.pim import gemv_golden, gemv_program_cycles, route_gemv
 from gatesmith.host.compiler.report import place, predict
+from gatesmith.host.pim import _dev_state as pim_state
 from gatesmith.host.placement import HostRoofline
 
 PIM = PimConfig(banks=4, lanes=4, row_size=32, rows_per_bank=256, vector_depth=64,
@@ -131,7 +132,9 @@ def test_decode_steps_on_the_board_equal_the_golden_model_bit_for_bit():
             assert all(torch.equal(a, b) for a, b in zip(y, g(*r, backend="golden"), strict=True))
         g(*reqs[0])
         table = g.report()
+        assert pim_state(dev).next_row > 0
         g.close()
+        assert pim_state(dev).next_row == 0  # the banks' rows are given back
     assert "| linear_13 | linear | accel | pim |" in table
     row = next(line for line in table.splitlines() if line.startswith("| linear_13 "))
     assert "(board)" in row

@@ -211,6 +211,7 @@ class DeviceBackend(Backend):
         self.config = dev.config
         self._weights: dict = {}
         self._pim: dict = {}
+        self._pim_rows: list = []  # (first, end) bank rows of each weight loaded here
         self._before = None
 
     def weight(self, key, w, dataflow=None):
@@ -248,7 +249,12 @@ class DeviceBackend(Backend):
         if h is None:
             from ..pim import load_weights
 
+            from ..pim import _dev_state
+
+            st = _dev_state(self.dev)
+            mark = st.next_row
             h = self._pim[key] = load_weights(self.dev, w.to(torch.int8))
+            self._pim_rows.append((mark, st.next_row))
             if self._before is not None:  # the one-time bank load is not the op's time
                 self._before = self.dev.perf()
         return h
@@ -275,6 +281,15 @@ class DeviceBackend(Backend):
             if not buf.freed:
                 buf.free()
         self._weights.clear()
+        # the PIM rows are a stack per device (host.pim): give back the ones on its top
+        from ..pim import _dev_state
+
+        st = _dev_state(self.dev)
+        for first, end in reversed(self._pim_rows):
+            if st.next_row == end:
+                st.next_row = first
+        self._pim_rows.clear()
+        self._pim.clear()
 
 
 _ENGINE_KIND = {"linear": "systolic", "matmul": "systolic", "softmax": "softmax",
