@@ -604,6 +604,10 @@ def _compile(model, example_inputs, dev, cfg, policy, hdev, calibration, hostr, 
     chains = fuse_decode_attention(ir, dict(placed), cfg) if offload_attention else {}
     if offload_attention:
         say(f"offload: {len(chains)} decode attention chain(s) to the accelerator")
+        if not chains:
+            log.warning("offload_attention: no decode attention chain of this model fits %s "
+                        "(host.attention.fits); attention stays where the placement puts it",
+                        cfg.name)  # fmt: skip
     supported, decisions = _decide_nodes(gm, ir, placed, cfg, acc, hostr, policy, chains)
     _no_engine_fallback(decisions, cfg)
     parts = CapabilityBasedPartitioner(gm, AccelSupport(supported),
