@@ -26,6 +26,7 @@ the systolic route, so the value that leaves the op is the same ``QT`` either wa
 from __future__ import annotations
 
 import math
+from functools import lru_cache
 
 import torch
 
@@ -68,14 +69,18 @@ def gemv_program_cycles(acfg, n: int, k: int) -> dict:
     ``program``: modelled PERF_PROGRAM cycles of the program ``host.pim`` runs (the vector
     LOAD, then per GEMV instruction its dispatch and the STORE of its results, in order, with
     ``host.timing``'s measured constants); ``words``: device-memory words moved."""
+    return dict(_gemv_program_cycles(acfg, n, k))
+
+
+@lru_cache(maxsize=256)
+def _gemv_program_cycles(acfg, n: int, k: int) -> dict:
+    from ...generators.pim.cycles import schedule
+    from ...generators.pim.model import pack_operands
     from .. import timing as t
     from ..pim import plan_gemv
 
     pcfg = acfg.engine("pim")
     plan = plan_gemv(pcfg, n, k)
-    from ...generators.pim.cycles import schedule
-    from ...generators.pim.model import pack_operands
-
     res = pcfg.windows()["results"]
     beat = acfg.mem_cycles_per_beat
     kpad = -(-k // pcfg.row_size) * pcfg.row_size
@@ -85,9 +90,9 @@ def gemv_program_cycles(acfg, n: int, k: int) -> dict:
     jobs = 0
     for ps in plan.passes:
         used = ps.per_round * ps.parts
-        for _p0, instr in ps.instrs(pcfg.result_depth):
+        for p0, instr in ps.instrs(pcfg.result_depth):
             jobs += 1
-            if ps.parts > 1:  # the offsets' LOAD (after the previous GEMV)
+            if ps.parts > 1 and p0 == 0:  # the pass's offsets' LOAD (after the previous GEMV)
                 prog += t.NOP + t.TOKEN + t.LOAD_FIXED + acfg.mem_latency - 12 + pcfg.banks * beat
                 words += pcfg.banks
             out = ((used - 1) * pcfg.result_depth + instr.rounds) * res.stride
