@@ -36,16 +36,9 @@ def _example(name):
 
 
 def config():
-    from gatesmith.config import AccelConfig
-    from gatesmith.generators.pim.config import PimConfig
-    from gatesmith.generators.softmax.config import SoftmaxConfig
-    from gatesmith.generators.systolic.config import SystolicConfig
+    from gatesmith.config import load_config
 
-    return AccelConfig(name="pim_split", engines=(
-        SoftmaxConfig(lanes=4, depth=64, max_len=64),
-        SystolicConfig(rows=4, cols=4, spad_depth=256, acc_depth=64, dataflows=("os", "ws")),
-        PimConfig(banks=4, lanes=4, row_size=32, rows_per_bank=256, vector_depth=64,
-                  result_depth=32)))  # fmt: skip
+    return load_config(str(ROOT / "examples" / "pim_split.yaml"))
 
 
 def main() -> int:
@@ -83,7 +76,7 @@ def main() -> int:
             g.close()
     f = cfg.clock_hz
     lines = ["# Decode steps with PIM GEMVs and offloaded decode attention", "",
-             "Board: 4x4 systolic (os, ws; 256-entry scratchpads), softmax (4 lanes), PIM (4 banks "
+             "Board: `examples/pim_split.yaml`, 4x4 systolic (os, ws; 256-entry scratchpads), softmax (4 lanes), PIM (4 banks "
              "x 4 lanes int8, 32-operand rows) on the Verilator-simulated board at "
              f"{f / 1e6:g} MHz; host: the CPU of a shared 2-core machine. Model: "
              "`examples/gpt_decoder.py` (2 layers, hidden 32, 2 heads, context 16), 7 decode "

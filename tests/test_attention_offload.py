@@ -18,7 +18,9 @@ from gatesmith.host.compiler.decode_attention import fuse_decode_attention
 from gatesmith.host.compiler.graph import capture
 from gatesmith.host.compiler.report import place
 
-from .test_pim_route import CFG, SLOW_HOST, _example
+from gatesmith.cli import main
+
+from .test_pim_route import CFG, EXAMPLES, SLOW_HOST, _example
 
 
 def _compile(dec, device="golden", placement="host", offload=True):
@@ -70,6 +72,17 @@ def test_a_mask_that_is_not_a_prefix_is_refused(offloaded):
         g(ids, pos, bias, k, v)
     assert str(e.value) == ("offloaded decode attention: the additive mask must hold 0 "
                             "(visible) or <= -10000 (masked) only")  # fmt: skip
+
+
+def test_cli_run_with_offloaded_attention(capsys):
+    code = main(["run", str(EXAMPLES / "gpt_decoder.py"), "--config",
+                 str(EXAMPLES / "pim_split.yaml"), "--device", "golden", "--placement", "host",
+                 "--host", "cpu", "--offload-attention"])  # fmt: skip
+    cap = capsys.readouterr()
+    assert code == 0, cap.err
+    assert "| matmul_1 | matmul | accel | systolic |" in cap.out
+    assert "decode attention offloaded (option)" in cap.out
+    assert "6 ops on the accelerator in 2 partitions" in cap.out
 
 
 def test_decode_attention_on_the_board_equals_golden_program_and_split():

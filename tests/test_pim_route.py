@@ -14,24 +14,18 @@ import gatesmith
 import gatesmith.host
 import pytest
 import torch
-from gatesmith.config import AccelConfig
+from gatesmith.config import AccelConfig, load_config
 from gatesmith.generators.pim.config import PimConfig
 from gatesmith.generators.pim.model import reference_gemv
-from gatesmith.generators.softmax.config import SoftmaxConfig
-from gatesmith.generators.systolic.config import SystolicConfig
 from gatesmith.host.compiler.graph import capture
 from gatesmith.host.compiler.pim import gemv_golden, gemv_program_cycles, route_gemv
 from gatesmith.host.compiler.report import place, predict
 from gatesmith.host.pim import _dev_state as pim_state
 from gatesmith.host.placement import HostRoofline
 
-PIM = PimConfig(banks=4, lanes=4, row_size=32, rows_per_bank=256, vector_depth=64,
-                result_depth=32)  # fmt: skip
-CFG = AccelConfig(name="pim_split", engines=(
-    SoftmaxConfig(lanes=4, depth=64, max_len=64),
-    SystolicConfig(rows=4, cols=4, spad_depth=256, acc_depth=64, dataflows=("os", "ws")),
-    PIM))  # fmt: skip
 EXAMPLES = pathlib.Path(__file__).resolve().parents[1] / "examples"
+CFG = load_config(str(EXAMPLES / "pim_split.yaml"))  # systolic 4x4, softmax, PIM 4 x 4 lanes
+PIM = CFG.engine("pim")
 SLOW_HOST = HostRoofline("cpu", flops=1e6, bytes_per_s=1e6, op_s=1e-3)
 
 
