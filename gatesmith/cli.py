@@ -179,7 +179,8 @@ def cmd_run_model(args) -> int:
     config = _config_from_args(args) if (args.config or args.set) else None
     with con.status("compiling") as st:
         m = split(model, inputs, device=args.device, config=config, placement=args.placement,
-                  host=args.host, calibration=calib, progress=lambda msg: st.update(msg))  # fmt: skip
+                  host=args.host, calibration=calib, progress=lambda msg: st.update(msg),
+                  offload_attention=args.offload_attention)  # fmt: skip
     with m:
         with con.status(f"running {len(reqs)} requests ({args.device})"):
             t0 = time.monotonic()
@@ -396,6 +397,8 @@ def _parser() -> argparse.ArgumentParser:
                    choices=("roofline", "balance", "accelerator", "host"), help="MODEL.py placement")
     r.add_argument("--host", default="auto", help="MODEL.py host device: auto, cpu or cuda")
     r.add_argument("--timeline", metavar="PNG", help="MODEL.py: save the timeline plot here")
+    r.add_argument("--offload-attention", action="store_true",
+                   help="MODEL.py: decode-step attention over a KV cache on the accelerator")
     r.add_argument("--m", type=int, default=64)
     r.add_argument("--k", type=int, default=64)
     r.add_argument("--n", type=int, default=64)

@@ -14,7 +14,9 @@ integer model of what the device returns; :func:`attention` dequantises it.
 
 Limits: one tile per head (``seq`` up to the softmax engine's ``max_len``, ``head_dim`` to fit
 the scratchpad and the accumulator); the only mask is the causal one (``causal=True``, applied by
-the COPY). The COPY saturates into the softmax format's full range, so a score that saturates
+the COPY). Queries and keys may differ in number (``qq [H, Sq, D]``, ``kq``, ``vq [H, Sk, D]``):
+a decode step is ``Sq = 1`` over a cache of ``Sk`` keys, its prefix mask the causal one with
+``diag`` = the position (``host.compiler.decode_attention``). The COPY saturates into the softmax format's full range, so a score that saturates
 at its minimum reads as masked, in the model as on the device.
 """
 
@@ -86,31 +88,34 @@ def attention_int_golden(qq, kq, vq, mult, shift, sm_cfg, *, causal: bool = Fals
         acc = qq[h].long() @ kq[h].long().t()
         x = requant(acc, mult[h], shift[h], sm_cfg.in_fmt)
         if causal:
-            s = x.shape[0]
-            x = x.masked_fill(torch.ones(s, s, dtype=torch.bool).triu(diag + 1), sm_cfg.in_fmt.min)
+            sq, sk = x.shape
+            mask = torch.ones(sq, sk, dtype=torch.bool).triu(diag + 1)
+            x = x.masked_fill(mask, sm_cfg.in_fmt.min)
         p = requant(softmax_model(x, sm_cfg), 1, P_SHIFT, IntFormat(8))
         out.append(p @ vq[h].long())
     return torch.stack(out)
 
 
-def _check_fits(dev, H, S, D):
+def _check_fits(dev, H, S, D, kv=None):
     cfg = _systolic_config(dev)
-    why = fits(dev.config, S, D)
+    why = fits(dev.config, S, D, kv)
     if why:
         raise UsageError(why)
     return cfg, dev.config.engine("softmax")
 
 
-def _needs(cfg, S, D) -> dict:
+def _needs(cfg, S, D, kv=None) -> dict:
     R, C = cfg.rows, cfg.cols
-    return {"Q (left)": -(-S // R) * D, "P (left)": -(-S // R) * S,
-            "K^T (top)": -(-S // C) * D, "V (top)": -(-D // C) * S}  # fmt: skip
+    K = S if kv is None else kv
+    return {"Q (left)": -(-S // R) * D, "P (left)": -(-S // R) * K,
+            "K^T (top)": -(-K // C) * D, "V (top)": -(-D // C) * K}  # fmt: skip
 
 
-def _acc_plan(cfg, S: int, D: int):
+def _acc_plan(cfg, S: int, D: int, kv=None):
     """(GEMM 1's accumulator rows, [GEMM 2's bases], or None): P V double-buffered across
     heads when the accumulator holds two results beside the scores, else single."""
-    a1, a2 = -(-S // cfg.cols) * S, -(-D // cfg.cols) * S
+    K = S if kv is None else kv
+    a1, a2 = -(-K // cfg.cols) * S, -(-D // cfg.cols) * S
     if a1 + 2 * a2 <= cfg.acc_depth:
         return a1, [a1, a1 + a2]
     if a1 + a2 <= cfg.acc_depth:
@@ -118,8 +123,10 @@ def _acc_plan(cfg, S: int, D: int):
     return None
 
 
-def fits(acfg, S: int, D: int) -> str:
-    """'' when ``seq`` x ``head_dim`` attention fits ``acfg`` as one program per head, else why."""
+def fits(acfg, S: int, D: int, kv: int | None = None) -> str:
+    """'' when ``seq`` x ``head_dim`` attention (over ``kv`` keys, default ``seq``) fits
+    ``acfg`` as one program per head, else why."""
+    K = S if kv is None else kv
     cfg, sm = acfg.engine("systolic"), acfg.engine("softmax")
     if cfg is None:
         return "fused attention needs a systolic engine; this accelerator has none"
@@ -131,14 +138,14 @@ def fits(acfg, S: int, D: int) -> str:
         return "fused attention needs the os and ws dataflows built in"
     if cfg.acc_width > 32:
         return "fused attention needs 32-bit accumulators"
-    for what, entries in _needs(cfg, S, D).items():
+    for what, entries in _needs(cfg, S, D, K).items():
         if entries > cfg.spad_depth // 4:
             return (f"seq {S} x head_dim {D}: {what} needs {entries} scratchpad entries, "
                     f"a quarter of the scratchpad is {cfg.spad_depth // 4}")  # fmt: skip
-    if _acc_plan(cfg, S, D) is None:
+    if _acc_plan(cfg, S, D, K) is None:
         return f"seq {S} x head_dim {D} does not fit the accumulator ({cfg.acc_depth} rows)"
-    if S > sm.max_len or -(-S // sm.lanes) * S > sm.depth:
-        return f"seq {S} does not fit the softmax engine (max_len {sm.max_len}, depth {sm.depth})"
+    if K > sm.max_len or -(-K // sm.lanes) * S > sm.depth:
+        return f"seq {K} does not fit the softmax engine (max_len {sm.max_len}, depth {sm.depth})"
     return ""
 
 
@@ -149,12 +156,16 @@ def attention_int(dev, qq, kq, vq, mult, shift, *, causal: bool = False, diag: i
     ``0..r + diag`` only (the mask is applied by the COPY into the softmax engine).
     :func:`attention_int_golden` models it."""
     H, S, D = qq.shape
-    cfg, sm = _check_fits(dev, H, S, D)
+    K = kq.shape[1]  # keys (S but for a decode step)
+    if kq.shape != (H, K, D) or vq.shape != (H, K, D):
+        raise UsageError(f"kq and vq must have shape (heads, keys, {D}) like qq {tuple(qq.shape)}, "
+                         f"not {tuple(kq.shape)}, {tuple(vq.shape)}")  # fmt: skip
+    cfg, sm = _check_fits(dev, H, S, D, K)
     mult = list(mult) if isinstance(mult, (list, tuple)) else [int(mult)] * H
     shift = list(shift) if isinstance(shift, (list, tuple)) else [int(shift)] * H
     C = cfg.cols
     quarter = cfg.spad_depth // 4
-    _, acc2 = _acc_plan(cfg, S, D)
+    _, acc2 = _acc_plan(cfg, S, D, K)
     nb = len(acc2)  # P V results in flight (2: double-buffered across heads)
     wins = windows(dev, "systolic")
     lw, tw, aw = wins["left"], wins["top"], wins["acc"]
@@ -176,18 +187,18 @@ def attention_int(dev, qq, kq, vq, mult, shift, *, causal: bool = False, diag: i
                 prog.load("systolic", win_addr=win.offset + base * win.stride, buf=buf,
                           row_words=buf.nbytes // 4,
                           deps=Deps(pop_next=h >= 2 and i == 0, push_next=i == 2))  # fmt: skip
-            prog.instr(gemm_instr("os", S, D, S, acc=0, left=q_base, top=k_base),
+            prog.instr(gemm_instr("os", S, D, K, acc=0, left=q_base, top=k_base),
                        deps=Deps(pop_prev=True), what=f"head {h}: Q K^T")  # fmt: skip
-            prog.copy(acc_tile(dev, base=0, mt=S, nt=S), rows(dev, "softmax", "in", base=0, n=S),
-                      rows=S, length=S, mult=mult[h], shift=shift[h], causal=causal,
+            prog.copy(acc_tile(dev, base=0, mt=S, nt=K), rows(dev, "softmax", "in", base=0, n=K),
+                      rows=S, length=K, mult=mult[h], shift=shift[h], causal=causal,
                       diag=diag)  # fmt: skip
-            prog.instr(pack_row_instr(_SOFTMAX, src=0, dst=0, length=S, rows=S),
+            prog.instr(pack_row_instr(_SOFTMAX, src=0, dst=0, length=K, rows=S),
                        what=f"head {h}: softmax")  # fmt: skip
-            prog.copy(rows(dev, "softmax", "out", base=0, n=S),
-                      spad_rows(dev, "left", base=p_base, entries=S), rows=S, length=S,
+            prog.copy(rows(dev, "softmax", "out", base=0, n=K),
+                      spad_rows(dev, "left", base=p_base, entries=S), rows=S, length=K,
                       shift=P_SHIFT)  # fmt: skip
             a2 = acc2[h % nb]
-            prog.instr(gemm_instr("ws", S, S, D, acc=a2, left=p_base, top=v_base),
+            prog.instr(gemm_instr("ws", S, K, D, acc=a2, left=p_base, top=v_base),
                        deps=Deps(pop_next=h >= nb, push_prev=h + 2 < H, push_next=True),
                        what=f"head {h}: P V")  # fmt: skip
             prog.store("systolic", win_addr=aw.offset + a2 * aw.stride, buf=res,

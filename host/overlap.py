@@ -3,10 +3,16 @@
 A split :class:`torch.fx.GraphModule` (host ops, and ``call_module`` nodes of accelerator
 partitions) is cut into :class:`Stage` s, maximal runs of nodes on one device in topological
 order. :func:`run_stages` runs one request's stages in order. :func:`run_pipelined` runs many
-requests (sub-batches, NeuPIMs style) with one worker thread per device: while the accelerator
-runs request ``i``'s partition, the host runs request ``i + 1``'s host stage, so both are busy
-at once. The accelerator worker owns the device (one program at a time, in request order); the
-simulated board runs in its own process, so its wait releases the host's cores.
+requests (sub-batches, NeuPIMs style) on one host thread, with the accelerator's programs
+launched asynchronously: an accelerator stage's drivers launch each program
+(``Program.launch``, one register write) and poll it (``Run.poll``); between polls the thread
+runs the host stage of another request (the device's ``while_waiting`` hook), so while the
+accelerator runs request ``i``'s partition the host runs request ``i + 1``'s host stage and both
+are busy at once. No thread is needed for the accelerator: the board (the simulator, in its own
+process) runs the program while the host computes. Accelerator stages run one at a time in
+request order (one device, one program at a time); a host stage started during a poll runs to
+its end, so a program that finishes meanwhile waits for it to be collected (the accelerator
+stage's event ends when its results are back on the host).
 
 When the host device is CUDA, host stages run on a side CUDA stream; an accelerator stage
 waits for the event recorded at the end of the stage before it, copies its inputs through
@@ -20,7 +26,7 @@ wall time since the run began, plus the board cycles of each accelerator stage;
 
 from __future__ import annotations
 
-import threading
+import contextlib
 import time
 from dataclasses import dataclass, field
 
@@ -54,12 +60,9 @@ class Timeline:
     clock_hz: float
     events: list[Event] = field(default_factory=list)
     t0: float = field(default_factory=time.perf_counter)
-    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def add(self, device, label, request, start, end, cycles=None) -> None:
-        with self._lock:
-            self.events.append(Event(device, label, request, start - self.t0, end - self.t0,
-                                     cycles))  # fmt: skip
+        self.events.append(Event(device, label, request, start - self.t0, end - self.t0, cycles))
 
     @property
     def span(self) -> float:
@@ -205,45 +208,60 @@ def run_stages(gm, stages, inputs, *, backend="device", timeline=None, stream=No
 
 
 def run_pipelined(gm, stages, requests: list, *, backend="device", timeline=None,
-                  stream=None) -> list:  # fmt: skip
-    """Many requests, one worker per device, stages of a request in order, the oldest ready
-    request first on each device. Returns the outputs in request order."""
+                  stream=None, device=None) -> list:  # fmt: skip
+    """Many requests on this thread: accelerator stages in request order, the host stages of
+    other requests run while the accelerator's programs run (see the module doc); ``device``:
+    the open :class:`~gatesmith.host.Device` the accelerator stages use (None: the golden models,
+    which compute on the host, so nothing overlaps). Returns the outputs in request order."""
     reqs = [_Request(_base_env(gm, r)) for r in requests]
-    cond = threading.Condition()
-    errors: list[BaseException] = []
+    n = len(stages)
 
-    def worker(device: str) -> None:
-        while True:
-            with cond:
-                while True:
-                    if errors or all(r.next == len(stages) for r in reqs):
-                        cond.notify_all()
-                        return
-                    pick = next((i for i, r in enumerate(reqs) if r.next < len(stages)
-                                 and not r.running and stages[r.next].device == device), None)  # fmt: skip
-                    if pick is not None:
-                        break
-                    cond.wait()
-                r = reqs[pick]
-                r.running = True
-            try:
-                _run_stage(gm, stages[r.next], r, pick, timeline, stream, backend)
-            except BaseException as e:  # noqa: BLE001 - re-raised in the caller's thread
-                with cond:
-                    errors.append(e)
-                    cond.notify_all()
-                return
-            with cond:
-                r.next += 1
-                r.running = False
-                cond.notify_all()
+    def ready(device_kind: str) -> int | None:
+        return next((i for i, r in enumerate(reqs) if r.next < n and not r.running
+                     and stages[r.next].device == device_kind), None)  # fmt: skip
 
-    accel = threading.Thread(target=worker, args=("accel",), name="gatesmith-accel")
-    accel.start()
-    try:
-        worker("host")
-    finally:
-        accel.join()
-    if errors:
-        raise errors[0]
+    def step(i: int) -> None:
+        r = reqs[i]
+        r.running = True
+        try:
+            _run_stage(gm, stages[r.next], r, i, timeline, stream, backend)
+        finally:
+            r.running = False
+        r.next += 1
+
+    busy = [False]
+
+    def while_waiting() -> bool:
+        """One host stage of another request while a program runs (not nested)."""
+        if busy[0]:
+            return False
+        i = ready("host")
+        if i is None:
+            return False
+        busy[0] = True
+        try:
+            step(i)
+        finally:
+            busy[0] = False
+        return True
+
+    with _waiting_hook(device if backend == "device" else None, while_waiting):
+        while any(r.next < n for r in reqs):
+            i = ready("accel")
+            if i is None:
+                i = ready("host")
+            step(i)
     return [_outputs(gm, r.env) for r in reqs]
+
+
+@contextlib.contextmanager
+def _waiting_hook(dev, fn):
+    if dev is None:
+        yield
+        return
+    old = getattr(dev, "while_waiting", None)
+    dev.while_waiting = fn
+    try:
+        yield
+    finally:
+        dev.while_waiting = old

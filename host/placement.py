@@ -28,9 +28,14 @@ placement, move ops to the accelerator, least slowed down first, while that lowe
 device's predicted time per request: with requests pipelined over both devices the slower one
 sets the throughput), ``"accelerator"`` (every op the
 accelerator can run, whatever it costs: accelerator-only) and ``"host"`` (nothing on the
-accelerator: GPU- or CPU-only). Every decision carries its reason. GEMV-shaped work (``M = 1``)
-is priced on the systolic engine: the PIM engine's roofline is computed, but the schedule
-compiler has no PIM route yet, so no op is placed there.
+accelerator: GPU- or CPU-only). Every decision carries its reason.
+
+GEMV-shaped work (a ``linear`` with ``M = 1``: decode steps, classifier heads) goes to the PIM
+banks when the config has a PIM engine that holds it and its modelled program beats the
+systolic engine's (``host.compiler.pim.route_gemv``, which gives the reason); it is then priced
+here on the PIM engine's roofline, whose traffic is the vector in and the results out (the
+weights stay resident in the banks), and its cycle model is ``gemv_program_cycles`` (the
+mapper's exact engine cycles and the program's DMA), against the host as for any engine op.
 """
 
 from __future__ import annotations
@@ -139,6 +144,7 @@ class Decision:
     intensity: float | None = None  # work units per byte on the accelerator
     pred_accel_s: float | None = None
     pred_host_s: float | None = None
+    planned: str = ""  # the engine it runs on when on the accelerator
 
 
 def op_work(op, graph) -> dict:
@@ -172,9 +178,9 @@ def _model_cycles(op, graph, engine: str, w: dict, cfg) -> int:
         p = predict("systolic", [(w["m"], w["k"], w["n"])] * w["batch"], cfg)
         return int(p["program"] or p["cycles"])
     if engine == "pim":
-        from .pim import plan_gemv
+        from .compiler.pim import gemv_program_cycles
 
-        return int(plan_gemv(cfg.engine("pim"), w["n"], w["k"]).cycles)
+        return int(gemv_program_cycles(cfg, w["n"], w["k"])["program"])
     ecfg = cfg.engine(engine)
     n = op.shape[op.attrs["dim"]] if op.kind == "softmax" else op.shape[-1]
     rows = w["elems"] // max(1, n)
@@ -191,6 +197,8 @@ def decide(op, graph, cfg, engine: str, acc: AccelRoofline, host: HostRoofline,
     if policy not in POLICIES or policy == "balance":
         raise UsageError(f"placement must be one of {', '.join(POLICIES)}, not {policy!r}")
     w = op_work(op, graph)
+    if engine == "pim":  # the weights stay in the banks: the vector in, the results out
+        w["accel_bytes"] = w["k"] + 4 * w["n"]
     peak = acc.peaks.get(engine)
     work = w.get("macs", w.get("elems"))
     ai = work / w["accel_bytes"]
@@ -199,7 +207,7 @@ def decide(op, graph, cfg, engine: str, acc: AccelRoofline, host: HostRoofline,
     t_acc = max(roof, model) + acc.launch_s
     t_host = _host_time(w, host)
     bound = "compute" if work / peak >= w["accel_bytes"] / acc.bytes_per_s else "memory"
-    d = Decision(op.name, op.kind, "accel", engine, "", ai, t_acc, t_host)
+    d = Decision(op.name, op.kind, "accel", engine, "", ai, t_acc, t_host, engine)
     where = f"{engine} {t_acc * 1e6:,.1f} us ({bound}-bound, AI {ai:.2f}) vs {host.device} {t_host * 1e6:,.1f} us"
     if policy == "accelerator":
         d.reason = f"accelerator-only placement ({where})"

@@ -219,13 +219,22 @@ class Run:
         return True
 
     def wait(self, timeout: float | None = None) -> None:
+        """Poll until the program has finished. The device's ``while_waiting`` callable (if
+        set: ``host.overlap`` sets it to run a host stage of another request) is called
+        before each poll, so host work runs while the program does; it returns True when it
+        did some work (then no sleep before the next poll)."""
         deadline = None if timeout is None else time.monotonic() + timeout
         delay = 0.0
-        while not self.poll():
+        while True:
+            hook = getattr(self.dev, "while_waiting", None)
+            worked = hook is not None and hook()
+            if self.poll():
+                return
             if deadline is not None and time.monotonic() > deadline:
                 raise DeviceError(f"the program did not finish within {timeout} s")
-            time.sleep(delay)
-            delay = min(0.005, delay + 0.0002)
+            if not worked:
+                time.sleep(delay)
+                delay = min(0.005, delay + 0.0002)
 
     def _finish(self) -> None:
         if self.done:

@@ -17,7 +17,11 @@ Steps of :func:`compile`:
    and the host's roofline; the policy (``"roofline"``, ``"accelerator"``, ``"host"``) keeps it
    on the accelerator or moves it to the host. Views, scalings and constant masks between
    engine ops follow them (the compiler folds them); residual adds and ops without an engine
-   stay on the host, each with its reason.
+   stay on the host, each with its reason. GEMV-shaped linears (``M = 1``) go to the PIM
+   engine first when its cycle model beats the systolic engine's (``host.compiler.pim``;
+   ``pim=False`` turns that off). ``offload_attention=True`` puts each decode-step attention
+   over a KV cache on the accelerator as one program (``host.compiler.decode_attention``,
+   the InstInfer / attention-offloading option), whatever the policy places around it.
 3. **Partition**: ``CapabilityBasedPartitioner`` with :class:`AccelSupport` groups the
    accelerator ops into partitions (convex, so no cycle through the host); each partition is
    fused into a ``GraphModule`` by torch.fx and compiled by ``host.compiler.compile``, with
@@ -26,7 +30,8 @@ Steps of :func:`compile`:
    ``get_attr``, so every partition holds its weights.
 4. **Run**: host stages run eagerly on the host device (CUDA when available, else the CPU);
    accelerator partitions run through ``DeviceBackend(dev)`` (or the golden models with
-   ``device="golden"``). ``host.overlap`` pipelines many requests over both devices.
+   ``device="golden"``). ``host.overlap`` pipelines many requests over both devices on one
+   host thread: accelerator programs are launched and polled, host stages run meanwhile.
 
 The split's output equals the quantised golden model of its accelerator partitions composed
 with the float host ops (``m(x, backend="golden")``), bit for bit on the accelerator part.
@@ -55,7 +60,7 @@ __all__ = ["compile", "GatesmithModel", "AccelSupport", "gatesmith_backend", "re
            "register"]  # fmt: skip
 
 log = logging.getLogger(__name__)
-ACCEL = ("systolic", "softmax", "gelu", "layernorm")
+ACCEL = ("systolic", "softmax", "gelu", "layernorm", "pim")
 _HOST_ROOFLINES: dict[str, HostRoofline] = {}
 
 
@@ -129,8 +134,10 @@ class AccelSupport(OperatorSupportBase):
         return node.name in self.supported
 
 
-def _decide_nodes(gm, ir, placement, cfg, acc, host, policy) -> tuple[set, dict]:
-    """(names of supported nodes, {IR op: Decision}) for every op of the model."""
+def _decide_nodes(gm, ir, placement, cfg, acc, host, policy, chains=None) -> tuple[set, dict]:
+    """(names of supported nodes, {IR op: Decision}) for every op of the model; ``chains``:
+    offloaded decode attention (``compiler.decode_attention``), on the accelerator whatever
+    the policy."""
     ops = {o.name: o for o in ir.ops}
     decisions: dict[str, Decision] = {}
     for op in ir.ops:
@@ -149,6 +156,8 @@ def _decide_nodes(gm, ir, placement, cfg, acc, host, policy) -> tuple[set, dict]
             decisions[op.name] = Decision(op.name, op.kind, "host", "host", reason)
     if policy == "balance":
         _balance(decisions, host)
+    for f in (chains or {}).values():
+        _offload_chain(f, decisions, ir, cfg, acc, host)
     supported: set[str] = set()
     for node in reversed(list(gm.graph.nodes)):
         if node.op not in ("call_function", "get_attr"):
@@ -165,6 +174,30 @@ def _decide_nodes(gm, ir, placement, cfg, acc, host, policy) -> tuple[set, dict]
 # ---- graph preparation --------------------------------------------------------------------------
 
 
+def _offload_chain(f: dict, decisions: dict, ir, cfg, acc, host) -> None:
+    """One decode attention chain on the accelerator: its matmuls and softmax there, its mask
+    add and scalings folded into the one program; the reason gives the fused program's
+    modelled time against the host's for the same ops."""
+    from .compiler.report import predict
+
+    p = predict("attention", [(f["heads"], 1, f["keys"], f["dim"])], cfg)
+    t_acc = p["cycles"] / acc.clock_hz + acc.launch_s
+    engine_ops = [decisions[n] for n in f["members"] if decisions[n].kind in ("matmul", "softmax")]
+    t_host = sum(d.pred_host_s or 0.0 for d in engine_ops)
+    why = (f"decode attention offloaded (option): one on-chip program for {f['heads']} heads "
+           f"over {f['keys']} keys, {p['cycles']:,} engine cycles modelled ({t_acc * 1e6:,.1f} us) "
+           f"vs {host.device} {t_host * 1e6:,.1f} us for its ops")  # fmt: skip
+    for n in f["members"]:
+        d = decisions[n]
+        if d.kind in ("matmul", "softmax"):
+            d.device, d.engine = "accel", d.planned or _engine_of(d)
+            d.reason = why
+        else:
+            d.device, d.engine = "fused", "fused"
+            d.reason = ("the additive mask, as the COPY's causal mask" if d.kind == "add"
+                        else "folded into the offloaded decode attention")  # fmt: skip
+
+
 def _balance(decisions: dict, host: HostRoofline) -> None:
     """Move engine ops to the accelerator, least slowed down first, while that lowers the
     busier device's load per request (both devices run at once when requests are pipelined)."""
@@ -176,7 +209,7 @@ def _balance(decisions: dict, host: HostRoofline) -> None:
         if max(acc + d.pred_accel_s, hst - d.pred_host_s) >= max(acc, hst):
             continue
         acc, hst = acc + d.pred_accel_s, hst - d.pred_host_s
-        d.device, d.engine = "accel", _engine_of(d)
+        d.device, d.engine = "accel", d.planned or _engine_of(d)
         d.reason = (f"balance: moved to the accelerator to share the load ({d.reason.split(': ', 1)[-1]})")
     for d in eng:
         if d.device == "accel" and not d.reason.startswith("balance"):
@@ -324,7 +357,7 @@ class GatesmithModel:
 
     def close(self) -> None:
         """Free the resident weights (and close the device if this model opened it)."""
-        for be in self._device_be.values():
+        for be in reversed(list(self._device_be.values())):  # last loaded first: PIM rows
             be.close()
         self._device_be.clear()
         for v in self._variants.values():
@@ -382,7 +415,7 @@ class GatesmithModel:
         with torch.no_grad():
             if pipelined:
                 outs = overlap.run_pipelined(m.gm, m.stages, reqs, backend=be, timeline=tl,
-                                             stream=m.stream)  # fmt: skip
+                                             stream=m.stream, device=m.device)  # fmt: skip
             else:
                 outs = [overlap.run_stages(m.gm, m.stages, r, backend=be, timeline=tl,
                                            stream=m.stream, index=i)
@@ -483,6 +516,12 @@ def _op_map(compiled, orig: list[str], decisions, target) -> dict[str, str]:
     if [r["kind"] for r in rows] != kinds:
         raise CompileError(f"partition {target}: the compiler placed {[r['kind'] for r in rows]} "
                            f"on engines, the split expected {kinds}")  # fmt: skip
+    want = [decisions[n].engine for n in orig]
+    got = [r["engine"] if r["engine"] != "attention" else decisions[n].engine
+           for r, n in zip(rows, orig, strict=True)]  # fmt: skip
+    if got != want:
+        raise CompileError(f"partition {target}: the compiler placed its ops on {got}, "
+                           f"the split decided {want}")  # fmt: skip
     return {r["op"]: n for r, n in zip(rows, orig, strict=True)}
 
 
@@ -500,14 +539,19 @@ def _to(t, dev):
 def compile(model: torch.nn.Module, example_inputs: tuple, *, device=None, config=None,
             placement: str = "roofline", host: str = "auto", calibration=None,
             recompile: bool = False, host_roofline: HostRoofline | None = None,
-            clock_hz: float | None = None, progress=None) -> GatesmithModel:  # fmt: skip
+            clock_hz: float | None = None, progress=None,
+            offload_attention: bool = False, pim: bool = True) -> GatesmithModel:  # fmt: skip
     """Split ``model`` between the accelerator and the host (see the module doc).
 
     ``device``: an open :class:`gatesmith.host.Device`, ``"sim"`` (opened here, closed by
     :meth:`GatesmithModel.close`) or ``"golden"`` / None (the golden models; needs ``config``).
     ``placement``: ``"roofline"``, ``"accelerator"`` or ``"host"``. ``host``: ``"auto"``,
     ``"cpu"`` or ``"cuda"``. ``calibration``: a list of input tuples (default: the example
-    inputs). ``clock_hz``: the accelerator clock for the roofline (default: the config's)."""
+    inputs). ``clock_hz``: the accelerator clock for the roofline (default: the config's).
+    ``offload_attention``: decode-step attention over a KV cache runs on the accelerator as
+    one program (``host.compiler.decode_attention``), whatever the placement of the rest.
+    ``pim``: route ``M = 1`` linears to the PIM engine where its model says it is faster
+    (``host.compiler.pim``; False keeps them on the systolic engine)."""
     if placement not in POLICIES:
         raise UsageError(f"placement must be one of {', '.join(POLICIES)}, not {placement!r}")
     hdev = resolve_host(host)
@@ -519,9 +563,9 @@ def compile(model: torch.nn.Module, example_inputs: tuple, *, device=None, confi
         if recompile:
             def make(inputs):  # noqa: E306
                 return _compile(model, inputs, dev, cfg, placement, hdev, None, hostr, acc,
-                                None, False, progress)  # fmt: skip
+                                None, False, progress, offload_attention, pim)  # fmt: skip
         return _compile(model, tuple(example_inputs), dev, cfg, placement, hdev, calibration,
-                        hostr, acc, make, opened, progress)  # fmt: skip
+                        hostr, acc, make, opened, progress, offload_attention, pim)  # fmt: skip
     except BaseException:
         if opened:
             dev.close()
@@ -529,9 +573,11 @@ def compile(model: torch.nn.Module, example_inputs: tuple, *, device=None, confi
 
 
 def _compile(model, example_inputs, dev, cfg, policy, hdev, calibration, hostr, acc, make,
-             opened, progress) -> GatesmithModel:  # fmt: skip
+             opened, progress, offload_attention=False, pim=True) -> GatesmithModel:  # fmt: skip
     from .compiler import compile as compile_partition
     from .compiler.graph import _Builder, _export, check_inputs
+    from .compiler.decode_attention import fuse_decode_attention
+    from .compiler.pim import route_gemv
     from .compiler.report import place
 
     say = progress or (lambda _m: None)
@@ -552,7 +598,17 @@ def _compile(model, example_inputs, dev, cfg, policy, hdev, calibration, hostr, 
     gm = ep.module()
     _fold_constants(gm)
     say(f"place: {sum(o.kind != 'input' for o in ir.ops)} ops ({policy}) on {cfg.name}")
-    supported, decisions = _decide_nodes(gm, ir, place(ir, cfg), cfg, acc, hostr, policy)
+    placed = place(ir, cfg)
+    if pim:
+        route_gemv(ir, placed, cfg)  # M = 1 linears to the PIM banks, as compile() does
+    chains = fuse_decode_attention(ir, dict(placed), cfg) if offload_attention else {}
+    if offload_attention:
+        say(f"offload: {len(chains)} decode attention chain(s) to the accelerator")
+        if not chains:
+            log.warning("offload_attention: no decode attention chain of this model fits %s "
+                        "(host.attention.fits); attention stays where the placement puts it",
+                        cfg.name)  # fmt: skip
+    supported, decisions = _decide_nodes(gm, ir, placed, cfg, acc, hostr, policy, chains)
     _no_engine_fallback(decisions, cfg)
     parts = CapabilityBasedPartitioner(gm, AccelSupport(supported),
                                        allows_single_node_partition=True).propose_partitions()  # fmt: skip
@@ -573,7 +629,9 @@ def _compile(model, example_inputs, dev, cfg, policy, hdev, calibration, hostr, 
             multi = isinstance(sub(*calib[0]), (tuple, list))
         orig = [n.name for n in order if n in keep[int(t.removeprefix("fused_"))].nodes
                 and n.name in decisions and decisions[n.name].device == "accel"]  # fmt: skip
-        compiled = compile_partition(sub, calib[0], cfg, calibration=calib)
+        gemv = [decisions[n].engine for n in orig if _is_gemv(ir, n)]
+        compiled = compile_partition(sub, calib[0], cfg, calibration=calib, gemv=gemv,
+                                     decode_attention=offload_attention)  # fmt: skip
         part = AccelPartition(t, compiled, multi, None)
         part.op_map = _op_map(compiled, orig, decisions, t)
         fused.delete_submodule(t)
@@ -586,6 +644,14 @@ def _compile(model, example_inputs, dev, cfg, policy, hdev, calibration, hostr, 
                           decisions=decisions, ir=ir, cfg=cfg, dev=dev, host=hdev, acc=acc,
                           hostr=hostr, policy=policy, shapes=_Shapes.of(example_inputs).shapes,
                           out_kind=out_kind, opened=opened, make=make)  # fmt: skip
+
+
+def _is_gemv(ir, name: str) -> bool:
+    """A linear with one row (what ``compiler.pim.route_gemv`` considers)."""
+    import math
+
+    op = ir.op(name)
+    return op.kind == "linear" and math.prod(ir.op(op.inputs[0]).shape[:-1]) == 1
 
 
 def _no_engine_fallback(decisions, cfg) -> None:
@@ -671,10 +737,12 @@ def gatesmith_backend(gm: torch.fx.GraphModule, example_inputs, options: dict | 
     ``host``, ``calibration`` (tuples of the model's inputs) and ``clock_hz``. Compiles on
     the first call of each input shape signature (the parameters become constants)."""
     opts = dict(options or {})
-    bad = sorted(set(opts) - {"device", "config", "placement", "host", "calibration", "clock_hz"})
+    bad = sorted(set(opts) - {"device", "config", "placement", "host", "calibration", "clock_hz",
+                              "offload_attention"})  # fmt: skip
     if bad:
         raise UsageError(f"unknown gatesmith backend option {bad[0]!r} (options: device, "
-                         "config, placement, host, calibration, clock_hz)")  # fmt: skip
+                         "config, placement, host, calibration, clock_hz, "
+                         "offload_attention)")  # fmt: skip
     device = opts.get("device", "golden")
     dev, cfg, opened = _resolve_device(device, opts.get("config"))
     hdev = resolve_host(opts.get("host", "auto"))
@@ -690,7 +758,8 @@ def gatesmith_backend(gm: torch.fx.GraphModule, example_inputs, options: dict | 
             m = cache[key] = compile(frozen, tuple(args[i] for i in user), device=dev or "golden",
                                      config=cfg, placement=opts.get("placement", "roofline"),
                                      host=str(hdev), calibration=calib,
-                                     clock_hz=opts.get("clock_hz"))  # fmt: skip
+                                     clock_hz=opts.get("clock_hz"),
+                                     offload_attention=opts.get("offload_attention", False))  # fmt: skip
             m._user = user
         out = m(*(args[i] for i in m._user))
         return out

@@ -25,6 +25,7 @@ from .golden import Backend, DeviceBackend, GoldenBackend, check_run_inputs, exe
 from .graph import Graph, Op, capture
 from .quant import GRANULARITIES, Calibration, calibrate, prepare
 from .fuse import fuse_attention, prepare_fused
+from .pim import route_gemv
 from .report import Report, place
 
 __all__ = ["compile", "schedule", "allocate_scratchpad", "MODES", "Compiled", "capture", "calibrate", "place", "Graph", "Op", "Report",
@@ -137,7 +138,8 @@ def allocate_scratchpad(graph: Graph, placement: dict, consts: dict, cfg, *, pro
 
 def compile(model: torch.nn.Module, example_inputs: tuple, config, calibration=None, *,
             granularity: str = "row", mode: str = "auto", progress=None,
-            ilp_limit: int | None = None) -> Compiled:  # fmt: skip
+            ilp_limit: int | None = None, gemv: list[str] | None = None,
+            decode_attention: bool = False) -> Compiled:  # fmt: skip
     """Capture, place, calibrate (on ``calibration``, a list of input tuples; default: the
     example inputs alone) and quantise ``model`` for the accelerator ``config`` (anything
     :func:`gatesmith.config.load_config` takes). ``progress(stage)`` is told each stage.
@@ -147,7 +149,11 @@ def compile(model: torch.nn.Module, example_inputs: tuple, config, calibration=N
     sequentially, one op at a time through device memory; ``"sequential"`` runs every op that
     way (the baseline). In ``"auto"`` mode the scratchpad is allocated across the graph
     (:func:`allocate_scratchpad`: one ILP, or the greedy heuristic above ``ilp_limit`` integer
-    variables); the report says which ran, its objective in device-memory words and its time."""
+    variables); the report says which ran, its objective in device-memory words and its time.
+    ``gemv``: the engine (``"pim"`` or not) of each ``M = 1`` linear in op
+    order, when the caller has routed them (``compiler.pim.route_gemv``; default: routed here).
+    ``decode_attention``: run decode-step attention over a KV cache as one on-chip program
+    (``compiler.decode_attention``: the offloading option)."""
     from ...config import load_config
 
     say = progress or (lambda _msg: None)
@@ -167,7 +173,12 @@ def compile(model: torch.nn.Module, example_inputs: tuple, config, calibration=N
             model.train()
     say(f"place: {sum(o.kind != 'input' for o in graph.ops)} ops on {cfg.name}")
     placement = place(graph, cfg)
+    route_gemv(graph, placement, cfg, gemv)
     fusions = fuse_attention(graph, placement, cfg) if mode == "auto" else {}
+    if decode_attention:
+        from .decode_attention import fuse_decode_attention
+
+        fusions.update(fuse_decode_attention(graph, placement, cfg))
     if fusions:
         say(f"fuse: {len(fusions)} attention chain(s) on chip")
     samples = [tuple(example_inputs)] if calibration is None else calibration

@@ -135,6 +135,10 @@ def run_fused(op, env: dict, c: dict, backend, calls: list):
     from .quant import QT, to_int
 
     f = c["fusion"]
+    if f.get("decode"):
+        from .decode_attention import run_decode_attention
+
+        return run_decode_attention(op, env, c, backend, calls)
     i8 = IntFormat(8)
     q, kt, v = env[f["q"]], env[f["kt"]], env[f["v"]]
     lead = tuple(q.shape[:-2])

@@ -15,7 +15,12 @@ The backend interface (integers in, integers out, all int64 tensors unless state
 * ``softmax_int(x)`` (rows along the last dim, ``in_fmt``; its minimum is masked): uint16
   probabilities, 1.0 = 2**15; ``gelu_int(x)``: ``out_dtype``; ``layer_norm_int(x, gamma,
   beta)``: over the last dim, int16 gamma (``gamma_frac``) and beta (``out_frac``);
-* ``begin(op)`` / ``end(op)``: around each engine op; ``end`` returns measured counters or None.
+* ``gemv_weight(key, w)``: ``w`` [N, K] int8 values of an ``M = 1`` linear routed to the PIM
+  engine (``compiler/pim.py``); a handle ``gemv`` accepts (the device keeps it in its banks);
+  ``gemv(x, w)``: ``x`` [K] int8 values; the PIM accumulator [N] (wrapping modulo
+  ``2**acc_width``);
+* ``begin(op, engine)`` / ``end(op, engine)``: around each engine op; ``end`` returns measured
+  counters or None.
 
 :class:`GoldenBackend` computes them with the engines' bit-exact models
 (``generators.systolic.model.gemm``, ``softmax_model``, ``gelu_model``, ``layernorm_model``);
@@ -30,6 +35,7 @@ import torch.nn.functional as F
 
 from ...errors import CompileError, UsageError
 from .fuse import run_fused
+from .pim import run_gemv
 from .graph import Graph, Op, call_aten, decode
 from .quant import I8, QT, dequant, to_int
 
@@ -145,10 +151,16 @@ class Backend:
         """The int32 accumulator of (the M x K operand resident at ``offset``) @ ``b``."""
         raise NotImplementedError
 
-    def begin(self, op: Op) -> None:
+    def gemv_weight(self, key: str, w: torch.Tensor):
+        return w
+
+    def gemv(self, x: torch.Tensor, w) -> torch.Tensor:
+        raise NotImplementedError
+
+    def begin(self, op: Op, engine: str | None = None) -> None:
         pass
 
-    def end(self, op: Op) -> dict | None:
+    def end(self, op: Op, engine: str | None = None) -> dict | None:
         return None
 
     def close(self) -> None:
@@ -226,6 +238,11 @@ class GoldenBackend(Backend):
         out = layernorm_model(x.reshape(-1, x.shape[-1]), gamma, beta, self._cfg("layernorm"))
         return out.reshape(x.shape)
 
+    def gemv(self, x, w):
+        from .pim import gemv_golden
+
+        return gemv_golden(self._cfg("pim"), w, x)
+
     def attention_int(self, qq, kq, vq, mult, shift, *, causal=False, diag=0):
         from ..attention import attention_int_golden
 
@@ -241,6 +258,8 @@ class DeviceBackend(Backend):
         self.dev = dev
         self.config = dev.config
         self._weights: dict = {}
+        self._pim: dict = {}
+        self._pim_rows: list = []  # (first, end) bank rows of each weight loaded here
         self._before = None
 
     def weight(self, key, w, dataflow=None):
@@ -296,12 +315,34 @@ class DeviceBackend(Backend):
             if not res.freed and not res.busy:
                 res.free()
 
-    def begin(self, op):
+    def gemv_weight(self, key, w):
+        h = self._pim.get(key)
+        if h is None:
+            from ..pim import load_weights
+
+            from ..pim import _dev_state
+
+            st = _dev_state(self.dev)
+            mark = st.next_row
+            h = self._pim[key] = load_weights(self.dev, w.to(torch.int8))
+            self._pim_rows.append((mark, st.next_row))
+            if self._before is not None:  # the one-time bank load is not the op's time
+                self._before = self.dev.perf()
+        return h
+
+    def gemv(self, x, w):
+        from ..pim import gemv
+
+        return gemv(self.dev, x.to(torch.int8), w)
+
+    def begin(self, op, engine=None):
         self._before = self.dev.perf()
 
-    def end(self, op):
+    def end(self, op, engine=None):
         after, before = self.dev.perf(), self._before
-        idx = self.config.engine_index(_ENGINE_KIND[op.kind])
+        self._before = None
+        kind = engine if engine in ("pim",) else _ENGINE_KIND[op.kind]
+        idx = self.config.engine_index(kind)
         return {"busy": after["engine_busy"][idx] - before["engine_busy"][idx],
                 "program": after["program"] - before["program"],
                 "words": after["load"] + after["store"] - before["load"] - before["store"]}  # fmt: skip
@@ -311,6 +352,15 @@ class DeviceBackend(Backend):
             if not buf.freed:
                 buf.free()
         self._weights.clear()
+        # the PIM rows are a stack per device (host.pim): give back the ones on its top
+        from ..pim import _dev_state
+
+        st = _dev_state(self.dev)
+        for first, end in reversed(self._pim_rows):
+            if st.next_row == end:
+                st.next_row = first
+        self._pim_rows.clear()
+        self._pim.clear()
 
 
 def windows_acc(dev):
@@ -360,7 +410,7 @@ def execute(graph: Graph, consts: dict, placement: dict, backend: Backend, input
         elif engine == "fused":
             out = _fused(op, vals, graph.consts)
         else:
-            backend.begin(op)
+            backend.begin(op, engine)
             calls: list = []
             if engine == "attention":
                 out = run_fused(op, env, consts[op.name], backend, calls)
@@ -369,9 +419,11 @@ def execute(graph: Graph, consts: dict, placement: dict, backend: Backend, input
             elif op.name in operand_of:
                 out = _linear_resident(op, consts[op.name], backend, calls,
                                        alloc[operand_of[op.name]])  # fmt: skip
+            elif engine == "pim":
+                out = run_gemv(op, vals, consts[op.name], backend, calls)
             else:
                 out = _ENGINE_OPS[op.kind](op, vals, consts[op.name], backend, calls)
-            measured = backend.end(op)
+            measured = backend.end(op, engine)
             if trace is not None:
                 trace.append({"name": op.name, "engine": engine,
                               "predicted": predict(engine, calls, backend.config),

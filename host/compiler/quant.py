@@ -207,7 +207,7 @@ def prepare(graph: Graph, calib: Calibration, cfg, placement: dict) -> dict[str,
                 if op.attrs["bias"] is not None:
                     b = graph.consts[op.attrs["bias"]].double()
                     sa = c["a_scale"].reshape(-1, 1) if c["a_scale"].dim() else c["a_scale"]
-                    acc = cfg.engine("systolic").acc_fmt
+                    acc = cfg.engine(engine).acc_fmt  # systolic or pim
                     c["bias_q"] = acc.saturate(torch.round(b[None, :] / (sa * c["w_scale"])).long())
         elif op.kind == "layer_norm":
             e = cfg.engine("layernorm")

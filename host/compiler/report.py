@@ -9,6 +9,9 @@
   the engine's ``depth``; ``gelu`` -> ``gelu`` (any size: the driver cuts rows);
   ``layer_norm`` -> ``layernorm`` when rows fit as for softmax, ``eps`` equals the engine's
   (a generation parameter) and gamma / beta fit int16 with ``gamma_frac`` / ``out_frac``.
+* ``linear`` with one row (``M = 1``) -> ``pim`` instead when the config has a PIM engine that
+  holds it and its modelled program is faster (``compiler/pim.py``: :func:`route_gemv`, called
+  after :func:`place`).
 * ``view`` / ``scale`` / ``mask`` are ``fused`` (data movement and scale folding, no engine);
   ``add`` and ``host`` ops, and any op the config cannot take, go to ``host`` with a reason.
   A missing engine is not an error: the op runs on the host.
@@ -28,7 +31,7 @@ from .graph import Graph
 
 __all__ = ["place", "predict", "Report", "ENGINES"]
 
-ENGINES = ("systolic", "softmax", "gelu", "layernorm", "host", "fused")
+ENGINES = ("systolic", "softmax", "gelu", "layernorm", "pim", "host", "fused")
 
 
 def place(graph: Graph, cfg) -> dict[str, tuple[str, str]]:
@@ -129,13 +132,19 @@ def predict(engine: str, calls: list, acfg) -> dict:
         aw = scfg.cols * -(-scfg.acc_width // 32)
         R, C = scfg.rows, scfg.cols
         total = words = 0
-        for heads, s, d in calls:
-            per = cycles(s, d, s, "os", scfg) + cycles(s, s, d, "ws", scfg)
-            total += heads * (per + _engine("softmax", sm).cycles(s, s))
+        for call in calls:  # (heads, seq, dim), or (heads, queries, keys, dim) for a decode step
+            heads, s, kv, d = call if len(call) == 4 else (call[0], call[1], call[1], call[2])
+            per = cycles(s, d, kv, "os", scfg) + cycles(s, kv, d, "ws", scfg)
+            total += heads * (per + _engine("softmax", sm).cycles(kv, s))
             # device memory: Q, K^T, V in and the context out, nothing of S x S
-            words += heads * (-(-s // R) * d * lw + -(-s // C) * d * tw + -(-d // C) * s * tw
+            words += heads * (-(-s // R) * d * lw + -(-kv // C) * d * tw + -(-d // C) * kv * tw
                               + -(-d // C) * s * aw)  # fmt: skip
         return {"cycles": total, "program": None, "words": words}
+    if engine == "pim":  # M = 1 linears: (n, k) per call
+        from .pim import gemv_program_cycles
+
+        ps = [gemv_program_cycles(acfg, n, k) for n, k in calls]
+        return {key: sum(p[key] for p in ps) for key in ("cycles", "program", "words")}
     cfg = acfg.engine(engine)
     if engine == "systolic":
         from ...generators.systolic.model import cycles
