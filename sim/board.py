@@ -40,20 +40,37 @@ _MEM_PORTS = [  # (name, direction from the accelerator, width)
 
 
 def _wrapper(top: str) -> str:
+    """The Verilog top the harness drives: the link top with every input latched at the
+    falling edge.
+
+    The harness sets the inputs, evaluates the falling edge (and reads the handshakes the design
+    answers with), then the rising edge. Latching the inputs there is the same design for it,
+    but Verilator's input-combinational region, which it evaluates on every ``eval()``, shrinks
+    to nothing: the logic behind the inputs runs once a cycle instead of twice (about 10% less
+    CPU per simulated cycle on an 8x8 board, measured whole-process, A/B).
+    """
+    ins = [("rst", 1), ("rx_data", 8), ("rx_valid", 1), ("tx_ready", 1)]
+    ins += [(f"mem_{n}", w) for n, d, w in _MEM_PORTS if d == "in"]
     decl = "".join(
         f",\n               {'output' if d == 'out' else 'input'} wire "
         f"{f'[{w - 1}:0] ' if w > 1 else ''}mem_{n}"
         for n, d, w in _MEM_PORTS
     )
-    conn = "".join(f",\n    .mem__{n}(mem_{n})" for n, _, _ in _MEM_PORTS)
+    regs = "".join(f"  reg {f'[{w - 1}:0] ' if w > 1 else ''}{n}_q;\n" for n, w in ins)
+    latch = "".join(f"    {n}_q <= {n};\n" for n, _ in ins)
+    conn = "".join(
+        f",\n    .mem__{n}(mem_{n}{'_q' if d == 'in' else ''})" for n, d, _ in _MEM_PORTS
+    )
     return f"""\
 module sim_top(input wire clk, input wire rst,
                input wire [7:0] rx_data, input wire rx_valid, output wire rx_ready,
                output wire [7:0] tx_data, output wire tx_valid, input wire tx_ready,
                output wire idle{decl});
-  {top} u_top(.clk(clk), .rst(rst),
-    .rx__payload(rx_data), .rx__valid(rx_valid), .rx__ready(rx_ready),
-    .tx__payload(tx_data), .tx__valid(tx_valid), .tx__ready(tx_ready), .idle(idle){conn});
+{regs}  always @(negedge clk) begin
+{latch}  end
+  {top} u_top(.clk(clk), .rst(rst_q),
+    .rx__payload(rx_data_q), .rx__valid(rx_valid_q), .rx__ready(rx_ready),
+    .tx__payload(tx_data), .tx__valid(tx_valid), .tx__ready(tx_ready_q), .idle(idle){conn});
 endmodule
 """
 
