@@ -7,7 +7,6 @@ softmax + PIM, built once for this file and test_attention_offload.py) equals it
 
 from __future__ import annotations
 
-import importlib.util
 import pathlib
 
 import gatesmith
@@ -21,19 +20,12 @@ from gatesmith.host.compiler.graph import capture
 from gatesmith.host.compiler.pim import gemv_golden, gemv_program_cycles, route_gemv
 from gatesmith.host.compiler.report import place, predict
 from gatesmith.host.pim import _dev_state as pim_state
-from gatesmith.host.placement import HostRoofline
+
+from .test_torch_backend import SLOW_HOST, _example
 
 EXAMPLES = pathlib.Path(__file__).resolve().parents[1] / "examples"
 CFG = load_config(str(EXAMPLES / "pim_split.yaml"))  # systolic 4x4, softmax, PIM 4 x 4 lanes
 PIM = CFG.engine("pim")
-SLOW_HOST = HostRoofline("cpu", flops=1e6, bytes_per_s=1e6, op_s=1e-3)
-
-
-def _example(name):
-    spec = importlib.util.spec_from_file_location(name, EXAMPLES / f"{name}.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
 
 
 def _compile(dec, device="golden", config=CFG, placement="accelerator"):

@@ -23,7 +23,7 @@ import math
 import torch
 
 from ...errors import UsageError
-from .fuse import FUSED, _consumers
+from .fuse import _consumers, mark_fused
 from .graph import MASK_FILL_MAX, Graph
 from .quant import QT, dequant, to_int
 
@@ -91,10 +91,7 @@ def fuse_decode_attention(graph: Graph, placement: dict, cfg) -> dict[str, dict]
         if fits(cfg, 1, d, keys):
             continue
         members = [*members, last.name]
-        for n in members:
-            placement[n] = (FUSED, f"fused into {last.name}")
-        placement[last.name] = (FUSED, "decode attention offloaded: " + " -> ".join(
-            graph.op(n).kind for n in members))  # fmt: skip
+        mark_fused(graph, placement, members, "decode attention offloaded")
         out[last.name] = {"members": members, "q": q.name, "kt": kt.name, "v": v.name,
                           "factor": factor, "heads": math.prod(q.shape[:-2]), "seq": 1,
                           "keys": keys, "dim": d, "decode": True, "mask": mask}  # fmt: skip

@@ -89,10 +89,7 @@ def fuse_attention(graph: Graph, placement: dict, cfg) -> dict[str, dict]:
         if why:
             continue
         members = [*chain, last.name]
-        for n in members:
-            placement[n] = (FUSED, f"fused into {last.name}")
-        placement[last.name] = (FUSED, "fused attention: " + " -> ".join(
-            graph.op(n).kind for n in members))  # fmt: skip
+        mark_fused(graph, placement, members, "fused attention")
         out[last.name] = {"members": members, "q": q.name, "kt": kt.name, "v": v.name,
                           "factor": factor, "heads": math.prod(q.shape[:-2]), "seq": seq,
                           "dim": dim, "causal": diag is not None, "diag": diag or 0}  # fmt: skip
@@ -111,6 +108,14 @@ def _causal_diag(mask: torch.Tensor, shape) -> int | None:
         if torch.equal(m[0], want):
             return d if bool((m == want).all()) else None
     return None
+
+
+def mark_fused(graph, placement: dict, members: list, what: str) -> None:
+    """Place ``members`` (the last one carries the chain) on the fused engine, with reasons."""
+    last = members[-1]
+    for n in members:
+        placement[n] = (FUSED, f"fused into {last}")
+    placement[last] = (FUSED, f"{what}: " + " -> ".join(graph.op(n).kind for n in members))
 
 
 def prepare_fused(fusions: dict, calib, cfg, consts: dict) -> None:
