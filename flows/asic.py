@@ -422,9 +422,9 @@ def asic_view(
     cfg = load_config(cfg)
     if memories not in MEMORY_MODES:
         raise ConfigError(f"memories must be one of {', '.join(MEMORY_MODES)}, not {memories!r}")
-    find_tool("yosys")  # fail before any elaboration when it is missing
     whole = engine is None if whole is None else whole
     units = _units(cfg, engine, whole)
+    find_tool("yosys")  # fail before any elaboration when it is missing
     out = Path(out_dir)
     (out / "build").mkdir(parents=True, exist_ok=True)
     (out / "asic.json").unlink(missing_ok=True)  # a failed rerun must not leave an old report
