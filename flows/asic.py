@@ -171,6 +171,12 @@ class AsicUnit:
     def total_um2(self) -> float:
         return self.logic_um2 + self.sram_um2
 
+    @classmethod
+    def from_dict(cls, d: dict) -> AsicUnit:
+        """The unit of an ``asic.json`` entry (:meth:`as_dict`)."""
+        return cls(**{f: d[f] for f in ("name", "top", "cells", "memories", "transistors",
+                                        "seconds", "memory_mode")})  # fmt: skip
+
     def as_dict(self) -> dict:
         d = asdict(self)
         for k in ("ff", "gates", "nand2_eq", "logic_um2", "memory_bits", "sram_um2", "total_um2"):
@@ -303,6 +309,14 @@ def _macros(path: Path) -> list[dict]:
     return sorted(out, key=lambda m: m["name"])
 
 
+def _check_memory_options(memories, macro_min_words) -> None:
+    if memories not in MEMORY_MODES:
+        raise ConfigError(f"memories must be one of {', '.join(MEMORY_MODES)}, not {memories!r}")
+    words = macro_min_words
+    if isinstance(words, bool) or not isinstance(words, int) or not 1 <= words <= 1 << 20:
+        raise ConfigError(f"macro_min_words must be an integer in 1..2**20, not {words!r}")
+
+
 def synthesise_verilog(
     verilog: str,
     top: str,
@@ -319,11 +333,7 @@ def synthesise_verilog(
     Raises ConfigError (bad ``memories``), ToolMissingError, BuildError (Yosys failed or ran past
     ``timeout_s``).
     """
-    if memories not in MEMORY_MODES:
-        raise ConfigError(f"memories must be one of {', '.join(MEMORY_MODES)}, not {memories!r}")
-    if isinstance(macro_min_words, bool) or not isinstance(macro_min_words, int) or \
-            not 1 <= macro_min_words <= 1 << 20:  # fmt: skip
-        raise ConfigError(f"macro_min_words must be an integer in 1..2**20, not {macro_min_words!r}")
+    _check_memory_options(memories, macro_min_words)
     yosys = find_tool("yosys")
     work = Path(work_dir)
     work.mkdir(parents=True, exist_ok=True)
@@ -388,7 +398,8 @@ def _units(cfg, engine: str | None, whole: bool) -> list[tuple[str, Callable]]:
     for ecfg in cfg.engines:
         kind = type(ecfg).kind
         if engine in (None, kind):
-            units.append((kind, lambda e=ecfg, k=kind: (engine_spec(k).build(e), f"{cfg.name}_{k}")))
+            units.append((kind, lambda e=ecfg, k=kind: (engine_spec(k).build(e),
+                                                         f"{cfg.name}_{k}")))  # fmt: skip
     if whole:
         units.append(("accelerator", lambda: (Accelerator(cfg), cfg.name)))
     return units
@@ -420,8 +431,7 @@ def asic_view(
     from ..sim.cocotb_runner import verilog_of
 
     cfg = load_config(cfg)
-    if memories not in MEMORY_MODES:
-        raise ConfigError(f"memories must be one of {', '.join(MEMORY_MODES)}, not {memories!r}")
+    _check_memory_options(memories, macro_min_words)
     whole = engine is None if whole is None else whole
     units = _units(cfg, engine, whole)
     find_tool("yosys")  # fail before any elaboration when it is missing
@@ -551,9 +561,9 @@ Written by `gatesmith asic --openlane` for the accelerator config `{cfg.name}`
 | `DESIGN_NAME` | `{config['DESIGN_NAME']}` | the top module |
 | `VERILOG_FILES` | `{config['VERILOG_FILES'][0]}` | one self-contained file from Amaranth |
 | `CLOCK_PORT` | `clk` | the single clock domain; `rst` is a synchronous, active-high reset |
-| `CLOCK_PERIOD` | {config['CLOCK_PERIOD']} ns | the config's `clock_hz` ({cfg.clock_hz / 1e6:g} MHz) |
-| `FP_CORE_UTIL` | {config['FP_CORE_UTIL']} % | a starting point; lower it if global placement fails |
-| `PL_TARGET_DENSITY_PCT` | {config['PL_TARGET_DENSITY_PCT']} % | a little above the core utilisation |
+| `CLOCK_PERIOD` | {config['CLOCK_PERIOD']} ns | the config's clock, {cfg.clock_hz / 1e6:g} MHz |
+| `FP_CORE_UTIL` | {config['FP_CORE_UTIL']} % | a start; lower it if global placement fails |
+| `PL_TARGET_DENSITY_PCT` | {config['PL_TARGET_DENSITY_PCT']} % | a little above the core use |
 
 ## Running it (you need a PDK; gatesmith does not install one)
 

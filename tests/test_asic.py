@@ -5,6 +5,8 @@ WebAssembly is compiled) and checks the LibreLane export and the error paths. Wh
 accelerators are in the slow tier: ``pytest -m slow tests/test_asic.py``.
 """
 
+import contextlib
+import io
 import json
 import re
 
@@ -15,6 +17,7 @@ from gatesmith.config import AccelConfig
 from gatesmith.errors import ConfigError, ToolMissingError
 from gatesmith.flows.asic import (
     FLOP_CELLS,
+    AsicUnit,
     NAND2_EQ,
     SRAM_UM2_PER_BIT,
     UM2_PER_NAND2,
@@ -33,14 +36,23 @@ def systolic_cfg(rows, cols, *, name=None, depth=32, **top):
 
 @pytest.fixture(scope="module")
 def small(tmp_path_factory):
-    """(1x1 report, 2x2 report), each the systolic engine alone, memories as macros."""
+    """The systolic engine alone, memories as macros: 1x1 through the CLI, 2x2 through the API.
+
+    Returns ``{"cli": (exit code, stdout, stderr, out dir), 1: AsicUnit, 2: AsicReport}``.
+    """
     out = tmp_path_factory.mktemp("asic")
-    reps = []
-    for n in (1, 2):
-        rep = asic_view(systolic_cfg(n, n), out / f"s{n}", engine="systolic")
-        rep.out_dir = out / f"s{n}"  # for test_report_files
-        reps.append(rep)
-    return tuple(reps)
+    path = out / "s1.yaml"
+    path.write_text(json.dumps(systolic_cfg(1, 1).to_dict()))  # JSON is YAML
+    stdout, stderr = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
+        rc = main(["asic", str(path), "-o", str(out / "s1"), "--engine", "systolic"])
+    one = None
+    if rc == 0:
+        (entry,) = json.loads((out / "s1" / "asic.json").read_text())["units"]
+        one = AsicUnit.from_dict(entry)
+    two = asic_view(systolic_cfg(2, 2), out / "s2", engine="systolic")
+    two.out_dir = out / "s2"  # for test_report_files
+    return {"cli": (rc, stdout.getvalue(), stderr.getvalue(), out / "s1"), 1: one, 2: two}
 
 
 def check_unit(unit):
@@ -58,17 +70,24 @@ def check_unit(unit):
     assert 2 * unit.gates + 16 * unit.ff <= unit.transistors <= 12 * unit.gates + 32 * unit.ff
 
 
+def test_cli_prints_the_table_and_writes_the_report(small):
+    rc, stdout, stderr, out = small["cli"]
+    assert rc == 0, stderr
+    assert stdout.splitlines() == [f"{out}/asic.md", f"{out}/asic.json"]
+    assert "gatesmith asic: s1x1" in stderr and "NAND2" in stderr  # the table and assumptions
+    assert f"{sum(small[1].cells.values()):,}" in stderr
+
+
 def test_engine_counts_are_consistent(small):
-    for rep in small:
-        (unit,) = rep.units
-        assert unit.name == "systolic" and unit.top == f"{rep.design}_systolic"
+    for unit, design in ((small[1], "s1x1"), (small[2].units[0], "s2x2")):
+        assert unit.name == "systolic" and unit.top == f"{design}_systolic"
         check_unit(unit)
         assert unit.memories, "the operand and accumulator memories (32 words) are macros"
-        assert all(m["depth"] >= rep.macro_min_words and m["wr_ports"] for m in unit.memories)
+        assert all(m["depth"] >= 32 and m["wr_ports"] for m in unit.memories)
 
 
 def test_a_bigger_array_has_more_of_everything(small):
-    one, two = (rep.units[0] for rep in small)
+    one, two = small[1], small[2].units[0]
     assert sum(two.cells.values()) > sum(one.cells.values())
     assert two.ff > one.ff
     assert two.nand2_eq > one.nand2_eq
@@ -76,7 +95,7 @@ def test_a_bigger_array_has_more_of_everything(small):
 
 
 def test_report_files(small):
-    rep = small[1]
+    rep = small[2]
     unit = rep.units[0]
     d = json.loads((rep.out_dir / "asic.json").read_text())
     assert d == json.loads(json.dumps(rep.to_dict()))
@@ -87,25 +106,6 @@ def test_report_files(small):
     assert (rep.out_dir / "build" / "systolic" / "synth.log").is_file()
     assert f"| systolic | {sum(unit.cells.values()):,} | {unit.ff:,} |" in md
     assert "sky130_fd_sc_hd__nand2_1" in md
-
-
-def test_cli_flops_mode_maps_every_memory_to_flip_flops(small, tmp_path, capsys):
-    (cfg_macro,) = small[0].units
-    path = tmp_path / "s1.yaml"
-    path.write_text(json.dumps(systolic_cfg(1, 1).to_dict()))  # JSON is YAML
-    out = tmp_path / "out"
-    rc = main(["asic", str(path), "-o", str(out), "--engine", "systolic", "--memories", "flops"])
-    captured = capsys.readouterr()
-    assert rc == 0, captured.err
-    assert f"{out}/asic.json" in captured.out
-    assert "systolic" in captured.err and "NAND2" in captured.err  # the table and assumptions
-    data = json.loads((out / "asic.json").read_text())
-    assert data["memory_mode"] == "flops"
-    (unit,) = data["units"]
-    assert unit["memories"] == [] and unit["memory_bits"] == 0
-    # every stored bit is now a flip-flop, beside the engine's own registers
-    assert unit["ff"] >= cfg_macro.ff + cfg_macro.memory_bits
-    assert unit["nand2_eq"] > cfg_macro.nand2_eq
 
 
 def test_openlane_export(tmp_path):
@@ -124,8 +124,6 @@ def test_openlane_export(tmp_path):
         assert re.search(r"^\s*input clk;", verilog, re.M)
     readme = (out / "README.md").read_text()
     assert "librelane" in readme and "Memories" in readme and "25.0 ns" in readme
-    link = openlane_export(cfg, tmp_path / "ol_link", top="link")
-    assert json.loads((link / "config.json").read_text())["DESIGN_NAME"] == "ol1_link"
 
 
 def test_unknown_engine(tmp_path):
@@ -157,7 +155,8 @@ def test_missing_yosys(tmp_path, monkeypatch):
     monkeypatch.setenv("YOSYS", str(tmp_path / "no-yosys"))
     with pytest.raises(ToolMissingError) as e:
         asic_view(systolic_cfg(1, 1), tmp_path)
-    assert str(e.value) == f"YOSYS is set to {str(tmp_path / 'no-yosys')!r}, which is not an executable"
+    path = str(tmp_path / "no-yosys")
+    assert str(e.value) == f"YOSYS is set to {path!r}, which is not an executable"
 
 
 def test_cli_errors(tmp_path, capsys, monkeypatch):
@@ -196,6 +195,15 @@ def test_whole_accelerator_and_export(tmp_path):
 
 
 @pytest.mark.slow
+def test_openlane_export_of_the_link_top(tmp_path):
+    out = openlane_export(systolic_cfg(1, 1, name="ol2"), tmp_path, top="link")
+    config = json.loads((out / "config.json").read_text())
+    assert config["DESIGN_NAME"] == "ol2_link"
+    verilog = (out / config["VERILOG_FILES"][0].removeprefix("dir::")).read_text()
+    assert re.search(r"^module ol2_link\(", verilog, re.M)
+
+
+@pytest.mark.slow
 def test_4x4_has_more_cells_than_2x2(tmp_path):
     two, four = (
         asic_view(systolic_cfg(n, n), tmp_path / f"s{n}", engine="systolic").units[0]
@@ -204,3 +212,23 @@ def test_4x4_has_more_cells_than_2x2(tmp_path):
     check_unit(four)
     assert sum(four.cells.values()) > 2 * sum(two.cells.values())
     assert four.ff > two.ff and four.nand2_eq > 2 * two.nand2_eq
+
+
+@pytest.mark.slow
+def test_cli_flops_mode_maps_every_memory_to_flip_flops(small, tmp_path, capsys):
+    cfg_macro = small[1]
+    path = tmp_path / "s1.yaml"
+    path.write_text(json.dumps(systolic_cfg(1, 1).to_dict()))  # JSON is YAML
+    out = tmp_path / "out"
+    rc = main(["asic", str(path), "-o", str(out), "--engine", "systolic", "--memories", "flops"])
+    captured = capsys.readouterr()
+    assert rc == 0, captured.err
+    assert f"{out}/asic.json" in captured.out
+    assert "systolic" in captured.err and "NAND2" in captured.err  # the table and assumptions
+    data = json.loads((out / "asic.json").read_text())
+    assert data["memory_mode"] == "flops"
+    (unit,) = data["units"]
+    assert unit["memories"] == [] and unit["memory_bits"] == 0
+    # every stored bit is now a flip-flop, beside the engine's own registers
+    assert unit["ff"] >= cfg_macro.ff + cfg_macro.memory_bits
+    assert unit["nand2_eq"] > cfg_macro.nand2_eq
