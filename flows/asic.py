@@ -38,7 +38,6 @@ the Verilog of the Verilog flow, ``config.json`` and a README.
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import time
 from collections.abc import Callable
