@@ -38,6 +38,7 @@ the Verilog of the Verilog flow, ``config.json`` and a README.
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import time
 from collections.abc import Callable
@@ -139,9 +140,14 @@ class AsicUnit:
     transistors: int | None = None  # Yosys's CMOS estimate of the gates (stat -tech cmos)
     seconds: float = 0.0
     memory_mode: str = "macro"
+    library: str = ""  # a liberty file's name when mapped to it; "" for Yosys's own gates
+    liberty_um2: float | None = None  # stat -liberty: the mapped cells' area from that file
+    liberty_ff: int | None = None  # flip-flops counted before dfflibmap (liberty names vary)
 
     @property
     def ff(self) -> int:
+        if self.library:
+            return self.liberty_ff or 0
         return sum(n for t, n in self.cells.items() if t in FLOP_CELLS)
 
     @property
@@ -150,14 +156,21 @@ class AsicUnit:
 
     @property
     def unknown_cells(self) -> dict[str, int]:
+        if self.library:  # the liberty file prices its own cells
+            return {}
         return {t: n for t, n in self.cells.items() if t not in NAND2_EQ}
 
     @property
-    def nand2_eq(self) -> float:
+    def nand2_eq(self) -> float | None:
+        """NAND2 equivalents of Yosys's gates (None when mapped to a liberty file's cells)."""
+        if self.library:
+            return None
         return sum(NAND2_EQ.get(t, 0.0) * n for t, n in self.cells.items())
 
     @property
     def logic_um2(self) -> float:
+        if self.library:
+            return self.liberty_um2 or 0.0
         return self.nand2_eq * UM2_PER_NAND2
 
     @property
@@ -175,8 +188,9 @@ class AsicUnit:
     @classmethod
     def from_dict(cls, d: dict) -> AsicUnit:
         """The unit of an ``asic.json`` entry (:meth:`as_dict`)."""
-        return cls(**{f: d[f] for f in ("name", "top", "cells", "memories", "transistors",
-                                        "seconds", "memory_mode")})  # fmt: skip
+        keys = ("name", "top", "cells", "memories", "transistors", "seconds", "memory_mode",
+                "library", "liberty_um2", "liberty_ff")  # fmt: skip
+        return cls(**{f: d[f] for f in keys if f in d})
 
     def as_dict(self) -> dict:
         d = asdict(self)
@@ -194,6 +208,7 @@ class AsicReport:
     units: list[AsicUnit]
     memory_mode: str
     macro_min_words: int
+    library: str  # the liberty file's name, or "" for Yosys's gates and the NAND2 table
     tools: dict
     seconds: float
     config: dict
@@ -213,7 +228,9 @@ class AsicReport:
 
     def to_markdown(self) -> str:
         lines = [
-            f"ASIC view of `{self.design}` (generic synthesis, {self.tools.get('yosys', '?')}; "
+            f"ASIC view of `{self.design}` ("
+            + (f"mapped to {self.library}" if self.library else "generic synthesis")
+            + f", {self.tools.get('yosys', '?')}; "
             f"memories: {self.memory_mode}, macros from {self.macro_min_words} words)",
             "",
             table_markdown(self.units),
@@ -248,7 +265,8 @@ def table_rows(units) -> list[tuple[str, ...]]:
     rows = []
     for u in units:
         rows.append((
-            u.name, f"{sum(u.cells.values()):,}", f"{u.ff:,}", f"{u.nand2_eq:,.0f}",
+            u.name, f"{sum(u.cells.values()):,}", f"{u.ff:,}",
+            "-" if u.nand2_eq is None else f"{u.nand2_eq:,.0f}",
             f"{u.logic_um2 / 1e6:.4f}", f"{u.memory_bits:,}", f"{u.sram_um2 / 1e6:.4f}",
             f"{u.transistors:,}" if u.transistors is not None else "?", f"{u.seconds:.1f}",
         ))  # fmt: skip
@@ -262,7 +280,8 @@ def table_markdown(units) -> str:
 
 
 # ---- synthesis ---------------------------------------------------------------------------------
-def _script(verilog: str, top: str, memories: str, macro_min_words: int) -> str:
+def _script(verilog: str, top: str, memories: str, macro_min_words: int,
+            liberty: str | None = None) -> str:
     if memories == "flops":
         mem_map = ["memory_map"]
     else:  # ROMs and small memories to gates; the rest stay $mem_v2 (macros)
@@ -282,11 +301,23 @@ def _script(verilog: str, top: str, memories: str, macro_min_words: int) -> str:
         "techmap",
         "opt -fast",
         "dfflegalize -cell $_DFF_P_ 01 -cell $_DFF_PP0_ 01 -cell $_DFF_PP1_ 01",
-        f"abc -g {GATE_SET} -script +{ABC_SCRIPT.replace(' ', '')}",
-        "opt_clean -purge",
-        "tee -q -o stat.json stat -json -tech cmos",
+        *(_liberty_map(liberty) if liberty else [
+            f"abc -g {GATE_SET} -script +{ABC_SCRIPT.replace(' ', '')}",
+            "opt_clean -purge",
+            "tee -q -o stat.json stat -json -tech cmos",
+        ]),
         "",
     ])  # fmt: skip
+
+
+def _liberty_map(liberty: str) -> list[str]:
+    return [
+        "tee -q -o ff.json stat -json",  # the flip-flops, before they take the library's names
+        f"dfflibmap -liberty {liberty}",
+        f"abc -liberty {liberty} -script +{ABC_SCRIPT.replace(' ', '')}",
+        "opt_clean -purge",
+        f"tee -q -o stat.json stat -json -liberty {liberty}",
+    ]
 
 
 def _param(value) -> int:
@@ -326,9 +357,14 @@ def synthesise_verilog(
     name: str | None = None,
     memories: str = "macro",
     macro_min_words: int = MACRO_MIN_WORDS,
+    liberty=None,
     timeout_s: float | None = None,
 ) -> AsicUnit:
     """Generic synthesis of the Verilog text ``verilog`` (module ``top``) in ``work_dir``.
+
+    With ``liberty`` (a path to a Liberty file, e.g. a PDK's standard cells), the gates and
+    flip-flops are mapped to its cells instead (``dfflibmap``, ``abc -liberty``) and the area is
+    the file's (``stat -liberty``); NAND2 equivalents and transistors are then not reported.
 
     Writes ``<top>.v``, ``synth.ys``, ``synth.log``, ``macros.json`` and ``stat.json`` there.
     Raises ConfigError (bad ``memories``), ToolMissingError, BuildError (Yosys failed or ran past
@@ -338,10 +374,15 @@ def synthesise_verilog(
     yosys = find_tool("yosys")
     work = Path(work_dir)
     work.mkdir(parents=True, exist_ok=True)
-    for stale in ("stat.json", "macros.json"):
+    for stale in ("stat.json", "macros.json", "ff.json"):
         (work / stale).unlink(missing_ok=True)
+    lib_name = ""
+    if liberty is not None:  # copied in: the yowasp build only sees its working directory
+        lib_name = Path(liberty).name
+        shutil.copyfile(_check_liberty(liberty), work / "cells.lib")
     (work / f"{top}.v").write_text(verilog)
-    (work / "synth.ys").write_text(_script(f"{top}.v", top, memories, macro_min_words))
+    (work / "synth.ys").write_text(_script(f"{top}.v", top, memories, macro_min_words,
+                                           "cells.lib" if lib_name else None))  # fmt: skip
     t0 = time.monotonic()
     try:  # relative paths and cwd: the yowasp build only sees its working directory
         r = subprocess.run([yosys, "-q", "-l", "synth.log", "-s", "synth.ys"], cwd=work,
@@ -366,6 +407,13 @@ def synthesise_verilog(
         transistors = int(transistors.rstrip("+")) if transistors.rstrip("+").isdigit() else None
     macros = _macros(work / "macros.json")
     (work / "macros.json").unlink()  # the whole netlist's names: large, and now in the report
+    liberty_um2 = liberty_ff = None
+    if lib_name:
+        liberty_um2 = float(design.get("area", 0.0))
+        pre = json.loads((work / "ff.json").read_text())
+        pre = pre.get("design") or next(iter(pre["modules"].values()))
+        liberty_ff = sum(pre.get("num_cells_by_type", {}).get(t, 0) for t in FLOP_CELLS)
+        transistors = None
     return AsicUnit(
         name=name or top,
         top=top,
@@ -374,7 +422,17 @@ def synthesise_verilog(
         transistors=transistors,
         seconds=round(seconds, 2),
         memory_mode=memories,
+        library=lib_name,
+        liberty_um2=liberty_um2,
+        liberty_ff=liberty_ff,
     )
+
+
+def _check_liberty(liberty) -> Path:
+    path = Path(liberty)
+    if not path.is_file():
+        raise ConfigError(f"liberty file {str(path)!r} does not exist")
+    return path
 
 
 def _yosys_version(work_dir: Path) -> str:
@@ -415,6 +473,7 @@ def asic_view(
     memories: str = "macro",
     macro_min_words: int = MACRO_MIN_WORDS,
     openlane: bool = False,
+    liberty=None,
     progress: Callable[[AsicEvent], None] | None = None,
     timeout_s: float | None = None,
 ) -> AsicReport:
@@ -424,6 +483,8 @@ def asic_view(
     * ``engine``: synthesise only this engine kind (and, unless ``whole=True``, not the whole).
     * ``memories``/``macro_min_words``: see the module docstring.
     * ``openlane``: also write the LibreLane export into ``out_dir/openlane``.
+    * ``liberty``: map to this Liberty file's cells and take their area from it (see
+      :func:`synthesise_verilog`) instead of Yosys's gates and the NAND2 table.
 
     Writes ``asic.json``, ``asic.md`` and ``build/<unit>/`` (Verilog, script, log, stat.json).
     Raises ConfigError (bad config, unknown engine), ToolMissingError, BuildError.
@@ -433,6 +494,8 @@ def asic_view(
 
     cfg = load_config(cfg)
     _check_memory_options(memories, macro_min_words)
+    if liberty is not None:
+        _check_liberty(liberty)
     whole = engine is None if whole is None else whole
     units = _units(cfg, engine, whole)
     find_tool("yosys")  # fail before any elaboration when it is missing
@@ -457,7 +520,7 @@ def asic_view(
         emit("synthesis", "start", name, f"yosys synth + abc -g {GATE_SET}", t1)
         unit = synthesise_verilog(verilog, top, out / "build" / name, name=name,
                                   memories=memories, macro_min_words=macro_min_words,
-                                  timeout_s=timeout_s)  # fmt: skip
+                                  liberty=liberty, timeout_s=timeout_s)  # fmt: skip
         results.append(unit)
         emit("synthesis", "done", name,
              f"{sum(unit.cells.values()):,} cells, {unit.ff:,} FFs, {unit.memory_bits:,} "
@@ -468,10 +531,18 @@ def asic_view(
         units=results,
         memory_mode=memories,
         macro_min_words=macro_min_words,
+        library=Path(liberty).name if liberty is not None else "",
         tools={"yosys": _yosys_version(out / "build" / results[-1].name)},
         seconds=0.0,
         config=cfg.to_dict(),
     )
+    if liberty is not None:
+        for key in ("gate_set", "nand2_eq", "um2_per_nand2"):
+            del report.assumptions[key]
+        report.assumptions["liberty"] = (
+            f"gates and flip-flops mapped to the cells of {Path(liberty).name} (dfflibmap, "
+            "abc -liberty); logic area = stat -liberty, cell area only"
+        )
     if openlane:
         t2 = time.monotonic()
         emit("export", "start", "accelerator", "LibreLane config", t2)
@@ -531,10 +602,12 @@ def _openlane_readme(cfg, design: str, config: dict, unit: AsicUnit | None) -> s
     mems = ""
     if unit is not None:
         mems = (
-            f"\nGeneric synthesis of this design (`gatesmith asic`, no PDK): "
+            f"\nSynthesis of this design by `gatesmith asic`: "
             f"{sum(unit.cells.values()):,} cells, {unit.ff:,} flip-flops, "
-            f"{unit.nand2_eq:,.0f} NAND2-equivalents (~{unit.logic_um2 / 1e6:.3f} mm^2 of "
-            f"sky130 HD cells, before placement density), and {len(unit.memories)} memories of "
+            + (f"~{unit.logic_um2 / 1e6:.3f} mm^2 of {unit.library} cells" if unit.library else
+               f"{unit.nand2_eq:,.0f} NAND2-equivalents (~{unit.logic_um2 / 1e6:.3f} mm^2 of "
+               "sky130 HD cells, Yosys's own gates, no PDK)")
+            + f" before placement density, and {len(unit.memories)} memories of "
             f"{unit.memory_bits:,} bits in all that want SRAM macros:\n\n"
             "| memory | words x bits | read / write ports |\n| --- | ---: | ---: |\n"
             + "".join(

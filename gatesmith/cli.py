@@ -160,7 +160,7 @@ def cmd_asic(args) -> int:
     from rich.table import Table
 
     from .config import load_config
-    from .flows.asic import ASSUMPTIONS, TABLE_COLUMNS, asic_view, table_rows
+    from .flows.asic import TABLE_COLUMNS, asic_view, table_rows
 
     cfg = load_config(args.config)
     con = _console()
@@ -174,15 +174,17 @@ def cmd_asic(args) -> int:
 
         rep = asic_view(cfg, args.output, engine=args.engine, memories=args.memories,
                         macro_min_words=args.macro_min_words, openlane=args.openlane,
-                        progress=progress, timeout_s=args.timeout)  # fmt: skip
+                        liberty=args.liberty, progress=progress,
+                        timeout_s=args.timeout)  # fmt: skip
     t = Table(title=f"gatesmith asic: {cfg.name} (generic synthesis, {rep.tools['yosys']})")
     for i, col in enumerate(TABLE_COLUMNS):
         t.add_column(col, justify="left" if i == 0 else "right")
     for row in table_rows(rep.units):
         t.add_row(*row)
     con.print(t)
-    for key in ("nand2_eq", "um2_per_nand2", "memories", "sram_um2_per_bit"):
-        con.print(f"[dim]{key}: {ASSUMPTIONS[key]}")
+    for key in ("nand2_eq", "um2_per_nand2", "liberty", "memories", "sram_um2_per_bit"):
+        if key in rep.assumptions:
+            con.print(f"[dim]{key}: {rep.assumptions[key]}")
     print(f"{args.output}/asic.md")
     print(f"{args.output}/asic.json")
     if rep.openlane_dir:
@@ -401,6 +403,8 @@ def _parser() -> argparse.ArgumentParser:
                    "counted apart (default); flops: every memory becomes flip-flops and gates")
     a.add_argument("--macro-min-words", type=int, default=32,
                    help="smallest memory (words) counted as an SRAM macro (default 32)")
+    a.add_argument("--liberty", metavar="FILE.lib",
+                   help="map to this Liberty file's cells (e.g. a PDK's) and take its areas")
     a.add_argument("--timeout", type=float, help="seconds one yosys run may take")
     a.set_defaults(func=cmd_asic)
 

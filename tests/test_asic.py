@@ -108,6 +108,45 @@ def test_report_files(small):
     assert "sky130_fd_sc_hd__nand2_1" in md
 
 
+# A tiny hand-written Liberty file (no PDK): each cell's area is what the test checks against.
+TINY_AREAS = {"INVX1": 2.0, "NAND2X1": 3.0, "NOR2X1": 3.0, "DFFX1": 16.0}
+TINY_LIB = """library(tiny) {
+  delay_model : table_lookup;
+  cell(INVX1) { area : 2.0; pin(A) { direction : input; }
+    pin(Y) { direction : output; function : "!A"; } }
+  cell(NAND2X1) { area : 3.0; pin(A) { direction : input; } pin(B) { direction : input; }
+    pin(Y) { direction : output; function : "!(A&B)"; } }
+  cell(NOR2X1) { area : 3.0; pin(A) { direction : input; } pin(B) { direction : input; }
+    pin(Y) { direction : output; function : "!(A|B)"; } }
+  cell(DFFX1) { area : 16.0; ff(IQ, IQN) { clocked_on : "CLK"; next_state : "D"; }
+    pin(CLK) { direction : input; clock : true; } pin(D) { direction : input; }
+    pin(Q) { direction : output; function : "IQ"; } }
+}
+"""
+
+
+def test_liberty_mapping_takes_the_files_areas(small, tmp_path):
+    lib = tmp_path / "tiny.lib"
+    lib.write_text(TINY_LIB)
+    rep = asic_view(systolic_cfg(1, 1), tmp_path / "out", engine="systolic", liberty=lib)
+    (unit,) = rep.units
+    assert unit.library == "tiny.lib" and rep.library == "tiny.lib"
+    assert set(unit.cells) <= set(TINY_AREAS) and unit.cells.get("NAND2X1", 0) > 0
+    assert unit.logic_um2 == pytest.approx(sum(TINY_AREAS[t] * n for t, n in unit.cells.items()))
+    assert unit.nand2_eq is None and unit.transistors is None
+    generic = small[1]  # the same design through Yosys's own gates
+    assert unit.ff == generic.ff == unit.cells["DFFX1"]
+    assert unit.memories == generic.memories
+    assert "liberty" in rep.assumptions and "nand2_eq" not in rep.assumptions
+    assert "| systolic |" in rep.to_markdown() and "mapped to tiny.lib" in rep.to_markdown()
+
+
+def test_missing_liberty(tmp_path):
+    with pytest.raises(ConfigError) as e:
+        asic_view(systolic_cfg(1, 1), tmp_path, liberty=tmp_path / "none.lib")
+    assert str(e.value) == f"liberty file {str(tmp_path / 'none.lib')!r} does not exist"
+
+
 def test_openlane_export(tmp_path):
     cfg = systolic_cfg(1, 1, name="ol1", clock_hz=40_000_000)
     out = openlane_export(cfg, tmp_path / "ol")
