@@ -28,6 +28,10 @@ NMUX XOR XNOR. The figures reported per unit:
   those flip-flops are not counted as logic. ROMs (the identity block) and smaller memories are
   mapped to gates and flip-flops. ``memories="flops"`` maps every memory to flip-flops and gates.
 
+With a Liberty file (``liberty=``, ``gatesmith asic --liberty FILE.lib``: a PDK's standard
+cells, which this project neither ships nor downloads) the same flow maps to that file's cells
+(``dfflibmap``, ``abc -liberty``) and the logic area is the file's own (``stat -liberty``).
+
 Tools: Yosys is found as for the bitstream flow (:func:`gatesmith.flows.bitstream.find_tool`);
 the yowasp build runs sandboxed, so every path given to it is relative to its working directory.
 
