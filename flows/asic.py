@@ -651,9 +651,10 @@ librelane --pdk sky130A config.json          # or: --pdk gf180mcuD (or set "PDK"
 # OpenLane 2 takes the same file: openlane --pdk sky130A config.json
 ```
 
-`--pdk-root DIR` points at a PDK you installed yourself (e.g. with `ciel`); `--manual-pdk` stops
-LibreLane fetching one. Results land in `runs/<tag>/` (`final/gds`, the metrics in
-`final/metrics.json`).
+`config.json` is in the OpenLane 2 format (`"meta": {{"version": 2, "flow": "Classic"}}`), which
+LibreLane also reads; the fields above keep their names there. `--pdk-root DIR` points at a PDK
+you installed yourself (e.g. with `ciel`); `--manual-pdk` stops LibreLane fetching one.
+Results land in `runs/<tag>/` (`final/gds`, the metrics in `final/metrics.json`).
 
 ## Memories
 
