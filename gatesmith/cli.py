@@ -4,6 +4,7 @@
     gatesmith generate --config accel.yaml -o out/
     gatesmith verify --config accel.yaml
     gatesmith build --board ulx3s --config accel.yaml -o out/
+    gatesmith asic accel.yaml -o out/ [--engine systolic] [--openlane]
     gatesmith run --config accel.yaml --m 64 --k 64 --n 64
     gatesmith sweep examples/sweep.yaml -o sweep_out/ [-j 2 | --ray auto] [--resume]
     gatesmith compile model.py --config accel.yaml -o out/
@@ -157,6 +158,45 @@ def cmd_build(args) -> int:
             progress=progress,
         )
     print(rep.to_markdown())
+    return 0
+
+
+def cmd_asic(args) -> int:
+    """Generic Yosys synthesis of each engine and of the whole accelerator (no PDK): cells,
+    flip-flops, memory bits and an area estimate whose assumptions are printed with it; with
+    --openlane, a LibreLane (OpenLane 2) design directory in OUT/openlane."""
+    from rich.table import Table
+
+    from .config import load_config
+    from .flows.asic import TABLE_COLUMNS, asic_view, table_rows
+
+    cfg = load_config(args.config)
+    con = _console()
+    with con.status("ASIC view") as st:
+
+        def progress(ev):
+            if ev.status == "start":
+                st.update(f"{ev.unit}: {ev.stage} ({ev.message})")
+            else:
+                con.print(f"{ev.unit}: {ev.stage} {ev.elapsed_s:.1f} s {ev.message}")
+
+        rep = asic_view(cfg, args.output, engine=args.engine, memories=args.memories,
+                        macro_min_words=args.macro_min_words, openlane=args.openlane,
+                        liberty=args.liberty, progress=progress,
+                        timeout_s=args.timeout)  # fmt: skip
+    t = Table(title=f"gatesmith asic: {cfg.name} (generic synthesis, {rep.tools['yosys']})")
+    for i, col in enumerate(TABLE_COLUMNS):
+        t.add_column(col, justify="left" if i == 0 else "right")
+    for row in table_rows(rep.units):
+        t.add_row(*row)
+    con.print(t)
+    for key in ("nand2_eq", "um2_per_nand2", "liberty", "memories", "sram_um2_per_bit"):
+        if key in rep.assumptions:
+            con.print(f"[dim]{key}: {rep.assumptions[key]}")
+    print(f"{args.output}/asic.md")
+    print(f"{args.output}/asic.json")
+    if rep.openlane_dir:
+        print(f"{args.output}/{rep.openlane_dir}/config.json")
     return 0
 
 
@@ -386,6 +426,23 @@ def _parser() -> argparse.ArgumentParser:
         "--margin", type=float, default=0.05, help="closure: run this fraction below Fmax"
     )
     b.set_defaults(func=cmd_build)
+
+    a = sub.add_parser("asic", help="ASIC view: generic yosys synthesis, cells and area "
+                       "(no PDK); LibreLane export", description=cmd_asic.__doc__)  # fmt: skip
+    a.add_argument("config", help="accelerator config (YAML)")
+    a.add_argument("-o", "--output", required=True, help="output directory")
+    a.add_argument("--engine", help="synthesise only this engine of the config (not the whole)")
+    a.add_argument("--openlane", action="store_true",
+                   help="also write a LibreLane / OpenLane 2 design directory (OUT/openlane)")
+    a.add_argument("--memories", choices=("macro", "flops"), default="macro",
+                   help="macro: memories >= --macro-min-words words are SRAM macros, their bits "
+                   "counted apart (default); flops: every memory becomes flip-flops and gates")
+    a.add_argument("--macro-min-words", type=int, default=32,
+                   help="smallest memory (words) counted as an SRAM macro (default 32)")
+    a.add_argument("--liberty", metavar="FILE.lib",
+                   help="map to this Liberty file's cells (e.g. a PDK's) and take its areas")
+    a.add_argument("--timeout", type=float, help="seconds one yosys run may take")
+    a.set_defaults(func=cmd_asic)
 
     r = sub.add_parser("run", help="run MODEL.py split between the accelerator and the host "
                        "(without MODEL.py: a GEMM on the simulated accelerator)")  # fmt: skip
