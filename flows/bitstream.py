@@ -396,7 +396,7 @@ def build_bitstream(
             f"MHz: rebuilt for {want:.2f} MHz ({100 * margin:g}% below)"
         )
     report.passes = passes
-    report.notes = notes + report.notes
+    report.notes = report.notes + notes  # the final build's own notes first
     report.write(Path(out_dir))
     return report
 
