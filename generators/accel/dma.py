@@ -66,13 +66,18 @@ class DmaCmdSignature(wiring.Signature):
 
 
 class _WindowWalk:
-    """Word addresses of a strided 2-D walk over a window."""
+    """Word addresses of a strided 2-D walk over a window.
+
+    ``more`` is set while words remain: a row counter and the column, not a ``rows *
+    row_words`` word count, so the walk needs no multiplier (on a small part the multipliers
+    are the DSP blocks the engines want)."""
 
     def __init__(self, m, cmd):
         self.addr = Signal(22)
         self.row_base = Signal(22)
         self.col = Signal(12)
-        self.left = Signal(29)  # words still to move
+        self.rows_left = Signal(16)  # rows not finished, the current one included
+        self.more = Signal()  # words still to move
         self.row_words = Signal(12)
         self.stride = Signal(16)
         with m.If(cmd.start):
@@ -80,16 +85,19 @@ class _WindowWalk:
                 self.addr.eq(cmd.win_addr),
                 self.row_base.eq(cmd.win_addr),
                 self.col.eq(0),
-                self.left.eq(cmd.rows * cmd.row_words),
+                self.rows_left.eq(cmd.rows),
+                self.more.eq((cmd.rows != 0) & (cmd.row_words != 0)),
                 self.row_words.eq(cmd.row_words),
                 self.stride.eq(cmd.win_stride),
             ]
 
     def step(self, m):
-        m.d.sync += self.left.eq(self.left - 1)
         with m.If(self.col + 1 == self.row_words):
             nxt = self.row_base + self.stride
-            m.d.sync += [self.col.eq(0), self.row_base.eq(nxt), self.addr.eq(nxt)]
+            m.d.sync += [self.col.eq(0), self.row_base.eq(nxt), self.addr.eq(nxt),
+                         self.rows_left.eq(self.rows_left - 1)]  # fmt: skip
+            with m.If(self.rows_left == 1):
+                m.d.sync += self.more.eq(0)
         with m.Else():
             m.d.sync += [self.col.eq(self.col + 1), self.addr.eq(self.addr + 1)]
 
@@ -150,11 +158,11 @@ class LoadChannel(wiring.Component):
         walk, running, granted = _channel(m, cmd, win, rd)
         m.d.comb += [
             win.w_data.eq(rd.data.payload),
-            win.w_en.eq(running & rd.data.valid & (walk.left != 0)),
+            win.w_en.eq(running & rd.data.valid & walk.more),
             rd.data.ready.eq(granted),
             cmd.words.eq(granted),
         ]
-        _finish(m, cmd, running, (walk.left == 0) & ~rd.busy)
+        _finish(m, cmd, running, ~walk.more & ~rd.busy)
         return m
 
 
@@ -179,11 +187,11 @@ class StoreChannel(wiring.Component):
         room = Signal()
         m.d.comb += [
             room.eq(wr.space > Mux(inflight, 1, 0)),
-            win.r_en.eq(running & (walk.left != 0) & room),
+            win.r_en.eq(running & walk.more & room),
             wr.data.payload.eq(win.r_data),
             wr.data.valid.eq(inflight),
             cmd.words.eq(inflight),
         ]
         m.d.sync += inflight.eq(granted)
-        _finish(m, cmd, running, (walk.left == 0) & ~inflight & ~wr.busy)
+        _finish(m, cmd, running, ~walk.more & ~inflight & ~wr.busy)
         return m
