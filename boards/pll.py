@@ -65,7 +65,7 @@ class PLLParams:
 
 def _ecp5(fin: float, want: float):
     lim = LIMITS["ecp5"]
-    best = None  # (fout, -|fvco - 600|, dividers)
+    best, best_key = None, None  # (fout, fvco, dividers); key: (fout, -|fvco - 600|)
     for clki in range(1, 129):
         fpfd = fin / clki
         if not lim["pfd"][0] <= fpfd <= lim["pfd"][1]:
@@ -79,8 +79,9 @@ def _ecp5(fin: float, want: float):
                 if not lim["vco"][0] <= fvco <= lim["vco"][1]:
                     continue
                 key = (fout, -abs(fvco - 600.0))
-                if best is None or key > best[:2]:
-                    best = (*key, fvco, {"CLKI_DIV": clki, "CLKFB_DIV": fb, "CLKOP_DIV": op})
+                if best_key is None or key > best_key:
+                    best_key = key
+                    best = (fout, fvco, {"CLKI_DIV": clki, "CLKFB_DIV": fb, "CLKOP_DIV": op})
     return best
 
 
@@ -109,7 +110,7 @@ def _ice40(fin: float, want: float):
                 if best is None or fout > best[0]:  # icepll keeps the first of equal outputs
                     divs = {"DIVR": divr, "DIVF": divf, "DIVQ": divq,
                             "FILTER_RANGE": _ice40_filter(fpfd)}  # fmt: skip
-                    best = (fout, 0.0, fvco, divs)
+                    best = (fout, fvco, divs)
     return best
 
 
@@ -133,7 +134,7 @@ def pll_params(family: str, fin_hz: float, fout_hz: float) -> PLLParams:
             f"no {family} PLL setting gives {want:g} MHz or less from {fin:g} MHz: the output "
             f"range is {lim['out'][0]:g}-{lim['out'][1]:g} MHz"
         )
-    fout, _, fvco, divs = found
+    fout, fvco, divs = found
     return PLLParams(family, float(fin_hz), fout * 1e6, fvco * 1e6, divs)
 
 

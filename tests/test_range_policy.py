@@ -10,34 +10,15 @@ import warnings
 import pytest
 import torch
 
-import gatesmith.host
-from gatesmith.config import AccelConfig
 from gatesmith.errors import UsageError
-from gatesmith.generators.gelu.config import GeluConfig
 from gatesmith.generators.gelu.model import gelu_model
-from gatesmith.generators.layernorm.config import LayerNormConfig
 from gatesmith.generators.layernorm.model import layernorm_model
-from gatesmith.generators.softmax.config import SoftmaxConfig
 from gatesmith.generators.softmax.model import softmax_model
-from gatesmith.generators.systolic.config import SystolicConfig
 from gatesmith.host.ranges import SaturationWarning
 
+from .test_chain import dev  # noqa: F401 - the chain board fixture
+
 INF = float("inf")
-CFG = AccelConfig(
-    name="chain",
-    engines=(
-        GeluConfig(lanes=4, depth=64, max_len=64),
-        LayerNormConfig(lanes=4, depth=64, max_len=64),
-        SoftmaxConfig(lanes=4, depth=64, max_len=64),
-        SystolicConfig(rows=4, cols=4, spad_depth=128, acc_depth=64, dataflows=("os", "ws")),
-    ),
-)
-
-
-@pytest.fixture(scope="module")
-def dev():
-    with gatesmith.host.open("sim", config=CFG) as d:
-        yield d
 
 
 def _saturated(call):

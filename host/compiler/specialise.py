@@ -57,7 +57,7 @@ def specialise(compiled, *, variant: str = "schedule", name: str | None = None):
             dataflows.add(sc["dataflow"])
     if fused:
         dataflows |= {"os", "ws"}  # Q K^T in OS, P V in WS (host.attention)
-    resident = bool(getattr(compiled, "alloc", None))  # scratchpad-resident operands (.alloc)
+    resident = bool(compiled.alloc)  # scratchpad-resident operands (.alloc)
     if resident:
         dataflows.add("ws")  # a resident operand's consumers run in WS (.residency)
     engines, notes = [], []
