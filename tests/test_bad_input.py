@@ -18,7 +18,7 @@ import torch.nn.functional as F
 import gatesmith.host
 from gatesmith.errors import UsageError
 
-from .test_range_policy import CFG
+from .test_chain import CFG
 
 
 @pytest.fixture(scope="module")

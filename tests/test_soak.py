@@ -6,7 +6,7 @@ import pytest
 
 import gatesmith.host
 
-from .test_range_policy import CFG
+from .test_chain import CFG
 from .soak import STEPS, soak
 
 
