@@ -10,10 +10,11 @@ the way the controller runs it (``generators/accel/controller.py``):
   entry's tokens have been pushed (VTA semantics: a push happens when its entry retires);
 * durations: an engine instruction is its engine's cycle model + ``DISPATCH``; a LOAD is
   ``LOAD_FIXED + mem_latency - 12 + words * beat``; a STORE ``STORE_FIXED + words * beat +
-  min(words, max_burst) + words / 32``; a COPY ``COPY_FIXED + max(elements, words written)``;
-  LOAD, STORE and COPY on the same engine share its window port: one that starts while another
-  queue still has words to move on that engine waits for them (the port alternates, so the
-  pair ends together).
+  first + words / 32``, ``first`` the beats of its first burst (the writer waits for them:
+  at most one row, ``max_burst`` and the words to a 4 KiB boundary); a COPY ``COPY_FIXED +
+  max(elements, words written)``; LOAD, STORE and COPY on the same engine share its window
+  port: one that starts while another queue still has words to move on that engine waits for
+  them (the port alternates, so the pair ends together).
 
 The constants were measured on the simulated board (single-entry programs, tests/test_timing.py
 holds whole programs to the model). Unknown entries make the prediction None.
@@ -24,6 +25,7 @@ from __future__ import annotations
 from collections import deque
 
 from ..generators.accel.isa import WIDTH_CODES, CopyDst, CopySrc, DmaInstr, Op, Queue, QUEUE_OF
+from ..hdl.axi4 import burst_len
 from ..hdl.fields import struct_fields
 
 __all__ = ["predict_program"]
@@ -90,12 +92,14 @@ def predict_program(prog) -> int | None:
         op = int(words[0]) & 0xFF
         q = QUEUE_OF(op)
         if op in (Op.LOAD, Op.STORE):
-            n = _field(words, _DMA, "rows") * _field(words, _DMA, "row_words")
+            rw = _field(words, _DMA, "row_words")
+            n = _field(words, _DMA, "rows") * rw
             eng = _field(words, _DMA, "engine")
             if op == Op.LOAD:
                 fixed = LOAD_FIXED + acfg.mem_latency - 12
-            else:
-                fixed = STORE_FIXED + min(n, acfg.mem_max_burst) + n / 32
+            else:  # the writer waits for the words of its first burst (a row's at most)
+                first = burst_len(_field(words, _DMA, "mem_addr"), rw, acfg.mem_max_burst)
+                fixed = STORE_FIXED + first + n / 32
             items.append((q, fixed + n * beat, [(eng, n)], deps))
         elif op in (Op.NOP, Op.SYNC):
             items.append((q, NOP, [], deps))

@@ -69,3 +69,18 @@ def test_single_buffered_accumulator_plan(dev):  # noqa: F811
     assert abs(prog.predict() - meas) <= 0.10 * meas, (prog.predict(), meas)
     for buf in (la, lb, res):
         buf.free()
+
+
+@pytest.mark.parametrize("rows,row_words", [(1, 16), (4, 4), (2, 8)])
+def test_store_programs_with_short_rows(dev, rows, row_words):  # noqa: F811
+    """Eight STOREs back to back: the writer waits for its first burst's words, which a row
+    shorter than ``mem_max_burst`` limits (the model charged ``max_burst`` words: +24% at
+    4-word rows)."""
+    buf = dev.alloc((1024,), torch.int32)
+    prog = dev.program()
+    for i in range(8):
+        prog.store("systolic", win_addr=0, buf=buf, offset=256 * i, rows=rows,
+                   row_words=row_words, mem_stride=row_words)  # fmt: skip
+    meas, _ = _measured(dev, prog.run)
+    assert abs(prog.predict() - meas) <= 0.05 * meas, (prog.predict(), meas)
+    buf.free()
