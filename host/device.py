@@ -233,6 +233,7 @@ class Device:
             b._users += 1
         code._users += 1
         self.write_reg("PROG_ADDR", code.addr)
+        prog.code_addr = code.addr  # where it was fetched from (the timing model uses it)
         self.write_reg("PROG_COUNT", len(prog))
         self.write_reg("CTRL", 1 << CTRL_BITS["start_program"][0])
         run = Run(self, prog, code)

@@ -45,6 +45,7 @@ class Program:
         self.entries: list[tuple[Deps, list[int], str]] = []
         self.buffers: set = set()
         self.temporaries: list = []  # buffers freed when the program has finished
+        self.code_addr = 0  # device address of its last launch (0 before one)
 
     def __len__(self) -> int:
         return len(self.entries)

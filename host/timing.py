@@ -1,48 +1,32 @@
 """A timing model of whole programs: predicted PERF_PROGRAM cycles before a program runs.
 
-The engines' cycle models are exact for one instruction; a program adds the controller and the
-DMA around them. :func:`predict_program` replays a :class:`~gatesmith.host.program.Program`
-the way the controller runs it (``generators/accel/controller.py``):
+The engines' cycle models are exact for one instruction; a program adds the controller, the DMA,
+the COPY unit and device memory around them, which :mod:`.cyclemodel` steps one clock at a time
+as the RTL does. :func:`predict_program` turns a :class:`~gatesmith.host.program.Program`'s
+entries into that model's items (DMA bursts, COPY word walks, engine cycles) and runs it.
 
-* the fetcher reads one 5-word entry every ``FETCH`` cycles in program order and stalls while
-  the entry's queue (``queue_depth`` deep) is full; an entry leaves its queue when it starts;
-* each queue (load, compute, store) starts its entries in order, one at a time, once the
-  entry's tokens have been pushed (VTA semantics: a push happens when its entry retires);
-* durations: an engine instruction is its engine's cycle model + ``DISPATCH``; a LOAD is
-  ``LOAD_FIXED + mem_latency - 12 + words * beat``; a STORE ``STORE_FIXED + words * beat +
-  first + words / 32``, ``first`` the beats of its first burst (the writer waits for them:
-  at most one row, ``max_burst`` and the words to a 4 KiB boundary); a COPY ``COPY_FIXED +
-  max(elements, words written)``; LOAD, STORE and COPY on the same engine share its window
-  port: one that starts while another queue still has words to move on that engine waits for
-  them (the port alternates, so the pair ends together).
-
-The constants were measured on the simulated board (single-entry programs, tests/test_timing.py
-holds whole programs to the model). Unknown entries make the prediction None.
+Measured on the simulated board (``tests/test_timing.py``): GEMM programs in every dataflow,
+row programs of the nonlinear engines, fused attention and DMA-only programs give the board's
+PERF_PROGRAM count exactly or within a few cycles. The model assumes the simulated board's
+memory (``mem_latency``, ``mem_cycles_per_beat``); on a board with another memory controller
+it is a model of that memory, not of the board's. Entries it cannot model (an engine with no
+cycle model of a whole instruction, e.g. LayerNorm, or a COPY without its COPY_SRC) make the
+prediction None.
 """
 
 from __future__ import annotations
 
-from collections import deque
-
-from ..generators.accel.isa import WIDTH_CODES, CopyDst, CopySrc, DmaInstr, Op, Queue, QUEUE_OF
-from ..hdl.axi4 import burst_len
+from ..generators.accel.copy import walk_words
+from ..generators.accel.isa import WIDTH_CODES, CopyDst, CopySrc, DmaInstr, Op, QUEUE_OF
 from ..hdl.fields import struct_fields
+from .cyclemodel import Item, dma_bursts, simulate
 
 __all__ = ["predict_program"]
-
-FETCH = 6  # cycles per program entry (5 words + the hand-off)
-FIRST = 19  # program start -> first entry classified
-END = 2  # last retirement -> PERF_PROGRAM stops
-DISPATCH = 3
-LOAD_FIXED = 18
-STORE_FIXED = 19
-COPY_FIXED = 8
-NOP = 3
-TOKEN = 2  # a pushed token -> the popping unit starts
 
 _DMA = struct_fields(DmaInstr)
 _SRC = struct_fields(CopySrc)
 _DST = struct_fields(CopyDst)
+_WIDTH = {v: k for k, v in WIDTH_CODES.items()}
 
 
 def _field(words, fields, name):
@@ -79,90 +63,58 @@ def _engine_cycles(dev, words):
     return None
 
 
-def predict_program(prog) -> int | None:
-    """Predicted PERF_PROGRAM cycles of ``prog`` on its device (see the module docstring)."""
-    dev = prog.dev
-    acfg = dev.config
-    beat = acfg.mem_cycles_per_beat
-    depth = acfg.queue_depth
-    # per entry: queue, duration (or DMA words), token bits
-    items = []
-    copy_src = None
+def _copy_side(words, fields, rows, length):
+    """Elements in each word of one side's walk of a COPY."""
+    return [n for _, n in walk_words(
+        addr=0, row_stride=_field(words, fields, "row_stride"), seg=_field(words, fields, "seg"),
+        seg_stride=_field(words, fields, "seg_stride"), rows=rows, length=length,
+        width=_WIDTH.get(_field(words, fields, "width"), 32))]  # fmt: skip
+
+
+def program_items(prog) -> list[Item] | None:
+    """The cycle model's items of ``prog``'s entries, or None if one cannot be modelled."""
+    acfg = prog.dev.config
+    items, copy_src = [], None
     for deps, words, _what in prog.entries:
         op = int(words[0]) & 0xFF
-        q = QUEUE_OF(op)
+        q, hdr = int(QUEUE_OF(op)), deps.word()
         if op in (Op.LOAD, Op.STORE):
-            rw = _field(words, _DMA, "row_words")
-            n = _field(words, _DMA, "rows") * rw
-            eng = _field(words, _DMA, "engine")
-            if op == Op.LOAD:
-                fixed = LOAD_FIXED + acfg.mem_latency - 12
-            else:  # the writer waits for the words of its first burst (a row's at most)
-                first = burst_len(_field(words, _DMA, "mem_addr"), rw, acfg.mem_max_burst)
-                fixed = STORE_FIXED + first + n / 32
-            items.append((q, fixed + n * beat, [(eng, n)], deps))
-        elif op in (Op.NOP, Op.SYNC):
-            items.append((q, NOP, [], deps))
-        elif op == Op.COPY_SRC:
-            copy_src = words
-            items.append((q, NOP, [], deps))
+            rows, rw = _field(words, _DMA, "rows"), _field(words, _DMA, "row_words")
+            bursts = dma_bursts(_field(words, _DMA, "mem_addr"), rows, rw,
+                                _field(words, _DMA, "mem_stride"), acfg.mem_max_burst)  # fmt: skip
+            items.append(Item(q, hdr, "dma", engine=_field(words, _DMA, "engine"),
+                              bursts=bursts, rows=rows, row_words=rw))  # fmt: skip
+        elif op == Op.SYNC:
+            items.append(Item(q, hdr, "sync"))
+        elif op in (Op.NOP, Op.COPY_SRC):
+            copy_src = words if op == Op.COPY_SRC else copy_src
+            items.append(Item(q, hdr, "nop"))  # both retire at once
         elif op == Op.COPY:
             if copy_src is None:
                 return None
             rows, length = _field(words, _DST, "rows"), _field(words, _DST, "len")
-            widths = {v: k for k, v in WIDTH_CODES.items()}
-            sw = widths.get(_field(copy_src, _SRC, "width"), 32)
-            dw = widths.get(_field(words, _DST, "width"), 32)
-            in_words = rows * -(-length // (32 // sw))
-            out_words = rows * -(-length // (32 // dw))
-            ports = [(_field(copy_src, _SRC, "engine"), in_words),
-                     (_field(words, _DST, "engine"), out_words)]  # fmt: skip
-            items.append((q, COPY_FIXED + max(rows * length, out_words), ports, deps))
+            spec = (_field(copy_src, _SRC, "engine"), _copy_side(copy_src, _SRC, rows, length),
+                    _field(words, _DST, "engine"), _copy_side(words, _DST, rows, length))
+            items.append(Item(q, hdr, "copy", copy=spec))
         else:
-            c = _engine_cycles(dev, words)
+            c = _engine_cycles(prog.dev, words)
             if c is None:
                 return None
-            items.append((q, DISPATCH + c, [], deps))
-    # replay
-    tokens = {n: deque() for n in ("l2c", "c2l", "c2s", "s2c")}
-    pops = {Queue.LOAD: [("pop_next", "c2l")],
-            Queue.COMPUTE: [("pop_prev", "l2c"), ("pop_next", "s2c")],
-            Queue.STORE: [("pop_prev", "c2s")]}  # fmt: skip
-    pushes = {Queue.LOAD: [("push_next", "l2c")],
-              Queue.COMPUTE: [("push_prev", "c2l"), ("push_next", "c2s")],
-              Queue.STORE: [("push_prev", "s2c")]}  # fmt: skip
-    free = {q: 0.0 for q in Queue}
-    starts = {q: [] for q in Queue}  # start times, in queue order (for queue space)
-    dma_busy = {}  # engine -> [(end of word phase, queue)]
-    fetched = float(FIRST)
-    last = 0.0
-    pending = deque(items)
-    while pending:
-        q, dur, ports, deps = pending.popleft()
-        qs = starts[q]
-        space = qs[-depth] if len(qs) >= depth else 0.0
-        accept = max(fetched, space)
-        fetched = accept + FETCH
-        t = max(accept + 1, free[q])
-        for bit, name in pops[q]:
-            if getattr(deps, bit):
-                if not tokens[name]:
-                    return None  # a token pushed by a later entry: not modelled
-                t = max(t, tokens[name].popleft() + TOKEN)
-        extra = 0.0
-        for eng, words in ports:
-            other = [e for e, qq in dma_busy.get(eng, []) if qq != q and e > t]
-            if other and words:
-                extra = max(extra, min(words * beat, max(other) - t))
-        dur += extra
-        for eng, words in ports:
-            if words:
-                dma_busy.setdefault(eng, []).append((t + dur, q))
-        end = t + dur
-        qs.append(t)
-        free[q] = end
-        for bit, name in pushes[q]:
-            if getattr(deps, bit):
-                tokens[name].append(end)
-        last = max(last, end)
-    return int(round(last + END))
+            items.append(Item(q, hdr, "engine", cycles=c))
+    return items
+
+
+def predict_program(prog) -> int | None:
+    """Predicted PERF_PROGRAM cycles of ``prog`` on its device (see the module docstring).
+
+    Where the program sits in device memory matters a little (an entry that crosses 4 KiB is
+    fetched as two bursts): after a launch the model uses the address it was written to, before
+    one it assumes address 0."""
+    items = program_items(prog)
+    if items is None:
+        return None
+    acfg = prog.dev.config
+    return simulate(items, queue_depth=acfg.queue_depth, mem_latency=acfg.mem_latency,
+                    beat=acfg.mem_cycles_per_beat, max_burst=acfg.mem_max_burst,
+                    n_engines=len(acfg.engines), copy_unit=acfg.copy_unit,
+                    code_addr=getattr(prog, "code_addr", 0))  # fmt: skip

@@ -68,16 +68,32 @@ def gemv_program_cycles(acfg, n: int, k: int) -> dict:
     ``cycles``: the engine's (exact, ``generators/pim/cycles.py`` through the mapper's plan);
     ``program``: modelled PERF_PROGRAM cycles of the program ``host.pim`` runs (the vector
     LOAD, then per GEMV instruction its dispatch and the STORE of its results, in order, with
-    ``host.timing``'s measured constants); ``words``: device-memory words moved."""
+    the constants below, measured on single-entry programs: a closed form the compiler can
+    evaluate for every candidate without building the program); ``words``: device-memory
+    words moved."""
     return dict(_gemv_program_cycles(acfg, n, k))
+
+
+class _ProgramCosts:
+    """Cycles of a program's parts on the simulated board (measured on one-entry programs)."""
+
+    FETCH = 6  # per program entry (5 words + the hand-off)
+    FIRST = 19  # program start -> first entry classified
+    END = 2  # last retirement -> PERF_PROGRAM stops
+    DISPATCH = 3
+    LOAD_FIXED = 18
+    STORE_FIXED = 19
+    NOP = 3
+    TOKEN = 2  # a pushed token -> the popping unit starts
 
 
 @lru_cache(maxsize=256)
 def _gemv_program_cycles(acfg, n: int, k: int) -> dict:
     from ...generators.pim.cycles import schedule
     from ...generators.pim.model import pack_operands
-    from .. import timing as t
     from ..pim import plan_gemv
+
+    t = _ProgramCosts
 
     pcfg = acfg.engine("pim")
     plan = plan_gemv(pcfg, n, k)

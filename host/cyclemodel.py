@@ -1,0 +1,427 @@
+"""A cycle-level model of the controller, the DMA and device memory running a program.
+
+:func:`simulate` steps, one clock at a time, the parts of the accelerator a program's time
+depends on outside the engines, each as its RTL does it:
+
+* the program fetcher (``hdl/axi4.py`` ``BurstReader``: one burst of 5 beats per entry, at most
+  ``2 * max_burst`` words requested and not yet taken) and the entry assembler (one word a cycle,
+  a cycle to hand the entry to its queue);
+* the three queues (``SyncFIFOBuffered``: an entry written in cycle ``c`` can leave in ``c + 2``)
+  and the load, store and compute units' state machines with their token counters;
+* the load and store channels (``generators/accel/dma.py``) and their readers and writers;
+* the interconnect (reads: fixed priority, the fetcher before the load channel; writes: one
+  burst at a time) and the simulated board's memory (``sim/harness.cpp``: bursts in order,
+  ``mem_latency`` from the request to the first beat, ``mem_cycles_per_beat`` between beats,
+  at most 8 requests waiting, a write answered ``mem_latency`` after its last beat);
+* the on-chip COPY (``generators/accel/copy.py``): source words into its FIFO, one element a
+  cycle through the requantiser, each packed word written before the pipeline moves on;
+* each engine's window port, shared round robin by the load and store channels and the COPY's
+  read and write (``generators/accel/top.py``).
+
+Engine instructions take their engine's exact cycle model. The result is the number of cycles
+the board's PERF_PROGRAM counter counts; cycles in which only an engine computes are skipped in
+one step. Not modelled: error paths, and the host's own accesses while a program runs (the
+drivers make none).
+"""
+
+from __future__ import annotations
+
+from collections import deque
+
+from ..generators.accel.isa import ENTRY_WORDS
+from ..hdl.axi4 import burst_len
+
+__all__ = ["simulate", "Item"]
+
+_MEM_QUEUE = 8  # requests the simulated memory holds (sim/harness.cpp)
+_TAGS = 8  # the interconnect's tag FIFOs
+
+
+class Item:
+    """One program entry as the model sees it: ``queue`` (0 load, 1 compute, 2 store), ``hdr``
+    (token bits, as ``Deps.word()``), ``kind`` and its parameters."""
+
+    __slots__ = ("queue", "hdr", "kind", "engine", "bursts", "rows", "row_words", "cycles",
+                 "copy")  # fmt: skip
+
+    def __init__(self, queue, hdr, kind, *, engine=0, bursts=(), rows=0, row_words=0,
+                 cycles=0, copy=None):  # fmt: skip
+        self.queue, self.hdr, self.kind = queue, hdr, kind
+        self.engine, self.bursts = engine, list(bursts)
+        self.rows, self.row_words, self.cycles = rows, row_words, cycles
+        # a COPY: (source engine, [elements per source word], dest engine, [per dest word])
+        self.copy = copy
+
+
+def dma_bursts(addr: int, rows: int, row_words: int, stride: int, max_burst: int) -> list[int]:
+    """Beats of each burst of a strided 2-D transfer, as ``BurstReader``/``BurstWriter`` cut it."""
+    out = []
+    for r in range(rows):
+        cur, left = addr + 4 * stride * r, row_words
+        while left:
+            b = burst_len(cur, left, max_burst)
+            out.append(b)
+            cur, left = cur + 4 * b, left - b
+    return out
+
+
+class _Fifo:
+    """``SyncFIFOBuffered``: a word written in cycle ``c`` can be taken from ``c + 2``, one a
+    cycle; ``level`` counts every word inside (the output register included)."""
+
+    __slots__ = ("items", "times", "last_pop")
+
+    def __init__(self):
+        self.items, self.times, self.last_pop = deque(), deque(), -10
+
+    def put(self, x, t):
+        self.items.append(x)
+        self.times.append(t)
+
+    def ready(self, t):
+        return bool(self.items) and t >= self.times[0] + 2 and t >= self.last_pop + 1
+
+    def pop(self, t):
+        self.times.popleft()
+        self.last_pop = t
+        return self.items.popleft()
+
+    def __len__(self):
+        return len(self.items)
+
+
+class _Reader:
+    """``BurstReader``: bursts in order while ``owed + beats <= depth``; words into a FIFO."""
+
+    def __init__(self, depth):
+        self.depth = depth
+        self.bursts = deque()
+        self.active_from = None  # cycle the transfer becomes active
+        self.owed = 0
+        self.buf = _Fifo()
+
+    def start(self, bursts, t):
+        self.bursts = deque(bursts)
+        self.active_from = t + 1
+
+    def want(self, t):
+        return (self.active_from is not None and t >= self.active_from and bool(self.bursts)
+                and self.owed + self.bursts[0] <= self.depth)  # fmt: skip
+
+    def busy(self, t):
+        active = self.active_from is not None and bool(self.bursts)
+        return active or self.owed != 0
+
+
+class _Writer:
+    """``BurstWriter``: asks for a burst once its FIFO holds the burst's words, then sends them."""
+
+    def __init__(self, depth):
+        self.depth = depth
+        self.bursts = deque()
+        self.active_from = None
+        self.buf = _Fifo()
+        self.left = 0  # beats of the burst being sent (the W state)
+        self.w_from = None  # cycle the W state begins
+        self.unacked = 0
+
+    def start(self, bursts, t):
+        self.bursts = deque(bursts)
+        self.active_from = t + 1
+
+    def level(self, t):  # inner words + the output register (occupied once readable)
+        return len(self.buf)
+
+    def want_aw(self, t):
+        return (self.left == 0 and self.active_from is not None and t >= self.active_from
+                and bool(self.bursts) and len(self.buf) >= self.bursts[0])  # fmt: skip
+
+    def busy(self):
+        return bool(self.bursts) or self.unacked != 0 or self.left != 0
+
+
+class _Copy:
+    """``CopyUnit``: source words into an 8-deep FIFO (a read only while fewer than 7 are in it
+    or in flight), one element a cycle through a 2-stage requantiser into the packer, each
+    packed word written (and waited for) before the pipeline moves on."""
+
+    def __init__(self):
+        self.running = False
+
+    def start(self, spec, t):
+        self.src_eng, self.src, self.dst_eng, self.dst = spec
+        self.src, self.dst = deque(self.src), deque(self.dst)
+        self.running = True
+        self.q = _Fifo()
+        self.inflight = None  # elements of the word read last cycle
+        self.cur = 0  # elements left in the word being unpacked (0: none)
+        self.v1 = self.v2 = False
+        self.plane = 0
+        self.pending = False
+
+    def rd_req(self, t):
+        return (self.running and bool(self.src)
+                and len(self.q) + (self.inflight is not None) < 7)  # fmt: skip
+
+    def done(self):
+        return self.running and not self.dst and not self.pending
+
+    def step(self, t, rd_grant, wr_grant):
+        """One cycle; the requests were made from the state before it."""
+        go = not self.pending or wr_grant
+        if self.inflight is not None:
+            self.q.put(self.inflight, t)
+        self.inflight = self.src.popleft() if rd_grant else None
+        v0 = self.cur > 0
+        if go:
+            new_pending = self.pending and not wr_grant
+            if self.v2:
+                if self.plane + 1 == self.dst[0]:
+                    self.dst.popleft()
+                    self.plane = 0
+                    new_pending = True
+                else:
+                    self.plane += 1
+            taking = self.q.ready(t) and self.cur <= 1
+            if taking:
+                self.cur = self.q.pop(t)
+            elif self.cur:
+                self.cur -= 1
+            self.v2, self.v1 = self.v1, v0
+            self.pending = new_pending
+        elif wr_grant:
+            self.pending = False
+
+
+def simulate(items: list[Item], *, queue_depth: int, mem_latency: int, beat: int,
+             max_burst: int, n_engines: int, copy_unit: bool = True, code_addr: int = 0,
+             limit: int = 50_000_000) -> int:  # fmt: skip
+    """PERF_PROGRAM cycles of the program ``items`` (see the module docstring), fetched from
+    device memory at byte ``code_addr`` (an entry that crosses 4 KiB is two bursts)."""
+    n = len(items)
+    fr = _Reader(2 * max_burst)
+    fr.start(dma_bursts(code_addr, n, ENTRY_WORDS, ENTRY_WORDS, max_burst), 0)  # start: cycle 0
+    t = 1  # PERF_PROGRAM counts from here
+    words = 0  # words of the entry being assembled
+    entry_valid = False
+    fetched = 0
+    queues = [_Fifo(), _Fifo(), _Fifo()]
+    tok = {"l2c": 0, "c2l": 0, "c2s": 0, "s2c": 0}
+    # memory
+    mem_ar = deque()  # [beats, ready_at, owner ('f' fetcher, 'l' load)]
+    rbeat, next_r = 0, 0
+    mem_aw = deque()  # beats
+    wbeat, next_w = 0, 0
+    mem_b = deque()  # ready_at
+    ic_wr_data = False  # the interconnect's write FSM is in DATA
+    # units
+    lu = {"state": "IDLE", "item": None}
+    su = {"state": "IDLE", "item": None}
+    cu = {"state": "IDLE", "item": None, "until": 0}
+    ld = {"running": False, "left": 0, "eng": 0, "reader": _Reader(2 * max_burst)}
+    st = {"running": False, "left": 0, "eng": 0, "inflight": False,
+          "writer": _Writer(2 * max_burst)}
+    cp = _Copy()
+    n_ports = 4 if copy_unit else 2  # window ports: load, store (, COPY read, COPY write)
+    rr_last = [0] * max(1, n_engines)  # round robin: the last granted port per engine
+    ldr, wr = ld["reader"], st["writer"]
+    while t < limit:
+        # ---- registered state at the start of the cycle ------------------------------------------
+        if (fetched == n and not entry_valid and not fr.busy(t) and not any(queues)
+                and lu["state"] == su["state"] == cu["state"] == "IDLE"):  # fmt: skip
+            return t  # PERF_PROGRAM stops: every entry fetched and retired
+        cp_done = cp.done()
+        ld_done = ld["running"] and ld["left"] == 0 and not ldr.busy(t)
+        st_done = st["running"] and st["left"] == 0 and not st["inflight"] and not wr.busy()
+        inc = {k: 0 for k in tok}
+        dec = {k: 0 for k in tok}
+        # ---- memory: this cycle's handshakes ------------------------------------------------
+        r_owner = None
+        if mem_ar and t >= mem_ar[0][1] and t >= next_r:
+            r_owner = mem_ar[0][2]
+        w_ready = bool(mem_aw) and t >= next_w
+        b_fire = bool(mem_b) and t >= mem_b[0]
+        # ---- AR arbitration: the fetcher before the load channel -----------------------------
+        # (the tag FIFO and the memory's request queue fill and drain together, so ARVALID is
+        # never high while ARREADY is low and the interconnect's grant lock never engages)
+        ar_ok = len(mem_ar) < min(_MEM_QUEUE, _TAGS)
+        grant = "f" if fr.want(t) else ("l" if ld["reader"].want(t) else None)
+        ar_fire = grant if ar_ok else None
+        # ---- R beat into its reader's FIFO ------------------------------------------------------
+        if r_owner is not None:
+            rd = fr if r_owner == "f" else ld["reader"]
+            rd.buf.put(None, t)
+            rbeat += 1
+            next_r = t + beat
+            if rbeat == mem_ar[0][0]:
+                mem_ar.popleft()
+                rbeat = 0
+        if ar_fire:
+            rd = fr if ar_fire == "f" else ld["reader"]
+            b = rd.bursts.popleft()
+            rd.owed += b
+            mem_ar.append([b, t + mem_latency, ar_fire])
+        # ---- the entry assembler and classification ---------------------------------------------
+        accepted = False
+        if entry_valid:
+            it = items[fetched]
+            q = queues[it.queue]
+            if len(q) - q.ready(t) < queue_depth - 1:  # w_rdy: the inner FIFO has room
+                q.put(it, t)
+                accepted = True
+        if not entry_valid and fr.buf.ready(t):
+            fr.buf.pop(t)
+            fr.owed -= 1
+            words += 1
+        # ---- window ports: the load channel writes, the store channel reads ---------------------
+        ld_req = ld["running"] and ld["left"] > 0 and ldr.buf.ready(t)
+        st_req = st["running"] and st["left"] > 0 and (wr.depth - wr.level(t)) > st["inflight"]
+        reqs = {}  # engine -> requesting ports
+        for port, on, eng in ((0, ld_req, ld["eng"]), (1, st_req, st["eng"]),
+                              (2, cp.running and cp.rd_req(t), cp.running and cp.src_eng),
+                              (3, cp.running and cp.pending, cp.running and cp.dst_eng)):
+            if on:
+                reqs.setdefault(eng, []).append(port)
+        granted = set()
+        for eng, ports in reqs.items():
+            last = rr_last[eng]
+            j = min(ports, key=lambda p: (p - last - 1) % n_ports)
+            granted.add(j)
+            rr_last[eng] = j
+        ld_grant, st_grant = 0 in granted, 1 in granted
+        if ld_grant:
+            ldr.buf.pop(t)
+            ldr.owed -= 1
+            ld["left"] -= 1
+        st_inflight_now = st["inflight"]
+        if cp.running and not cp_done:
+            cp.step(t, 2 in granted, 3 in granted)
+        # ---- writes: AW, W beats, B -------------------------------------------------------------
+        aw_fire = False
+        if not ic_wr_data and wr.want_aw(t) and len(mem_aw) < _MEM_QUEUE:
+            aw_fire = True
+        w_fire = ic_wr_data and wr.left > 0 and wr.buf.ready(t) and w_ready
+        if w_fire:
+            wr.buf.pop(t)
+            wr.left -= 1
+            wbeat += 1
+            next_w = t + beat
+            if wbeat == mem_aw[0]:
+                mem_aw.popleft()
+                wbeat = 0
+                mem_b.append(t + mem_latency)
+        if st_inflight_now:
+            wr.buf.put(None, t)
+        if b_fire:
+            mem_b.popleft()
+            wr.unacked -= 1
+        # ---- the load and store units ------------------------------------------------------------
+        starts = {}
+        for unit, q, chan, wait, give, pop_bit, push_bit in (
+            (lu, queues[0], ld, "c2l", "l2c", 2, 8),
+            (su, queues[2], st, "c2s", "s2c", 1, 4),
+        ):
+            s = unit["state"]
+            if s == "IDLE":
+                if q.ready(t) and (not q.items[0].hdr & pop_bit or tok[wait]):
+                    unit["item"] = q.pop(t)
+                    dec[wait] += bool(unit["item"].hdr & pop_bit)
+                    unit["state"] = "CHECK"
+            elif s == "CHECK":
+                starts[id(chan)] = unit["item"]
+                unit["state"] = "RUN"
+            elif s == "RUN":
+                if ld_done if chan is ld else st_done:
+                    chan["running"] = False
+                    unit["state"] = "RETIRE"
+            elif s == "RETIRE":
+                inc[give] += bool(unit["item"].hdr & push_bit)
+                unit["state"] = "IDLE"
+        # ---- the compute unit -------------------------------------------------------------------
+        s = cu["state"]
+        if s == "IDLE":
+            q = queues[1]
+            if q.ready(t):
+                h = q.items[0].hdr
+                if (not h & 1 or tok["l2c"]) and (not h & 2 or tok["s2c"]):
+                    cu["item"] = q.pop(t)
+                    dec["l2c"] += bool(h & 1)
+                    dec["s2c"] += bool(h & 2)
+                    cu["state"] = "DISPATCH"
+        elif s == "DISPATCH":
+            it = cu["item"]
+            if it.kind == "engine":
+                cu["until"], cu["state"] = t + it.cycles, "WAIT"
+            elif it.kind == "copy":
+                cp.start(it.copy, t)
+                cu["state"] = "COPY"
+            elif it.kind == "sync":
+                if (not queues[0] and not queues[2] and lu["state"] == "IDLE"
+                        and su["state"] == "IDLE"):  # fmt: skip
+                    cu["state"] = "RETIRE"
+            else:
+                cu["state"] = "RETIRE"
+        elif s == "WAIT":
+            if t >= cu["until"]:
+                cu["state"] = "RETIRE"
+        elif s == "COPY":
+            if cp_done:
+                cp.running = False
+                cu["state"] = "RETIRE"
+        elif s == "RETIRE":
+            h = cu["item"].hdr
+            inc["c2l"] += bool(h & 4)
+            inc["c2s"] += bool(h & 8)
+            cu["state"] = "IDLE"
+        # ---- register updates --------------------------------------------------------------------
+        if aw_fire:
+            b = wr.bursts.popleft()
+            wr.left = b
+            wr.unacked += 1
+            mem_aw.append(b)
+            ic_wr_data = True
+        elif ic_wr_data and wr.left == 0:
+            ic_wr_data = False
+        st["inflight"] = st_grant
+        if st_grant:
+            st["left"] -= 1
+        for key, chan in ((id(ld), ld), (id(st), st)):
+            if key in starts:
+                it = starts[key]
+                chan.update(running=True, left=it.rows * it.row_words, eng=it.engine)
+                (ldr if chan is ld else wr).start(it.bursts, t)
+        for k in tok:
+            tok[k] += inc[k] - dec[k]
+        if accepted:
+            entry_valid = False
+            fetched += 1
+        elif words == ENTRY_WORDS:
+            entry_valid, words = True, 0
+        # skip the cycles in which only an engine computes: no memory traffic, no DMA, the
+        # load and store units waiting for tokens only the compute unit gives, the fetcher done
+        # or held by a full queue
+        if cu["state"] == "WAIT" and t + 1 < cu["until"] and _quiet(
+                fr, entry_valid, words, items, fetched, queues, queue_depth, tok, lu, su, ld, st,
+                cp, mem_ar, mem_aw, mem_b, t):  # fmt: skip
+            t = cu["until"]
+            continue
+        t += 1
+    raise RuntimeError("the program model did not finish")
+
+
+def _quiet(fr, entry_valid, words, items, fetched, queues, depth, tok, lu, su, ld, st, cp,
+           mem_ar, mem_aw, mem_b, t) -> bool:  # fmt: skip
+    """True when nothing but the compute unit's engine can change state until it finishes."""
+    if mem_ar or mem_aw or mem_b or ld["running"] or st["running"] or cp.running:
+        return False
+    if lu["state"] != "IDLE" or su["state"] != "IDLE":
+        return False
+    for q, bit, name in ((queues[0], 2, "c2l"), (queues[2], 1, "c2s")):
+        if q.items and (not q.items[0].hdr & bit or tok[name]):
+            return False  # the unit will start it
+    if fr.want(t + 1) or len(fr.buf) or words:
+        return False
+    if entry_valid:
+        q = queues[items[fetched].queue]
+        return len(q) - q.ready(t + 1) >= depth - 1  # held: its queue is full
+    return True
