@@ -207,6 +207,7 @@ def simulate(items: list[Item], *, queue_depth: int, mem_latency: int, beat: int
     fetched = 0
     queues = [_Fifo(), _Fifo(), _Fifo()]
     tok = {"l2c": 0, "c2l": 0, "c2s": 0, "s2c": 0}
+    dtok = []  # this cycle's token changes (name, +-1), applied at its end
     # memory
     mem_ar = deque()  # [beats, ready_at, owner ('f' fetcher, 'l' load)]
     rbeat, next_r = 0, 0
@@ -233,8 +234,6 @@ def simulate(items: list[Item], *, queue_depth: int, mem_latency: int, beat: int
         cp_done = cp.done()
         ld_done = ld["running"] and ld["left"] == 0 and not ldr.busy(t)
         st_done = st["running"] and st["left"] == 0 and not st["inflight"] and not wr.busy()
-        inc = {k: 0 for k in tok}
-        dec = {k: 0 for k in tok}
         # ---- memory: this cycle's handshakes ------------------------------------------------
         r_owner = None
         if mem_ar and t >= mem_ar[0][1] and t >= next_r:
@@ -276,26 +275,36 @@ def simulate(items: list[Item], *, queue_depth: int, mem_latency: int, beat: int
         # ---- window ports: the load channel writes, the store channel reads ---------------------
         ld_req = ld["running"] and ld["left"] > 0 and ldr.buf.ready(t)
         st_req = st["running"] and st["left"] > 0 and (wr.depth - wr.level(t)) > st["inflight"]
-        reqs = {}  # engine -> requesting ports
-        for port, on, eng in ((0, ld_req, ld["eng"]), (1, st_req, st["eng"]),
-                              (2, cp.running and cp.rd_req(t), cp.running and cp.src_eng),
-                              (3, cp.running and cp.pending, cp.running and cp.dst_eng)):
-            if on:
-                reqs.setdefault(eng, []).append(port)
-        granted = set()
-        for eng, ports in reqs.items():
-            last = rr_last[eng]
-            j = min(ports, key=lambda p: (p - last - 1) % n_ports)
-            granted.add(j)
-            rr_last[eng] = j
-        ld_grant, st_grant = 0 in granted, 1 in granted
+        if cp.running:
+            reqs = {}  # engine -> requesting ports
+            for port, on, eng in ((0, ld_req, ld["eng"]), (1, st_req, st["eng"]),
+                                  (2, cp.rd_req(t), cp.src_eng), (3, cp.pending, cp.dst_eng)):
+                if on:
+                    reqs.setdefault(eng, []).append(port)
+            granted = set()
+            for eng, ports in reqs.items():
+                last = rr_last[eng]
+                j = min(ports, key=lambda p: (p - last - 1) % n_ports)
+                granted.add(j)
+                rr_last[eng] = j
+            ld_grant, st_grant = 0 in granted, 1 in granted
+        elif ld_req and st_req and ld["eng"] == st["eng"]:  # the two alternate
+            ld_grant = rr_last[ld["eng"]] != 0
+            st_grant = not ld_grant
+            rr_last[ld["eng"]] = 0 if ld_grant else 1
+        else:
+            ld_grant, st_grant = ld_req, st_req
+            if ld_req:
+                rr_last[ld["eng"]] = 0
+            if st_req:
+                rr_last[st["eng"]] = 1
         if ld_grant:
             ldr.buf.pop(t)
             ldr.owed -= 1
             ld["left"] -= 1
         st_inflight_now = st["inflight"]
         if cp.running and not cp_done:
-            cp.step(t, 2 in granted, 3 in granted)
+            cp.step(t, 2 in granted, 3 in granted)  # (granted: set when cp.running)
         # ---- writes: AW, W beats, B -------------------------------------------------------------
         aw_fire = False
         if not ic_wr_data and wr.want_aw(t) and len(mem_aw) < _MEM_QUEUE:
@@ -316,26 +325,28 @@ def simulate(items: list[Item], *, queue_depth: int, mem_latency: int, beat: int
             mem_b.popleft()
             wr.unacked -= 1
         # ---- the load and store units ------------------------------------------------------------
-        starts = {}
-        for unit, q, chan, wait, give, pop_bit, push_bit in (
-            (lu, queues[0], ld, "c2l", "l2c", 2, 8),
-            (su, queues[2], st, "c2s", "s2c", 1, 4),
+        starts = []
+        for unit, q, chan, wait, give, pop_bit, push_bit, done in (
+            (lu, queues[0], ld, "c2l", "l2c", 2, 8, ld_done),
+            (su, queues[2], st, "c2s", "s2c", 1, 4, st_done),
         ):
             s = unit["state"]
             if s == "IDLE":
                 if q.ready(t) and (not q.items[0].hdr & pop_bit or tok[wait]):
                     unit["item"] = q.pop(t)
-                    dec[wait] += bool(unit["item"].hdr & pop_bit)
+                    if unit["item"].hdr & pop_bit:
+                        dtok.append((wait, -1))
                     unit["state"] = "CHECK"
             elif s == "CHECK":
-                starts[id(chan)] = unit["item"]
+                starts.append((chan, unit["item"]))
                 unit["state"] = "RUN"
             elif s == "RUN":
-                if ld_done if chan is ld else st_done:
+                if done:
                     chan["running"] = False
                     unit["state"] = "RETIRE"
             elif s == "RETIRE":
-                inc[give] += bool(unit["item"].hdr & push_bit)
+                if unit["item"].hdr & push_bit:
+                    dtok.append((give, 1))
                 unit["state"] = "IDLE"
         # ---- the compute unit -------------------------------------------------------------------
         s = cu["state"]
@@ -345,8 +356,10 @@ def simulate(items: list[Item], *, queue_depth: int, mem_latency: int, beat: int
                 h = q.items[0].hdr
                 if (not h & 1 or tok["l2c"]) and (not h & 2 or tok["s2c"]):
                     cu["item"] = q.pop(t)
-                    dec["l2c"] += bool(h & 1)
-                    dec["s2c"] += bool(h & 2)
+                    if h & 1:
+                        dtok.append(("l2c", -1))
+                    if h & 2:
+                        dtok.append(("s2c", -1))
                     cu["state"] = "DISPATCH"
         elif s == "DISPATCH":
             it = cu["item"]
@@ -370,8 +383,10 @@ def simulate(items: list[Item], *, queue_depth: int, mem_latency: int, beat: int
                 cu["state"] = "RETIRE"
         elif s == "RETIRE":
             h = cu["item"].hdr
-            inc["c2l"] += bool(h & 4)
-            inc["c2s"] += bool(h & 8)
+            if h & 4:
+                dtok.append(("c2l", 1))
+            if h & 8:
+                dtok.append(("c2s", 1))
             cu["state"] = "IDLE"
         # ---- register updates --------------------------------------------------------------------
         if aw_fire:
@@ -385,13 +400,13 @@ def simulate(items: list[Item], *, queue_depth: int, mem_latency: int, beat: int
         st["inflight"] = st_grant
         if st_grant:
             st["left"] -= 1
-        for key, chan in ((id(ld), ld), (id(st), st)):
-            if key in starts:
-                it = starts[key]
-                chan.update(running=True, left=it.rows * it.row_words, eng=it.engine)
-                (ldr if chan is ld else wr).start(it.bursts, t)
-        for k in tok:
-            tok[k] += inc[k] - dec[k]
+        for chan, it in starts:
+            chan.update(running=True, left=it.rows * it.row_words, eng=it.engine)
+            (ldr if chan is ld else wr).start(it.bursts, t)
+        if dtok:
+            for name, d in dtok:
+                tok[name] += d
+            dtok.clear()
         if accepted:
             entry_valid = False
             fetched += 1

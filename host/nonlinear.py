@@ -217,18 +217,12 @@ def _run_windows(dev, kind, cfg, wins, x2d, n, per_chunk, signed_out):
 
 
 def _run_program(dev, kind, cfg, wins, x2d, packed, rows, n, wpr, per_chunk, signed_out, out):
-    """All rows in device memory, one program: LOAD a chunk, run it, STORE its results.
-
-    Tokens let chunk ``i + 1``'s load overlap chunk ``i``'s store (the engine's in and out
-    regions are each used by one chunk at a time).
-    """
-    from .program import Deps
-
-    win_in, win_out = wins["in"], wins["out"]
-    row_in, row_out = wpr * win_in.stride, wpr * win_out.stride
-    chunks = list(range(0, rows, per_chunk))
+    """All rows in device memory, one program (:func:`rows_program`)."""
+    win_out = wins["out"]
+    row_out = wpr * win_out.stride
     temps = []
     if packed is None:
+        win_in = wins["in"]
         in_words = pack_rows(x2d.numpy(), lanes=cfg.lanes, width=win_in.width // cfg.lanes,
                              stride=win_in.stride)  # fmt: skip
         packed = dev.alloc((in_words.size,), torch.int32, label=f"{kind} in")
@@ -237,24 +231,7 @@ def _run_program(dev, kind, cfg, wins, x2d, packed, rows, n, wpr, per_chunk, sig
     bout = dev.alloc((rows * row_out,), torch.int32, label=f"{kind} out")
     bout.layout = _rows_layout(kind, "out", win_out, cfg.lanes, rows, n, signed_out)
     try:
-        prog = dev.program()
-        for i, start in enumerate(chunks):
-            cnt = min(per_chunk, rows - start)
-            last = i + 1 == len(chunks)
-            for part, (off, r0) in enumerate(_row_blocks(cnt)):
-                prog.load(kind, win_addr=win_in.offset + r0 * row_in, buf=packed,
-                          offset=4 * (start + r0) * row_in, rows=off, row_words=row_in,
-                          deps=Deps(pop_next=i > 0 and part == 0,
-                                    push_next=r0 + off == cnt))  # fmt: skip
-            prog.instr(pack_row_instr(_OPCODES[kind], src=0, dst=0, length=n, rows=cnt),
-                       deps=Deps(pop_prev=True, pop_next=i > 0, push_prev=not last,
-                                 push_next=True),  # fmt: skip
-                       what=f"{kind} rows {start}..{start + cnt}")
-            for part, (off, r0) in enumerate(_row_blocks(cnt)):
-                prog.store(kind, win_addr=win_out.offset + r0 * row_out, buf=bout,
-                           offset=4 * (start + r0) * row_out, rows=off, row_words=row_out,
-                           deps=Deps(pop_prev=part == 0,
-                                     push_prev=not last and r0 + off == cnt))  # fmt: skip
+        prog = rows_program(dev.program(), kind, wins, packed, bout, rows, n, wpr, per_chunk)
         prog.temporaries += temps
         try:
             prog.run()
@@ -272,6 +249,38 @@ def _run_program(dev, kind, cfg, wins, x2d, packed, rows, n, wpr, per_chunk, sig
         return bout
     with bout:
         return bout.layout.unpack_from(bout)
+
+
+def rows_program(prog, kind, wins, packed, bout, rows, n, wpr, per_chunk):
+    """Append to ``prog`` the program of ``rows`` rows of ``n`` elements from buffer ``packed``
+    through engine ``kind`` into ``bout``: per chunk of ``per_chunk`` rows, LOAD, run, STORE.
+
+    Tokens let chunk ``i + 1``'s load overlap chunk ``i``'s store (the engine's in and out
+    regions are each used by one chunk at a time). The timing model builds the same program
+    with no board (``host.timing.rows_program_cycles``)."""
+    from .program import Deps
+
+    win_in, win_out = wins["in"], wins["out"]
+    row_in, row_out = wpr * win_in.stride, wpr * win_out.stride
+    chunks = list(range(0, rows, per_chunk))
+    for i, start in enumerate(chunks):
+        cnt = min(per_chunk, rows - start)
+        last = i + 1 == len(chunks)
+        for part, (off, r0) in enumerate(_row_blocks(cnt)):
+            prog.load(kind, win_addr=win_in.offset + r0 * row_in, buf=packed,
+                      offset=4 * (start + r0) * row_in, rows=off, row_words=row_in,
+                      deps=Deps(pop_next=i > 0 and part == 0,
+                                push_next=r0 + off == cnt))  # fmt: skip
+        prog.instr(pack_row_instr(_OPCODES[kind], src=0, dst=0, length=n, rows=cnt),
+                   deps=Deps(pop_prev=True, pop_next=i > 0, push_prev=not last,
+                             push_next=True),  # fmt: skip
+                   what=f"{kind} rows {start}..{start + cnt}")
+        for part, (off, r0) in enumerate(_row_blocks(cnt)):
+            prog.store(kind, win_addr=win_out.offset + r0 * row_out, buf=bout,
+                       offset=4 * (start + r0) * row_out, rows=off, row_words=row_out,
+                       deps=Deps(pop_prev=part == 0,
+                                 push_prev=not last and r0 + off == cnt))  # fmt: skip
+    return prog
 
 
 def _row_blocks(count: int):

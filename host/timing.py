@@ -16,6 +16,8 @@ prediction None.
 
 from __future__ import annotations
 
+from functools import lru_cache
+
 from ..generators.accel.copy import walk_words
 from ..generators.accel.isa import WIDTH_CODES, CopyDst, CopySrc, DmaInstr, Op, QUEUE_OF
 from ..hdl.fields import struct_fields
@@ -118,3 +120,65 @@ def predict_program(prog) -> int | None:
                     beat=acfg.mem_cycles_per_beat, max_burst=acfg.mem_max_burst,
                     n_engines=len(acfg.engines), copy_unit=acfg.copy_unit,
                     code_addr=getattr(prog, "code_addr", 0))  # fmt: skip
+
+
+class _Planned:
+    """A device buffer as :func:`~gatesmith.host.systolic.gemm_program` sees it, before any
+    exists: an address and the operand's shape."""
+
+    nbytes = 1 << 40
+
+    def __init__(self, addr: int, rows: int, cols: int):
+        from types import SimpleNamespace
+
+        self.addr, self.layout = addr, SimpleNamespace(rows=rows, cols=cols)
+
+    def _check(self, use: str) -> None:
+        pass
+
+
+class _PlanningDevice:
+    """What a :class:`~gatesmith.host.program.Program` needs of a device to be built and
+    predicted (its config), with no board behind it."""
+
+    def __init__(self, acfg):
+        self.config = acfg
+
+    def _engine_index(self, kind: str) -> int:
+        return self.config.engine_index(kind)
+
+
+@lru_cache(maxsize=1024)
+def gemm_program_cycles(hm: int, hk: int, hn: int, hw: str, plan, cfg, acfg) -> int | None:
+    """Predicted PERF_PROGRAM cycles of the program ``dev.matmul`` runs for ``plan`` (hardware
+    roles ``hm x hk @ hk x hn``, dataflow ``hw``), before any buffer exists: the operands are
+    placed at 4 KiB-aligned addresses (the allocator's own placement moves a few 4 KiB burst
+    splits, a few cycles at most)."""
+    from .program import Program
+    from .systolic import gemm_program
+
+    dev = _PlanningDevice(acfg)
+    span = 1 << 30
+    left, top, out = _Planned(0, hm, hk), _Planned(span, hk, hn), _Planned(2 * span, hm, hn)
+    prog = gemm_program(dev, left, top, out, plan, hw, cfg, Program(dev))
+    prog.code_addr = 3 * span
+    return predict_program(prog)
+
+
+@lru_cache(maxsize=1024)
+def rows_program_cycles(kind: str, rows: int, n: int, acfg) -> int | None:
+    """Predicted PERF_PROGRAM cycles of the row program ``host.nonlinear`` runs for ``rows``
+    rows of ``n`` elements on engine ``kind`` (see :func:`gemm_program_cycles`)."""
+    from .chain import windows
+    from .nonlinear import rows_program
+    from .program import Program
+
+    dev = _PlanningDevice(acfg)
+    cfg, wins = acfg.engine(kind), windows(dev, kind)
+    wpr = -(-n // cfg.lanes)
+    per_chunk = min(cfg.depth // wpr, 65535)
+    span = 1 << 30
+    prog = rows_program(Program(dev), kind, wins, _Planned(0, rows, n), _Planned(span, rows, n),
+                        rows, n, wpr, per_chunk)  # fmt: skip
+    prog.code_addr = 2 * span
+    return predict_program(prog)

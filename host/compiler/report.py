@@ -18,7 +18,8 @@
 
 :func:`predict` gives an engine op's cycles from the engines' cycle models, for the calls the
 host drivers make: the systolic engine's exact ``cycles`` summed over the tiles
-``host.systolic.plan_dma`` picks (and that plan's modelled program time, DMA included); the
+``host.systolic.plan_dma`` picks (and that plan's program time from the cycle-level program
+model, ``host.timing.gemm_program_cycles``, DMA included); the
 nonlinear engines' ``cycles`` methods over the row chunks ``host.nonlinear`` issues (LayerNorm's
 depends on the data: the prediction is for the inputs of the run it comes from).
 """
@@ -149,6 +150,7 @@ def predict(engine: str, calls: list, acfg) -> dict:
     if engine == "systolic":
         from ...generators.systolic.model import cycles
         from ..systolic import _hw_df, default_dataflow, plan_dma, plan_traffic
+        from ..timing import gemm_program_cycles
 
         total = program = words = 0
         for call in calls:
@@ -157,33 +159,41 @@ def predict(engine: str, calls: list, acfg) -> dict:
             if df == "is":  # hardware roles: IS computes the transpose
                 m, n = n, m
             p, prog = plan_dma(m, k, n, df, cfg, acfg)
-            program += prog
+            exact = gemm_program_cycles(m, k, n, _hw_df(df), p, cfg, acfg)
+            program += prog if exact is None else exact
             t = plan_traffic(p, m, k, n, _hw_df(df), cfg)
             words += t["load"] + t["store"]
             for m0, n0, k0, *_ in p.chunks(m, k, n):
                 total += cycles(min(p.mt, m - m0), min(p.kc, k - k0), min(p.nt, n - n0), df, cfg)
         return {"cycles": total, "program": program, "words": words}
+    from ..timing import rows_program_cycles
+
     eng = _engine(engine, cfg)
     wins = {w.name: w for w in eng.windows()}
     per_row = wins["in"].stride + wins["out"].stride  # words per vector word of a row, in + out
     total = words = 0
+    program = 0 if engine in ("gelu", "softmax") else None  # LayerNorm's depend on the data
     for x in calls:
         if engine == "gelu":
             n = min(cfg.max_len, cfg.depth * cfg.lanes, x)
             rows = -(-x // n) if x else 0
             total += sum(eng.cycles(n, c) for _, c in _row_chunks(rows, n, cfg))
             words += rows * -(-n // cfg.lanes) * per_row
+            program += rows_program_cycles(engine, rows, n, acfg) if rows else 0
             continue
         rows, n = x.shape
         words += rows * -(-n // cfg.lanes) * per_row
+        if engine == "softmax" and rows:
+            program += rows_program_cycles(engine, rows, n, acfg)
         for r0, c in _row_chunks(rows, n, cfg):
             chunk = x[r0 : r0 + c]
             if engine == "softmax":
                 masked = int((chunk == cfg.in_fmt.min).all(dim=1).sum())
                 total += eng.cycles(n, c, masked)
+                program -= eng.cycles(n, c) - eng.cycles(n, c, masked)  # (the model has none)
             else:
                 total += eng.cycles(chunk.tolist())
-    return {"cycles": total, "program": None, "words": words}
+    return {"cycles": total, "program": program, "words": words}
 
 
 # ---- the report -------------------------------------------------------------------------------
