@@ -79,6 +79,7 @@ class Device:
         self.memory = Allocator(self.read_reg("MEM_BYTES"))
         self._runs: set = set()
         self.last_program = None
+        self.program_trace = None  # a list: every launched program is appended (op reports)
 
     # ---- session ----------------------------------------------------------------------------
     def __enter__(self) -> Device:
@@ -239,6 +240,8 @@ class Device:
         run = Run(self, prog, code)
         self._runs.add(run)
         self.last_program = prog  # what the last call ran (``.predict()``: its timing model)
+        if self.program_trace is not None:
+            self.program_trace.append(prog)
         return run
 
     def _raise_program_error(self, prog) -> None:

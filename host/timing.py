@@ -73,10 +73,14 @@ def _copy_side(words, fields, rows, length):
         width=_WIDTH.get(_field(words, fields, "width"), 32))]  # fmt: skip
 
 
-def program_items(prog) -> list[Item] | None:
-    """The cycle model's items of ``prog``'s entries, or None if one cannot be modelled."""
+def program_items(prog, engine_cycles=None) -> list[Item] | None:
+    """The cycle model's items of ``prog``'s entries, or None if one cannot be modelled.
+
+    ``engine_cycles``: the cycles of the program's engine instructions, in order, for engines
+    whose cycles depend on the data (LayerNorm's do); otherwise from the cycle models."""
     acfg = prog.dev.config
     items, copy_src = [], None
+    given = None if engine_cycles is None else iter(engine_cycles)
     for deps, words, _what in prog.entries:
         op = int(words[0]) & 0xFF
         q, hdr = int(QUEUE_OF(op)), deps.word()
@@ -99,20 +103,21 @@ def program_items(prog) -> list[Item] | None:
                     _field(words, _DST, "engine"), _copy_side(words, _DST, rows, length))
             items.append(Item(q, hdr, "copy", copy=spec))
         else:
-            c = _engine_cycles(prog.dev, words)
+            c = _engine_cycles(prog.dev, words) if given is None else next(given, None)
             if c is None:
                 return None
             items.append(Item(q, hdr, "engine", cycles=c))
     return items
 
 
-def predict_program(prog) -> int | None:
-    """Predicted PERF_PROGRAM cycles of ``prog`` on its device (see the module docstring).
+def predict_program(prog, engine_cycles=None) -> int | None:
+    """Predicted PERF_PROGRAM cycles of ``prog`` on its device (see the module docstring;
+    ``engine_cycles``: see :func:`program_items`).
 
     Where the program sits in device memory matters a little (an entry that crosses 4 KiB is
     fetched as two bursts): after a launch the model uses the address it was written to, before
     one it assumes address 0."""
-    items = program_items(prog)
+    items = program_items(prog, engine_cycles)
     if items is None:
         return None
     acfg = prog.dev.config
@@ -166,9 +171,10 @@ def gemm_program_cycles(hm: int, hk: int, hn: int, hw: str, plan, cfg, acfg) -> 
 
 
 @lru_cache(maxsize=1024)
-def rows_program_cycles(kind: str, rows: int, n: int, acfg) -> int | None:
+def rows_program_cycles(kind: str, rows: int, n: int, acfg, engine_cycles=None) -> int | None:
     """Predicted PERF_PROGRAM cycles of the row program ``host.nonlinear`` runs for ``rows``
-    rows of ``n`` elements on engine ``kind`` (see :func:`gemm_program_cycles`)."""
+    rows of ``n`` elements on engine ``kind`` (see :func:`gemm_program_cycles`);
+    ``engine_cycles``: a tuple of each chunk's engine cycles where they depend on the data."""
     from .chain import windows
     from .nonlinear import rows_program
     from .program import Program
@@ -181,4 +187,4 @@ def rows_program_cycles(kind: str, rows: int, n: int, acfg) -> int | None:
     prog = rows_program(Program(dev), kind, wins, _Planned(0, rows, n), _Planned(span, rows, n),
                         rows, n, wpr, per_chunk)  # fmt: skip
     prog.code_addr = 2 * span
-    return predict_program(prog)
+    return predict_program(prog, engine_cycles)

@@ -453,10 +453,20 @@ def test_device_run_equals_golden_bit_for_bit(encoder):
             assert r["measured"]["words"] == r["words"], r
         if r["engine"] == "systolic":
             assert r["schedule"]["dataflow"] in CFG.engine("systolic").dataflows
-        if r["engine"] in ("systolic", "softmax", "gelu") and r["program"] is not None:
+        if r["engine"] in ("systolic", "softmax", "gelu", "layernorm") and r["program"]:
             # the program model, run before the board on the plan's program: its PERF_PROGRAM
             # (exact but for where the allocator puts the buffers: 4 KiB burst splits)
             assert abs(r["program"] - r["measured"]["program"]) <= 0.03 * r["program"], r
+        if r["measured"] and r["measured"]["program"] and r["engine"] != "layernorm":
+            # and after the run, on the programs that ran: the board's count
+            assert r["measured"]["model"] == r["measured"]["program"], r
+    t = c.report.totals()
+    # the block, but for LayerNorm from device buffers (its cycles depend on their data)
+    assert t["model"] == t["modelled_program"] > 0
+    assert t["unmodelled"] == ["layer_norm", "layer_norm_1"]
+    ln = sum(r["measured"]["program"] for r in c.report.rows if r["engine"] == "layernorm")
+    assert t["modelled_program"] + ln == t["program"]
+    assert f"the timing model of the programs that ran: {t['model']:,} cycles" in c.report.to_markdown()
 
 
 def test_attention_fused_on_chip(encoder):

@@ -337,15 +337,20 @@ class DeviceBackend(Backend):
 
     def begin(self, op, engine=None):
         self._before = self.dev.perf()
+        self.dev.program_trace = []
 
     def end(self, op, engine=None):
         after, before = self.dev.perf(), self._before
         self._before = None
+        progs, self.dev.program_trace = self.dev.program_trace or [], None
         kind = engine if engine in ("pim",) else _ENGINE_KIND[op.kind]
         idx = self.config.engine_index(kind)
+        # the timing model of the programs the op ran (None where one cannot be modelled)
+        model = [p.predict() for p in progs]
         return {"busy": after["engine_busy"][idx] - before["engine_busy"][idx],
                 "program": after["program"] - before["program"],
-                "words": after["load"] + after["store"] - before["load"] - before["store"]}  # fmt: skip
+                "words": after["load"] + after["store"] - before["load"] - before["store"],
+                "model": None if None in model else sum(model)}  # fmt: skip
 
     def close(self):
         for buf in self._weights.values():

@@ -172,7 +172,7 @@ def predict(engine: str, calls: list, acfg) -> dict:
     wins = {w.name: w for w in eng.windows()}
     per_row = wins["in"].stride + wins["out"].stride  # words per vector word of a row, in + out
     total = words = 0
-    program = 0 if engine in ("gelu", "softmax") else None  # LayerNorm's depend on the data
+    program = 0
     for x in calls:
         if engine == "gelu":
             n = min(cfg.max_len, cfg.depth * cfg.lanes, x)
@@ -183,16 +183,17 @@ def predict(engine: str, calls: list, acfg) -> dict:
             continue
         rows, n = x.shape
         words += rows * -(-n // cfg.lanes) * per_row
-        if engine == "softmax" and rows:
-            program += rows_program_cycles(engine, rows, n, acfg)
-        for r0, c in _row_chunks(rows, n, cfg):
+        per_chunk = []  # each instruction's engine cycles (softmax: fully masked rows are
+        for r0, c in _row_chunks(rows, n, cfg):  # shorter; LayerNorm: the data decide)
             chunk = x[r0 : r0 + c]
             if engine == "softmax":
                 masked = int((chunk == cfg.in_fmt.min).all(dim=1).sum())
-                total += eng.cycles(n, c, masked)
-                program -= eng.cycles(n, c) - eng.cycles(n, c, masked)  # (the model has none)
+                per_chunk.append(eng.cycles(n, c, masked))
             else:
-                total += eng.cycles(chunk.tolist())
+                per_chunk.append(eng.cycles(chunk.tolist()))
+        total += sum(per_chunk)
+        if rows:
+            program += rows_program_cycles(engine, rows, n, acfg, tuple(per_chunk))
     return {"cycles": total, "program": program, "words": words}
 
 
@@ -279,13 +280,24 @@ class Report:
                 "measured": sum(meas) if meas and len(meas) == len(rows) else None}  # fmt: skip
 
     def totals(self) -> dict:
-        out = {"macs": 0, "predicted": 0, "busy": 0, "program": 0}
+        """Sums over the ops. After a device run, ``model`` is the timing model's cycles of the
+        programs the ops ran, over the ops whose programs it can model (``modelled_program``:
+        their measured cycles; ``unmodelled``: the others, LayerNorm's from device buffers,
+        whose engine cycles depend on data the host does not have)."""
+        out = {"macs": 0, "predicted": 0, "busy": 0, "program": 0, "model": 0,
+               "modelled_program": 0, "unmodelled": []}  # fmt: skip
         for r in self.rows:
             out["macs"] += r["macs"]
             out["predicted"] += r["predicted"] or 0
             if r["measured"]:
                 out["busy"] += r["measured"]["busy"]
                 out["program"] += r["measured"]["program"]
+                m = r["measured"].get("model")
+                if m is not None:
+                    out["model"] += m
+                    out["modelled_program"] += r["measured"]["program"]
+                elif r["measured"]["program"]:
+                    out["unmodelled"].append(r["op"])
         return out
 
     def to_markdown(self) -> str:
@@ -314,6 +326,10 @@ class Report:
             + ", ".join(f"{k} {v}" for k, v in sorted(engines.items()))
             + f"); {t['macs']:,} MACs; predicted engine cycles {t['predicted']:,}"
             + (f"; measured busy {t['busy']:,}, program {t['program']:,}" if t["busy"] else "")
+            + (f"; the timing model of the programs that ran: {t['model']:,} cycles vs "
+               f"{t['modelled_program']:,} measured"
+               + (f" (not modelled: {', '.join(t['unmodelled'])})" if t["unmodelled"] else "")
+               if t["busy"] else "")  # fmt: skip
         )
         a = self.allocation
         if a:
