@@ -466,7 +466,8 @@ def test_device_run_equals_golden_bit_for_bit(encoder):
     assert t["unmodelled"] == ["layer_norm", "layer_norm_1"]
     ln = sum(r["measured"]["program"] for r in c.report.rows if r["engine"] == "layernorm")
     assert t["modelled_program"] + ln == t["program"]
-    assert f"the timing model of the programs that ran: {t['model']:,} cycles" in c.report.to_markdown()
+    line = f"the timing model of the programs that ran: {t['model']:,} cycles"
+    assert line in c.report.to_markdown()
 
 
 def test_attention_fused_on_chip(encoder):
