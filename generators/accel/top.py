@@ -86,8 +86,9 @@ class Accelerator(wiring.Component):
             engines, self.specs, queue_depth=cfg.queue_depth, mem_bytes=cfg.mem_bytes,
             watchdog=cfg.watchdog_cycles, max_burst=cfg.mem_max_burst, copy=cfg.copy_unit,
         )  # fmt: skip
-        m.submodules.load = ld = LoadChannel(max_burst=cfg.mem_max_burst)
-        m.submodules.store = st = StoreChannel(max_burst=cfg.mem_max_burst)
+        aw = (cfg.mem_bytes - 1).bit_length()  # the controller checks every copy against it
+        m.submodules.load = ld = LoadChannel(max_burst=cfg.mem_max_burst, addr_width=aw)
+        m.submodules.store = st = StoreChannel(max_burst=cfg.mem_max_burst, addr_width=aw)
         m.submodules.interconnect = ic = AXI4Interconnect(n_read=3, n_write=2)
         wiring.connect(m, ic.bus, wiring.flipped(self.mem))
         wiring.connect(m, ctrl.fetch, ic.rd1)
@@ -200,7 +201,8 @@ class Accelerator(wiring.Component):
         assembling = Signal(INSTR_BITS - 32)
         word_idx = Signal(range(INSTR_WORDS))
         scratch, prog_addr, prog_count = Signal(32), Signal(32), Signal(16)
-        mem_addr, mem_wdata = Signal(32), Signal(32)
+        # (a device-memory access is range-checked first: its address has the memory's width)
+        mem_addr, mem_wdata = Signal((cfg.mem_bytes - 1).bit_length()), Signal(32)
         queue_full = Signal()
         m.d.comb += [ctrl.prog_addr.eq(prog_addr), ctrl.prog_count.eq(prog_count)]
         m.d.comb += ctrl.raise_code.eq(Mux(queue_full, ErrorCode.QUEUE_OVERFLOW, 0))
