@@ -114,7 +114,9 @@ class AccelConfig:
     ``engines`` is a tuple of engine Config objects, at most one per kind, in window order (engine
     ``i``'s host window is at ``0x0100_0000 * (i + 1)``). ``perf_width`` is the width of the
     performance counters (read as 64-bit registers; 32 saves area on small parts, 48 bits of
-    cycles last 65 days at 50 MHz).
+    cycles last 65 days at 50 MHz). ``perf_counters``: ``all`` (default) implements every
+    counter; ``minimal`` only PERF_CYCLES and PERF_PROGRAM (the clock and the time the host's
+    timing model predicts), and the other counters read 0: for small parts.
     """
 
     name: str = "gatesmith"
@@ -125,6 +127,7 @@ class AccelConfig:
     clock_hz: int = 50_000_000
     baud: int = 1_000_000
     perf_width: int = 48
+    perf_counters: str = "all"  # or "minimal": only PERF_CYCLES and PERF_PROGRAM count
     # Device memory (the AXI4 manager port). Defaults model the ULX3S's 32 MiB SDRAM (a 16-bit
     # SDR part at twice the 50 MHz fabric clock: 4 bytes per fabric cycle at best, ~12 cycles from
     # request to first data through a controller).
@@ -159,6 +162,10 @@ class AccelConfig:
             )
         if isinstance(self.perf_width, bool) or self.perf_width not in range(32, 65):
             raise ConfigError(f"perf_width must be an integer in 32..64, not {self.perf_width}")
+        if self.perf_counters not in ("all", "minimal"):
+            raise ConfigError(
+                f"perf_counters must be one of all, minimal, not {self.perf_counters!r}"
+            )
         if not 1_000_000 <= self.clock_hz <= 1_000_000_000:
             raise ConfigError(f"clock_hz must be in 1e6..1e9, not {self.clock_hz}")
         if not 9600 <= self.baud <= self.clock_hz // 4:

@@ -237,13 +237,13 @@ def _next_burst(m, cur, words_left, max_burst):
 class _Transfer:
     """Strided 2-D address walk shared by the reader and the writer."""
 
-    def __init__(self, m, comp, max_burst):
-        self.cur = Signal(32)
-        self.row_base = Signal(32)
+    def __init__(self, m, comp, max_burst, addr_width=32):
+        self.cur = Signal(addr_width)
+        self.row_base = Signal(addr_width)
         self.rows_left = Signal(17)
         self.words_left = Signal(17)
         self.row_words = Signal(16)
-        self.stride = Signal(32)
+        self.stride = Signal(addr_width)
         self.active = Signal()
         self.beats = _next_burst(m, self.cur, self.words_left, max_burst)
         with m.If(comp.start):
@@ -289,10 +289,14 @@ def _transfer_ports():
 
 
 class BurstReader(wiring.Component):
-    """A strided 2-D read from device memory; the words come out of ``data`` in order."""
+    """A strided 2-D read from device memory; the words come out of ``data`` in order.
 
-    def __init__(self, *, max_burst: int = 16):
-        self.max_burst = max_burst
+    ``addr_width`` < 32 walks addresses in that many bits (the upper address bits are zero): for
+    a requester whose transfers are known to lie in the first ``2**addr_width`` bytes.
+    """
+
+    def __init__(self, *, max_burst: int = 16, addr_width: int = 32):
+        self.max_burst, self.addr_width = max_burst, addr_width
         self.depth = 2 * max_burst
         super().__init__(
             {**_transfer_ports(), "mem": Out(ReadReqSignature()), "data": Out(stream.Signature(32))}
@@ -300,7 +304,7 @@ class BurstReader(wiring.Component):
 
     def elaborate(self, platform):
         m = Module()
-        t = _Transfer(m, self, self.max_burst)
+        t = _Transfer(m, self, self.max_burst, self.addr_width)
         m.submodules.buf = buf = fifo.SyncFIFOBuffered(width=32, depth=self.depth)
         owed = Signal(range(self.depth + 1))  # beats requested and not yet taken from the FIFO
         issue = Signal()
@@ -335,11 +339,12 @@ class BurstWriter(wiring.Component):
     """A strided 2-D write to device memory of the words that arrive on ``data``.
 
     ``space`` is the free room of the input FIFO: a producer with a read latency pushes only
-    what fits (``data.ready`` is high whenever ``space`` is non-zero).
+    what fits (``data.ready`` is high whenever ``space`` is non-zero). ``addr_width``: as for
+    :class:`BurstReader`.
     """
 
-    def __init__(self, *, max_burst: int = 16):
-        self.max_burst = max_burst
+    def __init__(self, *, max_burst: int = 16, addr_width: int = 32):
+        self.max_burst, self.addr_width = max_burst, addr_width
         self.depth = 2 * max_burst
         super().__init__(
             {
@@ -352,7 +357,7 @@ class BurstWriter(wiring.Component):
 
     def elaborate(self, platform):
         m = Module()
-        t = _Transfer(m, self, self.max_burst)
+        t = _Transfer(m, self, self.max_burst, self.addr_width)
         m.submodules.buf = buf = fifo.SyncFIFOBuffered(width=32, depth=self.depth)
         m.d.comb += [
             buf.w_data.eq(self.data.payload),

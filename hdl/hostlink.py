@@ -96,9 +96,6 @@ class HostLinkBridge(wiring.Component):
         m.submodules.buf = buf = memory.Memory(shape=32, depth=self.max_words, init=[])
         buf_w, buf_r = buf.write_port(), buf.read_port()  # synchronous: maps to block RAM
 
-        seq, cmd = Signal(8), Signal(8)
-        addr = Signal(32)
-        count = Signal(16)
         # byte/word counter: a header of 8 bytes, or a payload word index and its byte
         idx = Signal(max(3, 2 + ceil_log2(self.max_words)))
         word = Signal(32)
@@ -108,8 +105,11 @@ class HostLinkBridge(wiring.Component):
         done_words = Signal(16)
         silence = Signal(ceil_log2(self.timeout + 1))
         hdr = Signal(64)  # seq, cmd, addr, count as received
+        # The frame's fields are the header register's own bits (it changes only while the next
+        # header arrives); addr and count are then updated in place.
+        seq, cmd, once = hdr[0:8], hdr[8:15], hdr[15]  # once: this frame has the ONCE flag
+        addr, count = hdr[16:48], hdr[48:64]
         # the exactly-once record: the last ONCE frame executed (seq, status, count)
-        once = Signal()  # this frame has the ONCE flag
         once_exec = Signal()  # this frame is a ONCE frame being executed: record it
         once_valid = Signal()  # a ONCE frame was executed since reset (the SESSION flag)
         once_seq, once_status, once_count = Signal(8), Signal(8), Signal(16)
@@ -155,11 +155,6 @@ class HostLinkBridge(wiring.Component):
                         m.next = "HDR_DONE"
             with m.State("HDR_DONE"):
                 m.d.sync += [
-                    seq.eq(hdr[0:8]),
-                    cmd.eq(hdr[8:15]),
-                    once.eq(hdr[15]),
-                    addr.eq(hdr[16:48]),
-                    count.eq(hdr[48:64]),
                     status.eq(Status.OK),
                     done_words.eq(0),
                     word.eq(0),

@@ -50,6 +50,10 @@ def test_int16_needs_a_wide_accumulator():
 def test_top_level_errors(tmp_path):
     assert _err({"engines": {"tpu": {}}}).startswith("engines has no engine 'tpu'; valid engines are")
     assert _err({"queue_depth": 3}) == "queue_depth must be one of 2, 4, 8, 16, 32, 64, not 3"
+    assert _err({"perf_counters": "some"}) == (
+        "perf_counters must be one of all, minimal, not 'some'"
+    )
+    assert AccelConfig().perf_counters == "all"
     assert _err({"speed": 1}).startswith("config has no field 'speed'; valid fields are baud,")
     assert _err(str(tmp_path / "nope.yaml")) == f"config file {str(tmp_path / 'nope.yaml')!r} does not exist"
     bad = tmp_path / "bad.yaml"

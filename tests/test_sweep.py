@@ -254,8 +254,8 @@ def test_random_zipped_and_engine_axes(tmp_path):
         ({"axes": {"clock": [1]}},
          "axis 'clock': the config has no field 'clock'; valid fields are baud, clock_hz, "
          "copy_unit, link_max_words, link_timeout_cycles, mem_bytes, mem_cycles_per_beat, mem_data_width, "
-         "mem_latency, mem_max_burst, name, perf_width, queue_depth, watchdog_cycles and "
-         "engines.KIND.FIELD"),
+         "mem_latency, mem_max_burst, name, perf_counters, perf_width, queue_depth, watchdog_cycles "
+         "and engines.KIND.FIELD"),
         ({"stages": ["generate", "synth"]},
          "stages: 'synth' is not a stage; stages are generate, verify, build, cycles"),
         ({"objectives": ["lut:min", "cycles:min"]},

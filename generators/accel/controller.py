@@ -12,7 +12,7 @@ a program stops cleanly. The watchdog raises DEADLOCK when a program makes no pr
 fetched, started or retired) for ``watchdog`` cycles: a token that can never arrive.
 """
 
-from amaranth import Cat, Module, Signal
+from amaranth import Cat, Module, Mux, Signal
 from amaranth.lib import fifo, stream, wiring
 from amaranth.lib.wiring import In, Out
 
@@ -30,8 +30,103 @@ SRC_STORE = 0xFE
 SRC_COPY = 0xFC
 PC_NONE = 0xFFFF  # ERROR_PC of an instruction that came from the register queue
 
-_ENTRY_BITS = 32 * ENTRY_WORDS
 _Q_BITS = 4 + INSTR_BITS + 16  # token bits, instruction, program entry index
+
+
+# Errors a LOAD/STORE is checked for as it enters its queue, in priority order; the queue
+# entry carries the index (0: none) and the unit raises the code when the entry reaches CHECK.
+_DMA_ERRORS = (ErrorCode.BAD_SHAPE, ErrorCode.MEM_ALIGN, ErrorCode.MEM_RANGE, ErrorCode.BAD_FIELD)
+
+
+class _DmaEntry:
+    """A load/store queue entry: a LOAD/STORE already checked, as narrow as the config allows.
+
+    A legal copy lies inside device memory (``mem_bytes`` = 2**k bytes, 2**(k-2) words), so its
+    byte address needs k bits and, when it has two rows or more, its row stride k-2 bits (with one
+    row the stride is never used). The entry keeps those, the engine index, the token bits the
+    queue's unit uses (``pop``, ``push``), the program entry index and the check's result. An
+    entry with an error needs none of the copy's fields but all 32 bits of ``mem_addr`` (the
+    ERROR_ADDR it reports): the address bits above k go where ``win_addr`` would be.
+
+    The range check ``mem_addr + ((rows - 1) * mem_stride + row_words) * 4 > mem_bytes`` clamps
+    both factors at 2**(k-2) words first: a clamped factor times a non-zero one is already past
+    the end, so the outcome is the same as with the full product, and the multiplier shrinks to
+    (k-1) x (k-1) bits (one 16x16 DSP block for device memories up to 128 KiB).
+    """
+
+    def __init__(self, mem_bytes: int, n_engines: int):
+        self.k = (mem_bytes - 1).bit_length()  # byte-address bits of device memory
+        self.mem_bytes = mem_bytes
+        self.n_engines = n_engines
+        self.layout = [
+            ("code", 3),
+            ("pop", 1),
+            ("push", 1),
+            ("pc", 16),
+            ("engine", max(1, (n_engines - 1).bit_length())),
+            ("rows", 16),
+            ("row_words", 12),
+            ("mem_stride", min(18, max(1, self.k - 2))),
+            ("win_stride", 16),
+            ("win_addr", 22),
+            ("mem_addr", min(32, self.k)),
+        ]
+        self.width = sum(w for _, w in self.layout)
+
+    def check(self, m, ins):
+        """The error index (0: none) of the LOAD/STORE ``ins``, combinational."""
+        d = DmaInstr(ins)
+        lim = 1 << max(0, self.k - 2)  # words of device memory
+        clamp_bits = lim.bit_length()
+
+        def clamp(v, width, name):
+            if width <= clamp_bits:
+                return v
+            c = Signal(clamp_bits, name=name)
+            m.d.comb += c.eq(Mux(v >= lim, lim, v))
+            return c
+
+        rows_m1 = Signal(16, name="chk_rows_m1")
+        m.d.comb += rows_m1.eq(d.rows - 1)
+        prod = clamp(rows_m1, 16, "chk_rows") * clamp(d.mem_stride, 18, "chk_stride")
+        end = Signal(40, name="chk_end")
+        m.d.comb += end.eq(d.mem_addr + ((prod + d.row_words) << 2))
+        code = Signal(3, name="chk_code")
+        with m.If((d.rows == 0) | (d.row_words == 0)):
+            m.d.comb += code.eq(1)
+        with m.Elif(d.mem_addr[:2] != 0):
+            m.d.comb += code.eq(2)
+        with m.Elif(end > self.mem_bytes):
+            m.d.comb += code.eq(3)
+        with m.Elif(d.engine >= self.n_engines):
+            m.d.comb += code.eq(4)
+        return code
+
+    def pack(self, ins, code, pop, push, pc):
+        d = DmaInstr(ins)
+        vals = {"code": code, "pop": pop, "push": push, "pc": pc}
+        for name in ("engine", "rows", "row_words", "mem_stride", "win_stride", "win_addr",
+                     "mem_addr"):  # fmt: skip
+            vals[name] = getattr(d, name)
+        if self.k < 32:  # an entry with an error keeps the address bits above k in win_addr
+            vals["win_addr"] = Mux(code != 0, d.mem_addr[self.k :], d.win_addr)
+        return Cat(*(vals[name][:w] for name, w in self.layout))
+
+    def fields(self, value):
+        """name -> slice of the entry ``value``; ``err_addr`` is the full ERROR_ADDR."""
+        out, lsb = {}, 0
+        for name, w in self.layout:
+            out[name] = value[lsb : lsb + w]
+            lsb += w
+        index, code = out["code"], 0
+        for i, err in reversed(list(enumerate(_DMA_ERRORS, start=1))):
+            code = Mux(index == i, err, code)
+        out["code"] = code
+        if self.k < 32:
+            out["err_addr"] = Cat(out["mem_addr"], out["win_addr"][: 32 - self.k])
+        else:
+            out["err_addr"] = out["mem_addr"]
+        return out
 
 
 class Controller(wiring.Component):
@@ -92,18 +187,29 @@ class Controller(wiring.Component):
             fr.stride.eq(ENTRY_WORDS),
         ]
         word = Signal(range(ENTRY_WORDS))
-        entry = Signal(_ENTRY_BITS)
+        entry_hdr = Signal(4)  # the header's token bits (the rest of its word is reserved)
+        entry_ins = Signal(INSTR_BITS)
         entry_valid = Signal()
         m.d.comb += fr.data.ready.eq(~entry_valid)
         with m.If(fr.data.valid & fr.data.ready):
-            m.d.sync += [entry.word_select(word, 32).eq(fr.data.payload), word.eq(word + 1)]
+            m.d.sync += word.eq(word + 1)
+            with m.If(word == 0):
+                m.d.sync += entry_hdr.eq(fr.data.payload[:4])
+            for w in range(1, ENTRY_WORDS):
+                with m.If(word == w):
+                    m.d.sync += entry_ins.word_select(w - 1, 32).eq(fr.data.payload)
             with m.If(word == ENTRY_WORDS - 1):
                 m.d.sync += [word.eq(0), entry_valid.eq(1)]
 
         # ---- the three queues ----------------------------------------------------------------------
+        # The load and store queues hold a DMA instruction already checked (``_DmaEntry``): its
+        # error code and the fields the channel needs, addresses as wide as device memory; the
+        # compute queue holds whole instructions.
+        de = _DmaEntry(self.mem_bytes, len(engines))
         qs = []
         for name in ("lq", "cq", "sq"):
-            q = fifo.SyncFIFOBuffered(width=_Q_BITS, depth=self.queue_depth)
+            width = _Q_BITS if name == "cq" else de.width
+            q = fifo.SyncFIFOBuffered(width=width, depth=self.queue_depth)
             m.submodules[name] = q
             qs.append(q)
         lq, cq, sq = qs
@@ -113,7 +219,7 @@ class Controller(wiring.Component):
         src_hdr, src_ins, src_pc, src_valid, from_prog = (
             Signal(32), Signal(INSTR_BITS), Signal(16), Signal(), Signal())  # fmt: skip
         with m.If(entry_valid):
-            m.d.comb += [src_hdr.eq(entry[:32]), src_ins.eq(entry[32:]), src_pc.eq(fetched),
+            m.d.comb += [src_hdr.eq(entry_hdr), src_ins.eq(entry_ins), src_pc.eq(fetched),
                          src_valid.eq(1), from_prog.eq(1)]  # fmt: skip
         with m.Elif(~running):
             m.d.comb += [src_hdr.eq(0), src_ins.eq(self.reg_instr.payload), src_pc.eq(PC_NONE),
@@ -126,8 +232,13 @@ class Controller(wiring.Component):
         with m.Elif(op == Op.STORE):
             m.d.comb += target.eq(2)
         accept = Signal()
+        dma_code = de.check(m, src_ins)  # one check serves both DMA queues (one entry a cycle)
+        m.d.comb += [
+            lq.w_data.eq(de.pack(src_ins, dma_code, src_hdr[1], src_hdr[3], src_pc)),
+            cq.w_data.eq(Cat(src_hdr[:4], src_ins, src_pc)),
+            sq.w_data.eq(de.pack(src_ins, dma_code, src_hdr[0], src_hdr[2], src_pc)),
+        ]
         for i, q in enumerate(qs):
-            m.d.comb += q.w_data.eq(Cat(src_hdr[:4], src_ins, src_pc))
             with m.If(src_valid & (target == i) & q.w_rdy & ~halt):
                 m.d.comb += [q.w_en.eq(1), accept.eq(1)]
         drop = Signal()
@@ -154,41 +265,28 @@ class Controller(wiring.Component):
         # ---- DMA units (load and store are the same machine on different tokens) ----------------
         progress = Signal()
         units_busy = []
-        for q, cmdp, src, wait_tok, give_tok, pop_bit, push_bit, rname in (
-            (lq, self.load, SRC_LOAD, "c2l", "l2c", 1, 3, "load"),
-            (sq, self.store, SRC_STORE, "c2s", "s2c", 0, 2, "store"),
+        for q, cmdp, src, wait_tok, give_tok, rname in (
+            (lq, self.load, SRC_LOAD, "c2l", "l2c", "load"),
+            (sq, self.store, SRC_STORE, "c2s", "s2c", "store"),
         ):
-            hdr, ins, pc = head(q)
-            ins_l = Signal(INSTR_BITS, name=f"{rname}_ins")
-            hdr_l = Signal(4, name=f"{rname}_hdr")
-            pc_l = Signal(16, name=f"{rname}_pc")
-            d = DmaInstr(ins_l)
+            ent = Signal(de.width, name=f"{rname}_entry")
+            f = de.fields(ent)
+            head_pop = de.fields(q.r_data)["pop"]
             busy = Signal(name=f"{rname}_unit_busy")
             units_busy.append(busy)
-            end = Signal(40, name=f"{rname}_end")
-            m.d.comb += end.eq(d.mem_addr + ((d.rows - 1) * d.mem_stride + d.row_words) * 4)
             with m.FSM(name=f"{rname}_unit"):
                 with m.State("IDLE"):
                     with m.If(q.r_rdy):
                         with m.If(halt):
                             m.d.comb += q.r_en.eq(1)  # discard
-                        with m.Elif(~hdr[pop_bit] | (tok[wait_tok] != 0)):
-                            m.d.comb += [q.r_en.eq(1), dec[wait_tok].eq(hdr[pop_bit])]
-                            m.d.sync += [ins_l.eq(ins), hdr_l.eq(hdr), pc_l.eq(pc)]
+                        with m.Elif(~head_pop | (tok[wait_tok] != 0)):
+                            m.d.comb += [q.r_en.eq(1), dec[wait_tok].eq(head_pop)]
+                            m.d.sync += ent.eq(q.r_data)
                             m.next = "CHECK"
                 with m.State("CHECK"):
                     m.d.comb += busy.eq(1)
-                    with m.If((d.rows == 0) | (d.row_words == 0)):
-                        raise_error(ErrorCode.BAD_SHAPE, src, d.mem_addr, pc_l)
-                        m.next = "RETIRE"
-                    with m.Elif(d.mem_addr[:2] != 0):
-                        raise_error(ErrorCode.MEM_ALIGN, src, d.mem_addr, pc_l)
-                        m.next = "RETIRE"
-                    with m.Elif(end > self.mem_bytes):
-                        raise_error(ErrorCode.MEM_RANGE, src, d.mem_addr, pc_l)
-                        m.next = "RETIRE"
-                    with m.Elif(d.engine >= len(engines)):
-                        raise_error(ErrorCode.BAD_FIELD, src, d.mem_addr, pc_l)
+                    with m.If(f["code"] != 0):
+                        raise_error(f["code"], src, f["err_addr"], f["pc"])
                         m.next = "RETIRE"
                     with m.Else():
                         m.d.comb += cmdp.start.eq(1)
@@ -197,21 +295,21 @@ class Controller(wiring.Component):
                     m.d.comb += busy.eq(1)
                     with m.If(cmdp.done):
                         with m.If(cmdp.win_err):
-                            raise_error(ErrorCode.WINDOW_RANGE, src, d.win_addr, pc_l)
+                            raise_error(ErrorCode.WINDOW_RANGE, src, f["win_addr"], f["pc"])
                         with m.Elif(cmdp.mem_err):
-                            raise_error(ErrorCode.BUS_ERROR, src, d.mem_addr, pc_l)
+                            raise_error(ErrorCode.BUS_ERROR, src, f["mem_addr"], f["pc"])
                         m.next = "RETIRE"
                 with m.State("RETIRE"):
-                    m.d.comb += [busy.eq(1), retire[rname].eq(1), inc[give_tok].eq(hdr_l[push_bit])]
+                    m.d.comb += [busy.eq(1), retire[rname].eq(1), inc[give_tok].eq(f["push"])]
                     m.next = "IDLE"
             m.d.comb += [
-                cmdp.engine.eq(d.engine),
-                cmdp.rows.eq(d.rows),
-                cmdp.row_words.eq(d.row_words),
-                cmdp.mem_stride.eq(d.mem_stride),
-                cmdp.win_stride.eq(d.win_stride),
-                cmdp.win_addr.eq(d.win_addr),
-                cmdp.mem_addr.eq(d.mem_addr),
+                cmdp.engine.eq(f["engine"]),
+                cmdp.rows.eq(f["rows"]),
+                cmdp.row_words.eq(f["row_words"]),
+                cmdp.mem_stride.eq(f["mem_stride"]),
+                cmdp.win_stride.eq(f["win_stride"]),
+                cmdp.win_addr.eq(f["win_addr"]),
+                cmdp.mem_addr.eq(f["mem_addr"]),
             ]
 
         # ---- COPY unit (on chip, window -> window; on the compute queue) ---------------------
@@ -327,7 +425,7 @@ class Controller(wiring.Component):
             m.d.comb += pc_w.eq(PC_NONE)
             for q in (sq, lq, cq):
                 with m.If(q.r_rdy):
-                    m.d.comb += pc_w.eq(head(q)[2])
+                    m.d.comb += pc_w.eq(head(q)[2] if q is cq else de.fields(q.r_data)["pc"])
             raise_error(ErrorCode.DEADLOCK, SRC_CTRL, 0, pc_w)
         with m.Else():
             m.d.sync += quiet.eq(quiet + 1)

@@ -6,6 +6,9 @@ channel) serves the store queue, so the next tile's loads and the previous tile'
 the current tile's compute (decoupled access-execute). Both reach the engines' windows through
 :class:`WinPortSignature`, one 32-bit word per granted cycle; the accelerator top arbitrates them
 with the AXI4-Lite subordinate (which wins) on each engine's single window port.
+
+The controller starts a channel only for a copy it has checked to lie inside device memory, so
+``addr_width`` (the byte-address bits of device memory) is all the channels' address walks need.
 """
 
 from amaranth import Module, Mux, Signal
@@ -146,14 +149,14 @@ class LoadChannel(wiring.Component):
     mem: Out(ReadReqSignature())
     win: Out(WinPortSignature())
 
-    def __init__(self, *, max_burst: int = 16):
-        self.max_burst = max_burst
+    def __init__(self, *, max_burst: int = 16, addr_width: int = 32):
+        self.max_burst, self.addr_width = max_burst, addr_width
         super().__init__()
 
     def elaborate(self, platform):
         m = Module()
         cmd, win = self.cmd, self.win
-        m.submodules.reader = rd = BurstReader(max_burst=self.max_burst)
+        m.submodules.reader = rd = BurstReader(max_burst=self.max_burst, addr_width=self.addr_width)
         wiring.connect(m, rd.mem, wiring.flipped(self.mem))
         walk, running, granted = _channel(m, cmd, win, rd)
         m.d.comb += [
@@ -173,14 +176,14 @@ class StoreChannel(wiring.Component):
     mem: Out(WriteReqSignature())
     win: Out(WinPortSignature())
 
-    def __init__(self, *, max_burst: int = 16):
-        self.max_burst = max_burst
+    def __init__(self, *, max_burst: int = 16, addr_width: int = 32):
+        self.max_burst, self.addr_width = max_burst, addr_width
         super().__init__()
 
     def elaborate(self, platform):
         m = Module()
         cmd, win = self.cmd, self.win
-        m.submodules.writer = wr = BurstWriter(max_burst=self.max_burst)
+        m.submodules.writer = wr = BurstWriter(max_burst=self.max_burst, addr_width=self.addr_width)
         wiring.connect(m, wr.mem, wiring.flipped(self.mem))
         walk, running, granted = _channel(m, cmd, win, wr)
         inflight = Signal()  # a granted read whose data arrives this cycle

@@ -126,6 +126,8 @@ REG = {r.name: r.offset for r in REGISTERS}
 PERF_COUNTERS = (
     "BUSY", "MACS", "ACTIVE", "STALL", "CYCLES", "LOAD", "STORE", "DMA", "PROGRAM", "COPY",
 )  # fmt: skip
+# What ``perf_counters: minimal`` keeps (the others read 0): the clock and the program time.
+MINIMAL_PERF_COUNTERS = ("CYCLES", "PROGRAM")
 MAX_ENGINES = 8  # engines with a busy counter (PERF_E<i>_BUSY)
 
 

@@ -38,6 +38,7 @@ from .regs import (
     CONFIG_ROM_BYTES,
     CTRL_BITS,
     MAGIC,
+    MINIMAL_PERF_COUNTERS,
     PERF_COUNTERS,
     REG,
     STATUS_BITS,
@@ -86,8 +87,9 @@ class Accelerator(wiring.Component):
             engines, self.specs, queue_depth=cfg.queue_depth, mem_bytes=cfg.mem_bytes,
             watchdog=cfg.watchdog_cycles, max_burst=cfg.mem_max_burst, copy=cfg.copy_unit,
         )  # fmt: skip
-        m.submodules.load = ld = LoadChannel(max_burst=cfg.mem_max_burst)
-        m.submodules.store = st = StoreChannel(max_burst=cfg.mem_max_burst)
+        aw = (cfg.mem_bytes - 1).bit_length()  # the controller checks every copy against it
+        m.submodules.load = ld = LoadChannel(max_burst=cfg.mem_max_burst, addr_width=aw)
+        m.submodules.store = st = StoreChannel(max_burst=cfg.mem_max_burst, addr_width=aw)
         m.submodules.interconnect = ic = AXI4Interconnect(n_read=3, n_write=2)
         wiring.connect(m, ic.bus, wiring.flipped(self.mem))
         wiring.connect(m, ctrl.fetch, ic.rd1)
@@ -153,7 +155,13 @@ class Accelerator(wiring.Component):
         m.d.comb += any_busy.eq(Cat(e.busy for e in engines).any())
         clear_perf = Signal()
         names = [*PERF_COUNTERS, *(f"E{i}_BUSY" for i in range(len(engines)))]
-        counters = {name: Signal(cfg.perf_width, name=f"perf_{name.lower()}") for name in names}
+        kept = set(names) if cfg.perf_counters == "all" else set(MINIMAL_PERF_COUNTERS)
+        # Counters the config leaves out read 0. With one engine E0_BUSY counts what BUSY does:
+        # the two registers read the same counter.
+        alias = {"E0_BUSY": "BUSY"} if len(engines) == 1 and "BUSY" in kept else {}
+        counters = {name: Signal(cfg.perf_width, name=f"perf_{name.lower()}")
+                    for name in names if name in kept and name not in alias}  # fmt: skip
+        absent = [name for name in names if name not in kept]
         increments = {
             "BUSY": any_busy,
             "MACS": sum((e.perf_macs for e in engines), start=0),
@@ -172,6 +180,9 @@ class Accelerator(wiring.Component):
                 m.d.sync += c.eq(0)
             with m.Else():
                 m.d.sync += c.eq(c + increments[name])
+        for name, other in alias.items():
+            if name in kept:
+                counters[name] = counters[other]
         hi_latch = Signal(max(1, cfg.perf_width - 32))
 
         m.d.comb += self.idle.eq(ctrl.idle & (regq.level == 0) & ~ic.outstanding & ~ld.cmd.busy
@@ -187,12 +198,12 @@ class Accelerator(wiring.Component):
 
         # ---- AXI4-Lite subordinate ------------------------------------------------------------
         self._axi_lite(m, rom_r, rom_words, rom_len, cfg_hash, regq, ctrl, host_rd, host_wr,
-                       counters, hi_latch, status, clear_perf,
+                       counters, absent, hi_latch, status, clear_perf,
                        (ax_sel, ax_addr, ax_wdata, ax_wen, ax_ren, ax_err))  # fmt: skip
         return m
 
     def _axi_lite(self, m, rom_r, rom_words, rom_len, cfg_hash, regq, ctrl, host_rd, host_wr,
-                  counters, hi_latch, status, clear_perf, win):  # fmt: skip
+                  counters, absent, hi_latch, status, clear_perf, win):  # fmt: skip
         cfg, axi, engines = self.cfg, self.axi, self.engines
         ax_sel, ax_addr, ax_wdata, ax_wen, ax_ren, ax_err = win
         rdata, rresp, bresp = Signal(32), Signal(2), Signal(2)
@@ -200,7 +211,8 @@ class Accelerator(wiring.Component):
         assembling = Signal(INSTR_BITS - 32)
         word_idx = Signal(range(INSTR_WORDS))
         scratch, prog_addr, prog_count = Signal(32), Signal(32), Signal(16)
-        mem_addr, mem_wdata = Signal(32), Signal(32)
+        # (a device-memory access is range-checked first: its address has the memory's width)
+        mem_addr, mem_wdata = Signal((cfg.mem_bytes - 1).bit_length()), Signal(32)
         queue_full = Signal()
         m.d.comb += [ctrl.prog_addr.eq(prog_addr), ctrl.prog_count.eq(prog_count)]
         m.d.comb += ctrl.raise_code.eq(Mux(queue_full, ErrorCode.QUEUE_OVERFLOW, 0))
@@ -318,6 +330,10 @@ class Accelerator(wiring.Component):
                                     m.d.sync += [rdata.eq(c[:32]), hi_latch.eq(c[32:])]
                                 with m.Case(REG[f"PERF_{name}_HI"]):
                                     m.d.sync += rdata.eq(hi_latch)
+                            if absent:  # left out by the config: they read 0
+                                with m.Case(*(REG[f"PERF_{n}_{h}"] for n in absent
+                                              for h in ("LO", "HI"))):  # fmt: skip
+                                    pass
                             with m.Case(REG["CTRL"], REG["QUEUE"]):
                                 m.d.sync += rresp.eq(AXI_SLVERR)  # write-only
                             with m.Default():
