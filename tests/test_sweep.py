@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import secrets
 import signal
 import socket
 import subprocess
@@ -113,6 +114,8 @@ def ray_head(monkeypatch):
     signalling that process (it takes its raylet, GCS and workers down with it)."""
     monkeypatch.setenv("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")  # bind to loopback
     monkeypatch.setenv("RAY_AUTH_MODE", "token")  # the head's default token authentication
+    # its token: a fresh one for this head and its driver (a new machine has no ~/.ray token)
+    monkeypatch.setenv("RAY_AUTH_TOKEN", secrets.token_hex(32))
     port = _free_port()
     tmp = tempfile.mkdtemp(prefix="ray")  # short: Ray's socket paths must fit AF_UNIX limits
     ray_bin = Path(sys.executable).parent / "ray"
