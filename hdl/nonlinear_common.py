@@ -307,9 +307,10 @@ class RowContext:
     * ``start``: one-cycle pulse when a row begins; the subclass pulses ``row_done`` when its
       results are all written.
     * ``length``, ``wpr`` (vector words per row), ``src``/``dst`` (row base addresses).
-    * ``read(m)``: pulse ``read_start`` to stream the row's words from the input memory; one cycle
-      later ``rd_valid``, ``rd_data``, ``rd_idx``, ``rd_last``, ``rd_lanes`` (lane valid mask) and
-      ``params[name]`` (param memories' word at ``rd_idx``) are aligned.
+    * ``read(m)``: pulse ``read_start`` to stream the row's words from the input memory; two
+      cycles later (the memory read and a register on its data) ``rd_valid``, ``rd_data``,
+      ``rd_idx``, ``rd_last``, ``rd_lanes`` (lane valid mask) and ``params[name]`` (param
+      memories' word at ``rd_idx``) are aligned, all of them registers.
     * ``wr_addr``/``wr_data``/``wr_en``: the output memory's write port.
     """
 
@@ -395,10 +396,16 @@ class RowEngine(wiring.Component):
         ctx.row_done = Signal()
         rows_left = Signal(16)
 
-        # wpr = ceil(len / L) by a multiply with an exact reciprocal (checked here)
-        k = 20
+        # wpr = ceil(len / L) by a multiply with an exact reciprocal (the smallest k that is exact
+        # for every length, so the multiply fits one multiplier; a shift when L is a power of two)
+        k = next(k for k in range(1, 32) if all(
+            ((n + L - 1) * -(-(1 << k) // L)) >> k == -(-n // L) for n in range(4097 + L)))
         recip = -(-(1 << k) // L)
-        assert all(((n + L - 1) * recip) >> k == -(-n // L) for n in range(4097))
+        # the checks, one operation per cycle: len + L - 1, wpr, rows * wpr (and (wpr - 1) L),
+        # the two ends and the last word's lanes, the comparisons
+        len_up = Signal(14)
+        rows_wpr = Signal(32)
+        last_base = Signal(range(self.max_len + L + 1))
         need_in = Signal(40)
         need_out = Signal(40)
 
@@ -411,14 +418,22 @@ class RowEngine(wiring.Component):
                     m.next = "SIZE"
             with m.State("SIZE"):
                 m.d.comb += self.busy.eq(1)
-                m.d.sync += wpr.eq(((fields["len"] + (L - 1)) * recip) >> k)
+                m.d.sync += len_up.eq(fields["len"] + (L - 1))
+                m.next = "SIZE2"
+            with m.State("SIZE2"):
+                m.d.comb += self.busy.eq(1)
+                m.d.sync += wpr.eq((len_up * recip) >> k)
                 m.next = "CHECK"
             with m.State("CHECK"):
                 m.d.comb += self.busy.eq(1)
+                m.d.sync += [rows_wpr.eq(fields["rows"] * wpr), last_base.eq((wpr - 1) * L)]
+                m.next = "CHECK1"
+            with m.State("CHECK1"):
+                m.d.comb += self.busy.eq(1)
                 m.d.sync += [
-                    need_in.eq(fields["src"] + fields["rows"] * wpr),
-                    need_out.eq(fields["dst"] + fields["rows"] * wpr),
-                    last_lanes.eq(fields["len"] - (wpr - 1) * L),
+                    need_in.eq(fields["src"] + rows_wpr),
+                    need_out.eq(fields["dst"] + rows_wpr),
+                    last_lanes.eq(fields["len"] - last_base),
                 ]
                 m.next = "CHECK2"
             with m.State("CHECK2"):
@@ -469,26 +484,34 @@ class RowEngine(wiring.Component):
             with m.If(idx == wpr - 1):
                 m.d.sync += running.eq(0)
         m.d.comb += [rp.addr.eq(ctx.src + idx), rp.en.eq(running)]
-        ctx.rd_valid = Signal()
-        ctx.rd_idx = Signal.like(idx)
-        ctx.rd_last = Signal()
+        # the memories' read data is registered once (the block RAM's clock-to-out is most of a
+        # cycle): the rd_* signals are aligned with that register, two cycles after the read
+        rd_valid0 = Signal()
+        rd_idx0 = Signal.like(idx)
+        rd_last0 = Signal()
         m.d.sync += [
-            ctx.rd_valid.eq(running),
-            ctx.rd_idx.eq(idx),
-            ctx.rd_last.eq(running & (idx == wpr - 1)),
+            rd_valid0.eq(running),
+            rd_idx0.eq(idx),
+            rd_last0.eq(running & (idx == wpr - 1)),
         ]
-        ctx.rd_data = [rp.data[r_in.width * i : r_in.width * (i + 1)].as_signed() for i in range(L)]
-        ctx.rd_lanes = Signal(L)
+        ctx.rd_valid = delay(m, rd_valid0, 1, "rd_valid")
+        ctx.rd_idx = delay(m, rd_idx0, 1, "rd_idx")
+        ctx.rd_last = delay(m, rd_last0, 1, "rd_last")
+        rd_word = delay(m, rp.data, 1, "rd_word")
+        ctx.rd_data = [rd_word[r_in.width * i : r_in.width * (i + 1)].as_signed() for i in range(L)]
+        rd_lanes0 = Signal(L)
         for i in range(L):
-            inside = (ctx.rd_idx != wpr - 1) | (i < last_lanes)
-            m.d.comb += ctx.rd_lanes[i].eq(ctx.rd_valid & inside)
+            inside = ~rd_last0 | (i < last_lanes)
+            m.d.comb += rd_lanes0[i].eq(rd_valid0 & inside)
+        ctx.rd_lanes = delay(m, rd_lanes0, 1, "rd_lanes")
         ctx.params = {}
         for r, mem in zip(self.regions, mems, strict=True):
             if r.role == "param":
                 pp = mem.read_port()
                 m.d.comb += [pp.addr.eq(idx), pp.en.eq(running)]
+                pword = delay(m, pp.data, 1, f"rd_{r.name}")
                 ctx.params[r.name] = [
-                    pp.data[r.width * i : r.width * (i + 1)].as_signed() for i in range(L)
+                    pword[r.width * i : r.width * (i + 1)].as_signed() for i in range(L)
                 ]
         wp = mem_out.write_port()
         ctx.wr_idx = Signal.like(idx)
