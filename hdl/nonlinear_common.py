@@ -106,6 +106,8 @@ __all__ += [
     "rom",
     "sum_tree",
     "max_tree",
+    "mul_latency",
+    "mul_pipe",
 ]
 
 # Error codes of generators/engine.py's ErrorCode (hdl does not import generators).
@@ -186,6 +188,62 @@ def sum_tree(m, values, width: int, name: str = "sum"):
             m.d.sync += r.eq(level[i] + level[i + 1] if i + 1 < len(level) else level[i])
             nxt.append(r)
         level, lat = nxt, lat + 1
+    return level[0], lat
+
+
+MUL_CHUNK = 17  # operand chunk of a multiplier: 17 unsigned bits, or up to 18 signed at the top
+
+
+def _chunks(width: int, is_signed: bool):
+    """(offset, width) of an operand's chunks, each of which fits a multiplier input."""
+    out, off = [], 0
+    while off < width:
+        w = min(MUL_CHUNK, width - off)
+        if is_signed and width - off <= MUL_CHUNK + 1:  # the signed top chunk, up to 18 bits
+            w = width - off
+        out.append((off, w))
+        off += w
+    return out
+
+
+def mul_latency(a_shape, b_shape) -> int:
+    """Cycles of :func:`mul_pipe` for operands of these shapes."""
+    n = len(_chunks(a_shape.width, a_shape.signed)) * len(_chunks(b_shape.width, b_shape.signed))
+    return 1 + (n - 1).bit_length()
+
+
+def mul_pipe(m, a, b, name: str = "mul"):
+    """``a * b`` (exact) as partial products that each fit one 18x18 multiplier, every one of them
+    registered, then summed by a balanced adder tree with a register after every level.
+
+    Returns ``(product, latency)``, latency :func:`mul_latency`."""
+    sa, sb = a.shape(), b.shape()
+    is_signed = sa.signed or sb.signed
+    width = sa.width + sb.width + 3  # room for every partial sum
+    shape = signed(width) if is_signed else unsigned(width)
+
+    def parts(v, sh):
+        ch = _chunks(sh.width, sh.signed)
+        return [(off, v[off : off + w].as_signed() if sh.signed and off + w == sh.width
+                 else v[off : off + w]) for off, w in ch]  # fmt: skip
+
+    level = []
+    for oa, ca in parts(a, sa):
+        for ob, cb in parts(b, sb):
+            pw = len(ca) + len(cb) + 1
+            pshape = signed(pw) if (ca.shape().signed or cb.shape().signed) else unsigned(pw)
+            r = Signal(pshape, name=f"{name}_p{oa}_{ob}")
+            m.d.sync += r.eq(ca * cb)
+            level.append(r << (oa + ob) if oa + ob else r)
+    lat = 1
+    while len(level) > 1:
+        nxt = []
+        for i in range(0, len(level), 2):
+            r = Signal(shape, name=f"{name}_s{lat}_{i}")
+            m.d.sync += r.eq(level[i] + level[i + 1] if i + 1 < len(level) else level[i])
+            nxt.append(r)
+        level, lat = nxt, lat + 1
+    assert lat == mul_latency(sa, sb)
     return level[0], lat
 
 

@@ -22,8 +22,8 @@ Error bounds (max abs error of a probability against ``torch.softmax`` in float6
 Masked entries (the input format's minimum) give 0; a fully masked row gives all zeros.
 Output: uint16, 1.0 == 2**15.
 
-Timing (``cycles()``, held by a test): ``online`` row = ``2 ceil(n / L) + 2 L + 70 +
-ceil(log2(2 L))`` cycles; ``shiftmax`` row = ``3 ceil(n / L) + 70 + 2 ceil(log2 L)``; plus 5
+Timing (``cycles()``, held by a test): ``online`` row = ``2 ceil(n / L) + 2 L + 73 +
+ceil(log2(2 L))`` cycles; ``shiftmax`` row = ``3 ceil(n / L) + 73 + 2 ceil(log2 L)``; plus 5
 cycles of instruction checks per instruction. Each pass streams one vector word per cycle.
 """
 
@@ -38,6 +38,7 @@ from .model import DIV_SHIFT, E_ONE, LOG2E_Q20, OUT_SHIFT, SETS, T_FRAC, TAB_HI,
 
 __all__ = ["SoftmaxEngine"]
 
+D_LAT = 2  # vector word -> the exp's input d
 EXP_LAT = 7
 L_WIDTH = 30  # running sums: <= 4096 * 2**16
 R_WIDTH = DIV_SHIFT - 16 + 1
@@ -133,9 +134,9 @@ class SoftmaxEngine(RowEngine):
         A fully masked row skips the divider (``R_WIDTH`` = 31 cycles fewer)."""
         w, L = -(-length // self.config.lanes), self.config.lanes
         if self.config.method == "online":  # + the comparator tree over the 2 L states
-            per_row = 2 * w + 2 * L + 70 + (2 * L - 1).bit_length()
+            per_row = 2 * w + 2 * L + 73 + (2 * L - 1).bit_length()
         else:  # + the comparator and adder trees over the L lanes
-            per_row = 3 * w + 70 + 2 * (L - 1).bit_length()
+            per_row = 3 * w + 73 + 2 * (L - 1).bit_length()
         return 5 + rows * per_row - masked_rows * R_WIDTH
 
     def elaborate_row(self, m, ctx):
@@ -168,17 +169,23 @@ class SoftmaxEngine(RowEngine):
             m_cur = Array(m_s[i])[par]
             has_cur = Array(has[i])[par]
             new_max = v & (~has_cur | (x > m_cur))
-            d0 = Mux(mode == 0, Mux(new_max, x - m_cur, m_cur - x), M - x)
-            d0 = Mux((mode == 0) & ~has_cur, 0, d0)
+            # d in two stages: the compare (and the running max) first, then the differences
+            x1 = _reg(m, x, signed(W), f"x1_{i}")
+            m1 = _reg(m, m_cur, signed(W), f"m1_{i}")
+            nm1 = _reg(m, new_max, 1, f"nm1_{i}")
+            h1 = _reg(m, has_cur, 1, f"h1_{i}")
+            d0 = Mux(mode == 0, Mux(nm1, x1 - m1, m1 - x1), M - x1)
+            d0 = Mux((mode == 0) & ~h1, 0, d0)
             for k in range(S):
                 with m.If(reset_stats):
                     m.d.sync += [has[i][k].eq(0), lsum[i][k].eq(0)]
                 with m.Elif((mode == 0) & v & (par == k)):
                     m.d.sync += [has[i][k].eq(1), m_s[i][k].eq(Mux(new_max, x, m_cur))]
             if i == 0:  # lane 0's exp pipeline also combines the states (online)
-                d0 = Mux(feeding, Array(M - mm for _, mm, _ in states)[feed_i], d0)
+                msel = _reg(m, Array(mm for _, mm, _ in states)[feed_i], signed(W), "msel")
+                d0 = Mux(delay(m, feeding, 1, "feeding1"), M - msel, d0)
             d = _reg(m, d0, unsigned(W), f"d{i}")
-            flags = _reg(m, Cat(v, new_max, v & ~has_cur, par), 4, f"fl{i}")
+            flags = delay(m, Cat(v, new_max, v & ~has_cur, par), D_LAT, f"fl{i}")
             e = exp_fn(m, d, f, f"x{i}")
             fd = delay(m, flags, EXP_LAT, f"fd{i}")
             fv, fset = fd[0], fd[3]
@@ -208,8 +215,8 @@ class SoftmaxEngine(RowEngine):
 
         # state combine (online): l_tot += round(l_j * exp(M - m_j)), j from the feed: l_j picked
         # (aligned with its exp), two multiplies, their sum, the accumulation
-        fi = delay(m, feed_i, EXP_LAT, "fi")
-        fval = delay(m, feeding, EXP_LAT, "fval")
+        fi = delay(m, feed_i, D_LAT - 1 + EXP_LAT, "fi")
+        fval = delay(m, feeding, D_LAT - 1 + EXP_LAT, "fval")
         lsel = _reg(m, Array(l for _, _, l in states)[fi], L_WIDTH, "lsel")
         hsel = _reg(m, fval & Array(h for h, _, _ in states)[fi], 1, "hsel")
         c_lo, c_hi = _mul2(m, e0, lsel, "cp")
@@ -217,11 +224,12 @@ class SoftmaxEngine(RowEngine):
         cval = delay(m, hsel, 2, "cval")
         with m.If(cval):
             m.d.sync += l_tot.eq(l_tot + (cprod >> 16))
-        feed_last = delay(m, feeding & (feed_i == len(states) - 1), 3 + EXP_LAT, "flast")
+        feed_last = delay(m, feeding & (feed_i == len(states) - 1), 2 + D_LAT + EXP_LAT,
+                          "flast")
 
         # tails of the passes
-        out_lat = 4 + EXP_LAT  # d, the exp, the output's three stages
-        tail_stats = delay(m, ctx.rd_last, 1 + EXP_LAT + (2 if online else 0), "tail_s")
+        out_lat = D_LAT + EXP_LAT + 3  # d, the exp, the output's three stages
+        tail_stats = delay(m, ctx.rd_last, D_LAT + EXP_LAT + (2 if online else 0), "tail_s")
         tail_out = delay(m, ctx.rd_last, out_lat, "tail_o")
         wr_v = delay(m, ctx.rd_valid, out_lat, "wr_v")
         wr_idx = delay(m, ctx.rd_idx, out_lat, "wr_idx")
