@@ -97,6 +97,7 @@ from amaranth.lib import wiring  # noqa: E402
 from amaranth.lib.memory import Memory  # noqa: E402
 
 __all__ += [
+    "CHECK_CYCLES",
     "Region",
     "RowEngine",
     "RowContext",
@@ -109,6 +110,9 @@ __all__ += [
     "mul_latency",
     "mul_pipe",
 ]
+
+# Cycles of an instruction's checks (acceptance to the first row), in every engine's cycle model.
+CHECK_CYCLES = 5
 
 # Error codes of generators/engine.py's ErrorCode (hdl does not import generators).
 _BAD_SHAPE, _OUT_OF_RANGE = 0x11, 0x12
@@ -541,7 +545,9 @@ class RowEngine(wiring.Component):
             m.d.sync += idx.eq(idx + 1)
             with m.If(idx == wpr - 1):
                 m.d.sync += running.eq(0)
-        m.d.comb += [rp.addr.eq(ctx.src + idx), rp.en.eq(running)]
+        # the reader's ports read every cycle (their data is used only where rd_valid says): a
+        # port with an enable would hold its data through a multiplexer after the block RAM
+        m.d.comb += [rp.addr.eq(ctx.src + idx), rp.en.eq(1)]
         # the memories' read data is registered once (the block RAM's clock-to-out is most of a
         # cycle): the rd_* signals are aligned with that register, two cycles after the read
         rd_valid0 = Signal()
@@ -566,7 +572,7 @@ class RowEngine(wiring.Component):
         for r, mem in zip(self.regions, mems, strict=True):
             if r.role == "param":
                 pp = mem.read_port()
-                m.d.comb += [pp.addr.eq(idx), pp.en.eq(running)]
+                m.d.comb += [pp.addr.eq(idx), pp.en.eq(1)]
                 pword = delay(m, pp.data, 1, f"rd_{r.name}")
                 ctx.params[r.name] = [
                     pword[r.width * i : r.width * (i + 1)].as_signed() for i in range(L)

@@ -15,7 +15,7 @@ int16 (f=11)    int16 (f=11)    3.5e-4  3.0e-2
 (``rom`` sits at the output format's own rounding floor plus ~1e-4 of interpolation error.)
 
 Timing: one vector word (``lanes`` elements) per cycle; a row of ``n`` elements takes
-``ceil(n / lanes) + latency + 3`` cycles, ``latency`` 7 for ``rom`` and 29 for ``shiftgelu``
+``ceil(n / lanes) + latency + 3`` cycles, ``latency`` 11 for ``rom`` and 29 for ``shiftgelu``
 (the read data register, then the lane pipeline, one carry chain or multiply per stage;
 shiftgelu's divider has a register after every quotient bit), plus 5 cycles of instruction
 checks per instruction (``cycles()``, held by a test against the RTL).
@@ -25,7 +25,16 @@ from __future__ import annotations
 
 from amaranth.hdl import Cat, Const, Mux, Signal, signed, unsigned
 
-from ...hdl.nonlinear_common import Region, RowEngine, delay, restoring_div, rom
+from ...hdl.nonlinear_common import (
+    CHECK_CYCLES,
+    Region,
+    RowEngine,
+    delay,
+    mul_latency,
+    mul_pipe,
+    restoring_div,
+    rom,
+)
 from ..engine import Window, engine_ports
 from .config import GeluConfig
 from .model import E_BITS, ROM_ENTRIES, ROM_FRAC, ROM_STEP_BITS, SHIFT_N, SIG_BITS, rom_table
@@ -71,13 +80,16 @@ class GeluEngine(RowEngine):
 
     @property
     def _lane_latency(self) -> int:
-        return 6 if self.config.method == "rom" else 13 + self._div_latency
+        if self.config.method == "rom":  # 8 stages and the interpolation's multiply
+            u_bits = max(self.config.in_frac - ROM_STEP_BITS, 1)
+            return 8 + mul_latency(signed(ROM_FRAC + 1), unsigned(u_bits))
+        return 13 + self._div_latency
 
     _div_latency = 15  # restoring_div of 16 quotient bits, a register after every bit
 
     def cycles(self, length: int, rows: int) -> int:
         """Cycles from the instruction's acceptance to its ``done`` pulse (the cycle model)."""
-        return 5 + rows * (-(-length // self.config.lanes) + self.latency + 3)
+        return CHECK_CYCLES + rows * (-(-length // self.config.lanes) + self.latency + 3)
 
     def windows(self) -> list[Window]:
         return [
@@ -120,25 +132,27 @@ class GeluEngine(RowEngine):
             kk = t << (ROM_STEP_BITS - f)
             u = _reg(m, 0, 1, f"{p}_u")
         k = _reg(m, Mux(kk > ROM_ENTRIES, ROM_ENTRIES, kk), range(ROM_ENTRIES + 1), f"{p}_k")
-        # stage 2: the two table entries
-        a = _reg(m, rom(table, k), unsigned(ROM_FRAC), f"{p}_a")
-        b = _reg(m, rom(table, k + 1), unsigned(ROM_FRAC), f"{p}_b")
-        u2 = _reg(m, u, len(u), f"{p}_u2")
-        relu2 = _reg(m, relu, len(relu), f"{p}_relu2")
-        # stages 3-5: linear interpolation (difference, product, sum: one operation each, so a
+        # stage 2: the two table entries (a block RAM), and a register on its read data
+        a = _reg(m, _reg(m, rom(table, k), unsigned(ROM_FRAC), f"{p}_a0"), ROM_FRAC, f"{p}_a")
+        b = _reg(m, _reg(m, rom(table, k + 1), unsigned(ROM_FRAC), f"{p}_b0"), ROM_FRAC, f"{p}_b")
+        u2 = delay(m, u, 2, f"{p}_u2")
+        relu2 = delay(m, relu, 2, f"{p}_relu2")
+        # then linear interpolation (difference, product, sum: one operation each, so a
         # block-RAM read, a multiplier and an adder are never in series)
         diff = _reg(m, b.as_signed() - a.as_signed(), signed(ROM_FRAC + 1), f"{p}_diff")
         a3, u3 = _reg(m, a, len(a), f"{p}_a3"), _reg(m, u2, len(u2), f"{p}_u3")
-        prod = _reg(m, diff * u3, signed(ROM_FRAC + 2 + len(u3)), f"{p}_prod")
-        a4 = _reg(m, a3, len(a), f"{p}_a4")
+        prod, plat = mul_pipe(m, diff, u3, f"{p}_prod")  # one multiplier per partial product
+        a4 = delay(m, a3, plat, f"{p}_a4")
         interp = a4 + _rshift_round(prod, sh) if sh else a4
         delta = _reg(m, interp, signed(ROM_FRAC + 2), f"{p}_delta")
-        relu3 = delay(m, relu2, 3, f"{p}_relu3")
-        # stage 6: ReLU(x) - delta, rounded to the output format and saturated
-        yv = (relu3 << (ROM_FRAC - f)).as_signed() - delta
-        yq = _sat(_rshift_round(yv, ROM_FRAC - of), cfg.out_fmt)
-        y = _reg(m, yq, cfg.out_fmt.shape, f"{p}_y")
-        return y, 6
+        relu3 = delay(m, relu2, 2 + plat, f"{p}_relu3")
+        # last stages: ReLU(x) - delta (1), rounded to the output format (2), saturated (3)
+        yv = _reg(m, (relu3 << (ROM_FRAC - f)).as_signed() - delta, signed(ROM_FRAC + w + 3),
+                  f"{p}_yv")
+        yr = _reg(m, _rshift_round(yv, ROM_FRAC - of), signed(ROM_FRAC + w + 4 - (ROM_FRAC - of)),
+                  f"{p}_yr")
+        y = _reg(m, _sat(yr, cfg.out_fmt), cfg.out_fmt.shape, f"{p}_y")
+        return y, 8 + plat
 
     def _lane_shift(self, m, x, p):
         cfg = self.config

@@ -21,6 +21,7 @@ from __future__ import annotations
 from amaranth.hdl import Const, Mux, Signal, signed, unsigned
 
 from ...hdl.nonlinear_common import (
+    CHECK_CYCLES,
     Region,
     RowEngine,
     SeqDivider,
@@ -109,7 +110,7 @@ class LayerNormEngine(RowEngine):
         """Cycles from acceptance to ``done`` for integer rows ``x_rows`` (the cycle model)."""
         cfg = self.config
         W, G = cfg.in_fmt.width, cfg.mean_frac
-        total = 5  # the instruction checks
+        total = CHECK_CYCLES
         for row in x_rows:
             row = [int(v) for v in row]
             n = len(row)
@@ -142,13 +143,23 @@ class LayerNormEngine(RowEngine):
         recip = Signal(rw)
         ssum = [Signal(signed(W + 13), name=f"s{i}") for i in range(L)]
         vsum = [Signal(vw, name=f"v{i}") for i in range(L)]
+        # copies of R near each lane's multipliers (R fans out to every lane's partial products):
+        # a chain, so that no two copies have the same input and synthesis keeps them all. R is
+        # set when pass 3 starts; the copy c cycles down the chain holds it c cycles later, and
+        # the first y of the pass meets R 3 cycles after it is set (the reader's 2, y's 1).
+        recips = [recip]
+        for c in range(1, 4):
+            recips.append(_reg(m, recips[-1], rw, f"recip_c{c}"))
         outs = []
         for i, x in enumerate(ctx.rd_data):
             v = ctx.rd_lanes[i]
             xv = _reg(m, Mux(v, x, 0), signed(W), f"x{i}")
             vv = _reg(m, v, 1, f"vv{i}")
             y = _reg(m, (ctx.rd_data[i] << G) - mean, signed(yw), f"y{i}")
-            yy, yy_lat = mul_pipe(m, y, y, f"yy{i}")
+            # pass 2's own y (0 on lanes past the row's end, so not merged with y): the two
+            # products' multipliers do not share one register
+            ysq = _reg(m, Mux(v, (ctx.rd_data[i] << G) - mean, 0), signed(yw), f"ysq{i}")
+            yy, yy_lat = mul_pipe(m, ysq, ysq, f"yy{i}")
             sq = _reg(m, Mux(delay(m, vv, yy_lat, f"vq{i}"), yy, 0), unsigned(2 * yw), f"sq{i}")
             with m.If(clear):
                 m.d.sync += [ssum[i].eq(0), vsum[i].eq(0)]
@@ -158,7 +169,7 @@ class LayerNormEngine(RowEngine):
                 m.d.sync += vsum[i].eq(vsum[i] + sq)
             # output pass, one multiply or one carry chain per stage (see out_latency): y,
             # y * R, z = round(y R / 2**(K-16)), z * gamma, rounded, + beta, saturated
-            zp, zp_lat = mul_pipe(m, y, recip, f"yr{i}")
+            zp, zp_lat = mul_pipe(m, y, recips[(i + 1) % len(recips)], f"yr{i}")
             z = _reg(m, _rsr(zp, K - Z_FRAC), signed(zw), f"z{i}")
             gam = delay(m, ctx.params["gamma"][i], 2 + zp_lat, f"g{i}")
             zg, zg_lat = mul_pipe(m, z, gam, f"zg{i}")
@@ -291,7 +302,7 @@ class LayerNormEngine(RowEngine):
 
             def newton_done():
                 k1 = (k + div.quotient) >> 1
-                with m.If(k1 >= k):
+                with m.If(div.quotient >= k):  # k1 >= k, without the add in series
                     m.next = "RECIP_SET"
                 with m.Else():
                     m.d.sync += k.eq(k1)

@@ -31,7 +31,16 @@ from __future__ import annotations
 
 from amaranth.hdl import Array, Cat, Const, Mux, Signal, signed, unsigned
 
-from ...hdl.nonlinear_common import Region, RowEngine, SeqDivider, delay, max_tree, rom, sum_tree
+from ...hdl.nonlinear_common import (
+    CHECK_CYCLES,
+    Region,
+    RowEngine,
+    SeqDivider,
+    delay,
+    max_tree,
+    rom,
+    sum_tree,
+)
 from ..engine import Window, engine_ports
 from .config import SoftmaxConfig
 from .model import DIV_SHIFT, E_ONE, LOG2E_Q20, OUT_SHIFT, SETS, T_FRAC, TAB_HI, TAB_LO
@@ -137,7 +146,7 @@ class SoftmaxEngine(RowEngine):
             per_row = 2 * w + 2 * L + 73 + (2 * L - 1).bit_length()
         else:  # + the comparator and adder trees over the L lanes
             per_row = 3 * w + 73 + 2 * (L - 1).bit_length()
-        return 5 + rows * per_row - masked_rows * R_WIDTH
+        return CHECK_CYCLES + rows * per_row - masked_rows * R_WIDTH
 
     def elaborate_row(self, m, ctx):
         cfg = self.config
@@ -190,12 +199,15 @@ class SoftmaxEngine(RowEngine):
             fd = delay(m, flags, EXP_LAT, f"fd{i}")
             fv, fset = fd[0], fd[3]
             if online:
-                # stage A: the rescaling product (two multiplies) and the plain sum; stage B: the
-                # new state, round(l e / 2**16) + E_ONE with the constants in the low product
+                # stage A: the rescaling product (two multiplies for each state, straight from
+                # its register) and the plain sum; stage B: the product of the word's state, the
+                # new state round(l e / 2**16) + E_ONE with the constants in the low product
                 l_cur = Array(lsum[i])[fset]
-                pa_lo, pa_hi = _mul2(m, e, l_cur, f"pa{i}")
+                pas = [_mul2(m, e, lsum[i][k], f"pa{i}_{k}") for k in range(S)]
                 sum_a = _reg(m, l_cur + e, unsigned(L_WIDTH), f"sa{i}")
                 fl_a = _reg(m, fd, 4, f"fa{i}")
+                pa_lo = Array(lo for lo, _ in pas)[fl_a[3]]
+                pa_hi = Array(hi for _, hi in pas)[fl_a[3]]
                 scaled = (pa_lo + ((1 << 15) + (E_ONE << 16)) + (pa_hi << LO)) >> 16
                 upd = Mux(fl_a[2], E_ONE, Mux(fl_a[1], scaled, sum_a))
                 for k in range(S):
