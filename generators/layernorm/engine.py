@@ -36,7 +36,7 @@ from .model import Z_FRAC, eps_int, isqrt_newton, k_shift, var_scale
 
 __all__ = ["LayerNormEngine"]
 
-FSM_SPLIT = 3  # the steps after the variance's division that take a cycle of their own
+FSM_SPLIT = 4  # the control steps that take a cycle of their own (|sum|, the scaling, the root)
 
 
 def _reg(m, value, shape, name):
@@ -205,6 +205,7 @@ class LayerNormEngine(RowEngine):
         qb = Signal(range(nw + 1))
         m.d.comb += [div.dividend.eq(num), div.divisor.eq(den), div.qbits.eq(qb)]
         s_tot = Signal(signed(W + 17))
+        s_mag = Signal(W + 17)
         v_tot = Signal(vw + 4)
         var = Signal(vw + 4)
         a = Signal(range(18))
@@ -241,10 +242,12 @@ class LayerNormEngine(RowEngine):
                 m.d.sync += wait.eq(wait + 1)
                 with m.If(wait == s_lat):
                     m.d.sync += s_tot.eq(s_tree)
-                    m.next = "MEAN_SET"
+                    m.next = "MEAN_ABS"
+            with m.State("MEAN_ABS"):  # |sum| a cycle before its use (FSM_SPLIT)
+                m.d.sync += s_mag.eq(Mux(s_tot < 0, -s_tot, s_tot).as_unsigned())
+                m.next = "MEAN_SET"
             with m.State("MEAN_SET"):
-                mag = Mux(s_tot < 0, -s_tot, s_tot).as_unsigned()
-                m.d.sync += [num.eq((mag << (G + 1)) + n), den.eq(n << 1), qb.eq(W + G)]
+                m.d.sync += [num.eq((s_mag << (G + 1)) + n), den.eq(n << 1), qb.eq(W + G)]
                 m.next = "MEAN"
 
             def mean_done():
@@ -274,8 +277,8 @@ class LayerNormEngine(RowEngine):
                 m.next = "SCALE"
 
             divide("VAR", var_done)
-            # the scaling and the root's first guess, one step per cycle (FSM_SPLIT cycles
-            # more than one each): bit length, shift, scaled variance, its bit length, guess
+            # the scaling and the root's first guess, one step per cycle (with MEAN_ABS, the
+            # FSM_SPLIT cycles): bit length, shift, scaled variance, its bit length, guess
             with m.State("SCALE"):
                 m.d.sync += vlen_q.eq(vlen)
                 m.next = "SCALE1"

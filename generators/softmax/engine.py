@@ -22,8 +22,8 @@ Error bounds (max abs error of a probability against ``torch.softmax`` in float6
 Masked entries (the input format's minimum) give 0; a fully masked row gives all zeros.
 Output: uint16, 1.0 == 2**15.
 
-Timing (``cycles()``, held by a test): ``online`` row = ``2 ceil(n / L) + 2 L + 73 +
-ceil(log2(2 L))`` cycles; ``shiftmax`` row = ``3 ceil(n / L) + 73 + 2 ceil(log2 L)``; plus 5
+Timing (``cycles()``, held by a test): ``online`` row = ``2 ceil(n / L) + 2 L + 76 +
+ceil(log2(2 L))`` cycles; ``shiftmax`` row = ``3 ceil(n / L) + 76 + 2 ceil(log2 L)``; plus 5
 cycles of instruction checks per instruction. Each pass streams one vector word per cycle.
 """
 
@@ -47,7 +47,7 @@ from .model import DIV_SHIFT, E_ONE, LOG2E_Q20, OUT_SHIFT, SETS, T_FRAC, TAB_HI,
 
 __all__ = ["SoftmaxEngine"]
 
-D_LAT = 2  # vector word -> the exp's input d
+D_LAT = 3  # vector word -> the exp's input d
 EXP_LAT = 7
 L_WIDTH = 30  # running sums: <= 4096 * 2**16
 R_WIDTH = DIV_SHIFT - 16 + 1
@@ -143,9 +143,9 @@ class SoftmaxEngine(RowEngine):
         A fully masked row skips the divider (``R_WIDTH`` = 31 cycles fewer)."""
         w, L = -(-length // self.config.lanes), self.config.lanes
         if self.config.method == "online":  # + the comparator tree over the 2 L states
-            per_row = 2 * w + 2 * L + 73 + (2 * L - 1).bit_length()
+            per_row = 2 * w + 2 * L + 76 + (2 * L - 1).bit_length()
         else:  # + the comparator and adder trees over the L lanes
-            per_row = 3 * w + 73 + 2 * (L - 1).bit_length()
+            per_row = 3 * w + 76 + 2 * (L - 1).bit_length()
         return CHECK_CYCLES + rows * per_row - masked_rows * R_WIDTH
 
     def elaborate_row(self, m, ctx):
@@ -170,15 +170,17 @@ class SoftmaxEngine(RowEngine):
         feeding = Signal()
         feed_i = Signal(range(len(states) + 1))
         reset_stats = Signal()
-        par = ctx.rd_idx[0] if S == 2 else Const(0, 1)
+        par = delay(m, ctx.rd_idx[0], 1, "par") if S == 2 else Const(0, 1)
 
         outs = []
-        for i, x in enumerate(ctx.rd_data):
-            v = ctx.rd_lanes[i] & (x != fmt.min)
+        for i, x0 in enumerate(ctx.rd_data):
+            # d in three stages: the element's valid bit, the compare (and the running max),
+            # the differences
+            x = _reg(m, x0, signed(W), f"x0_{i}")
+            v = _reg(m, ctx.rd_lanes[i] & (x0 != fmt.min), 1, f"v{i}")
             m_cur = Array(m_s[i])[par]
             has_cur = Array(has[i])[par]
             new_max = v & (~has_cur | (x > m_cur))
-            # d in two stages: the compare (and the running max) first, then the differences
             x1 = _reg(m, x, signed(W), f"x1_{i}")
             m1 = _reg(m, m_cur, signed(W), f"m1_{i}")
             nm1 = _reg(m, new_max, 1, f"nm1_{i}")
@@ -192,9 +194,10 @@ class SoftmaxEngine(RowEngine):
                     m.d.sync += [has[i][k].eq(1), m_s[i][k].eq(Mux(new_max, x, m_cur))]
             if i == 0:  # lane 0's exp pipeline also combines the states (online)
                 msel = _reg(m, Array(mm for _, mm, _ in states)[feed_i], signed(W), "msel")
-                d0 = Mux(delay(m, feeding, 1, "feeding1"), M - msel, d0)
+                msel = delay(m, msel, D_LAT - 2, "msel_d")
+                d0 = Mux(delay(m, feeding, D_LAT - 1, "feeding1"), M - msel, d0)
             d = _reg(m, d0, unsigned(W), f"d{i}")
-            flags = delay(m, Cat(v, new_max, v & ~has_cur, par), D_LAT, f"fl{i}")
+            flags = delay(m, Cat(v, new_max, v & ~has_cur, par), D_LAT - 1, f"fl{i}")
             e = exp_fn(m, d, f, f"x{i}")
             fd = delay(m, flags, EXP_LAT, f"fd{i}")
             fv, fset = fd[0], fd[3]
