@@ -238,6 +238,7 @@ def _elaborate(cfg, board, build_dir: Path, target_hz: float, link, dsp: bool, p
     else:  # the PLL constrains its own output; the oscillator pin keeps its real frequency
         top, platform = BoardTop(cfg, board, link=link, pll_hz=pll.fout_hz), board.platform()
     synth_opts = {"ecp5": "" if dsp else "-nodsp", "ice40": "-dsp" if dsp else ""}[board.family]
+    platform.use_dsp_blocks = dsp  # generators/dsp.py: no MULT18X18D instances when False
     try:
         plan = platform.prepare(
             top,

@@ -11,7 +11,7 @@ on ``a_data``/``b_data``; every edge input is registered once (``L = 1``) before
   is the preload chain: when column ``j``'s (skewed) ``b_shift`` is high, every row of that
   column shifts down by one; after ``rows`` shifts, row ``i`` holds the word shifted in
   ``rows - 1 - i`` shifts before the last.
-* Each PE registers its product (one stage), then accumulates.
+* Each PE registers its operands and then its product (two stages), then accumulates.
 * OS: ``a_first`` restarts the PE's accumulator with the beat's product; ``a_drain`` (with
   ``a_first``) first copies the finished sum into the drain chain, which shifts up one row per
   cycle. Row ``d``'s result leaves the top of column ``j`` at cycle ``t0 + j + 2d + OS_LAT`` where
@@ -31,12 +31,13 @@ from amaranth.hdl import signed, unsigned
 from amaranth.lib import data, wiring
 from amaranth.lib.wiring import In, Out
 
+from ..dsp import multiply
 from .config import SystolicConfig
 
 __all__ = ["SystolicArray", "OS_LAT", "WS_LAT"]
 
-OS_LAT = 4  # edge input register + product stage + accumulator + edge adder register
-WS_LAT = 4  # edge input register + product stage + partial sum register + edge adder register
+OS_LAT = 5  # edge input register + two product stages + accumulator + edge adder register
+WS_LAT = 5  # edge input register + two product stages + partial sum register + edge adder
 
 
 def _csa(s, c, p, width):
@@ -84,7 +85,6 @@ class SystolicArray(wiring.Component):
         fmt = cfg.fmt.shape
         cs = cfg.accumulation == "carry_save"
         has_os, has_ws = cfg.has_os, cfg.has_ws_path
-        pshape = signed(2 * cfg.fmt.width) if cfg.fmt.signed else unsigned(2 * cfg.fmt.width)
 
         # Skewed edge inputs.
         a_in = [[None] * C for _ in range(R)]  # value arriving at PE (i, j) from the left
@@ -141,9 +141,10 @@ class SystolicArray(wiring.Component):
                         operand = w_eff
                 else:
                     operand = b_in[i][j]
-                p_r = Signal(pshape, name=f"{n}_p")
-                pf_r = Signal(3, name=f"{n}_pf")  # flags aligned with the product
-                m.d.sync += [p_r.eq(a_in[i][j] * operand), pf_r.eq(f_in[i][j])]
+                # the operands enter the multiplier's input registers, the product its output
+                # register (on ECP5 both inside the MULT18X18D: generators/dsp.py)
+                p_r = multiply(m, platform, a_in[i][j], operand, latency=2, name=f"{n}_mul")
+                pf_r = self._delay(m, f_in[i][j], 2, f"{n}_pf")  # flags aligned with the product
                 p = Signal(A, name=f"{n}_pext")
                 m.d.comb += p.eq(p_r.as_signed() if cfg.fmt.signed else p_r)
                 if i == R - 1:

