@@ -30,7 +30,7 @@ CELLS = {"LUT4": "LUT4", "TRELLIS_FF": "FF", "CCU2C": "CCU2C", "MULT18X18D": "DS
 
 
 def ooc_build(component, *, device: str = "85k", freq_mhz: float = 150, seed: int = 1,
-              pnr: bool = True, timeout_s: float = 1800, keep: Path | None = None) -> dict:  # fmt: skip
+              pnr: bool = True, timeout_s: float = 3600, keep: Path | None = None) -> dict:
     """Synthesise (and unless ``pnr=False`` place and route) ``component`` out of context.
 
     Returns the yosys cell counts (the :data:`CELLS` columns), ``synth_s``, and with ``pnr``:
@@ -70,13 +70,14 @@ def ooc_build(component, *, device: str = "85k", freq_mhz: float = 150, seed: in
         cmd = [find_tool("nextpnr-ecp5"), f"--{device}", "--speed", "6", "--out-of-context",
                "--json", "top.json", "--freq", f"{freq_mhz:g}", "--timing-allow-fail",
                "--seed", str(seed), "--report", "report.json"]  # fmt: skip
-        try:
-            r = subprocess.run(cmd, cwd=work, capture_output=True, text=True, timeout=timeout_s)
-        except subprocess.TimeoutExpired:
-            out.update(fmax_mhz=None, pnr_s=round(time.monotonic() - t, 1), critical=None)
-            return out
-        (work / "nextpnr.log").write_text(r.stderr)
-        found = re.findall(r"Max frequency for clock\s+'[^']*':\s+([\d.]+) MHz", r.stderr)
+        log = work / "nextpnr.log"  # written as nextpnr runs, so a long run can be watched
+        with open(log, "w") as f:
+            try:
+                subprocess.run(cmd, cwd=work, stdout=f, stderr=subprocess.STDOUT, timeout=timeout_s)
+            except subprocess.TimeoutExpired:
+                out.update(fmax_mhz=None, pnr_s=round(time.monotonic() - t, 1), critical=None)
+                return out
+        found = re.findall(r"Max frequency for clock\s+'[^']*':\s+([\d.]+) MHz", log.read_text())
         out["fmax_mhz"] = float(found[-1]) if found else None
         out["pnr_s"] = round(time.monotonic() - t, 1)
         report = work / "report.json"

@@ -12,7 +12,9 @@ from gatesmith.generators.systolic.config import SystolicConfig
 
 from .systolic_amsim import rand_operands, run_gemms
 
-SHAPES = [(1, 1, 1), (2, 3, 3), (3, 5, 4), (5, 2, 7), (4, 8, 6), (7, 1, 2)]
+# (1, 5, 3) and (3, 5, 1): one-row WS (IS) folds repeated over K write one address on
+# consecutive beats of a one-row array (the write-back forwards its sum)
+SHAPES = [(1, 1, 1), (2, 3, 3), (3, 5, 4), (5, 2, 7), (4, 8, 6), (7, 1, 2), (1, 5, 3), (3, 5, 1)]
 
 
 @pytest.mark.parametrize(

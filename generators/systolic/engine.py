@@ -333,11 +333,27 @@ class SystolicEngine(wiring.Component):
             s_val = Signal(cfg.acc_width, name=f"wb{j}_val")
             m.d.comb += [rd.addr.eq(tags[j].addr), rd.en.eq(1)]
             m.d.sync += [s_v.eq(ev), s_tag.eq(tags[j]), s_val.eq(val)]
-            old = Mux(s_tag.acc, rd.data, 0)
+            # Stage 2 registers the bank's read data (a block RAM's clock-to-out is most of a
+            # cycle at 150 MHz), then adds and writes. A write one beat before to the same
+            # address (a one-row WS fold repeated over K) is forwarded from its sum register;
+            # two beats before is seen by the read port's transparency.
+            w_v = Signal(name=f"wb{j}_wv")
+            w_tag = Signal(tag_layout, name=f"wb{j}_wtag")
+            w_val = Signal(cfg.acc_width, name=f"wb{j}_wval")
+            w_old = Signal(cfg.acc_width, name=f"wb{j}_wold")
+            w_fwd = Signal(name=f"wb{j}_fwd")
+            w_sum = Signal(cfg.acc_width, name=f"wb{j}_sum")
+            writing = w_v & w_tag.we
+            m.d.sync += [w_v.eq(s_v), w_tag.eq(s_tag), w_val.eq(s_val), w_old.eq(rd.data),
+                         w_fwd.eq(writing & (w_tag.addr == s_tag.addr))]  # fmt: skip
+            w_prev = Signal(cfg.acc_width, name=f"wb{j}_prev")  # the sum written a beat ago
+            m.d.sync += w_prev.eq(w_sum)
+            old = Mux(w_tag.acc, Mux(w_fwd, w_prev, w_old), 0)
+            m.d.comb += w_sum.eq(old + w_val)
             m.d.comb += [
-                wr.addr.eq(s_tag.addr),
-                wr.data.eq(old + s_val),
-                wr.en.eq(s_v & s_tag.we),
+                wr.addr.eq(w_tag.addr),
+                wr.data.eq(w_sum),
+                wr.en.eq(writing),
             ]
             with m.If(s_v & s_tag.we & (s_tag.addr >= cfg.acc_depth)):
                 m.d.sync += oob.eq(1)
@@ -452,7 +468,7 @@ class SystolicEngine(wiring.Component):
             with m.State("TAIL"):
                 with m.If(folds.level != 0):
                     m.d.sync += tail.eq(0)
-                with m.Elif(tail == C + 3):
+                with m.Elif(tail == C + 4):
                     m.d.comb += self.done.eq(1)
                     m.d.comb += self.error.eq(Mux(oob, ErrorCode.OUT_OF_RANGE, 0))
                     m.next = "IDLE"
