@@ -166,7 +166,7 @@ class SystolicEngine(wiring.Component):
             wp = mem.write_port()
             banks.append(mem)
             bank_wr.append(wp)
-            bank_rd.append(mem.read_port(transparent_for=(wp,)))
+            bank_rd.append(mem.read_port())  # not transparent: the write-back forwards
             bank_h.append(mem.read_port())
 
         self._host_window(m, left_w, top_w, left_h, top_h, bank_h)
@@ -334,21 +334,27 @@ class SystolicEngine(wiring.Component):
             m.d.comb += [rd.addr.eq(tags[j].addr), rd.en.eq(1)]
             m.d.sync += [s_v.eq(ev), s_tag.eq(tags[j]), s_val.eq(val)]
             # Stage 2 registers the bank's read data (a block RAM's clock-to-out is most of a
-            # cycle at 150 MHz), then adds and writes. A write one beat before to the same
-            # address (a one-row WS fold repeated over K) is forwarded from its sum register;
-            # two beats before is seen by the read port's transparency.
+            # cycle at 150 MHz), then adds and writes. The read port is not transparent (yosys
+            # would emulate that with logic after the block RAM), so the sums written one and
+            # two beats before are forwarded from registers when they hit the same address (a
+            # short WS fold repeated over K).
             w_v = Signal(name=f"wb{j}_wv")
             w_tag = Signal(tag_layout, name=f"wb{j}_wtag")
             w_val = Signal(cfg.acc_width, name=f"wb{j}_wval")
             w_old = Signal(cfg.acc_width, name=f"wb{j}_wold")
-            w_fwd = Signal(name=f"wb{j}_fwd")
             w_sum = Signal(cfg.acc_width, name=f"wb{j}_sum")
             writing = w_v & w_tag.we
-            m.d.sync += [w_v.eq(s_v), w_tag.eq(s_tag), w_val.eq(s_val), w_old.eq(rd.data),
-                         w_fwd.eq(writing & (w_tag.addr == s_tag.addr))]  # fmt: skip
-            w_prev = Signal(cfg.acc_width, name=f"wb{j}_prev")  # the sum written a beat ago
-            m.d.sync += w_prev.eq(w_sum)
-            old = Mux(w_tag.acc, Mux(w_fwd, w_prev, w_old), 0)
+            p_w, p_addr = Signal(name=f"wb{j}_pw"), Signal(self.acw, name=f"wb{j}_paddr")
+            prev1 = Signal(cfg.acc_width, name=f"wb{j}_prev1")  # the sum written a beat ago
+            prev2 = Signal(cfg.acc_width, name=f"wb{j}_prev2")  # ... two beats ago
+            fwd1, fwd2 = Signal(name=f"wb{j}_fwd1"), Signal(name=f"wb{j}_fwd2")
+            m.d.sync += [
+                w_v.eq(s_v), w_tag.eq(s_tag), w_val.eq(s_val), w_old.eq(rd.data),
+                p_w.eq(writing), p_addr.eq(w_tag.addr), prev1.eq(w_sum), prev2.eq(prev1),
+                fwd1.eq(writing & (w_tag.addr == s_tag.addr)),
+                fwd2.eq(p_w & (p_addr == s_tag.addr)),
+            ]  # fmt: skip
+            old = Mux(w_tag.acc, Mux(fwd1, prev1, Mux(fwd2, prev2, w_old)), 0)
             m.d.comb += w_sum.eq(old + w_val)
             m.d.comb += [
                 wr.addr.eq(w_tag.addr),
