@@ -188,28 +188,36 @@ class SystolicEngine(wiring.Component):
         )
         b_en, b_addr, b_shift, b_zero = Signal(), Signal(self.aw), Signal(), Signal()
         oob = Signal()  # an address ran past a memory's end during this instruction
+
+        def stage(sigs, tag):  # one register per signal
+            regs = [Signal.like(x, name=f"{x.name}_{tag}") for x in sigs]
+            m.d.sync += [r.eq(x) for r, x in zip(regs, sigs)]
+            return regs
+
+        # The feed is three register stages: the sequencer's addresses and flags (so its
+        # address arithmetic ends at a register), the block RAMs' read, and the read data
+        # itself (the RAMs' clock-to-out is most of a cycle at 150 MHz, so nothing but a
+        # register follows them); the zeroing of idle beats comes after.
+        a_en0, a_addr0, a_first0, a_drain0, a_valid0 = stage(
+            [a_en, a_addr, a_first, a_drain, a_valid], "s0")
+        b_en0, b_addr0, b_shift0, b_zero0 = stage([b_en, b_addr, b_shift, b_zero], "s0")
         m.d.comb += [
-            left_r.addr.eq(a_addr),
+            left_r.addr.eq(a_addr0),
             left_r.en.eq(1),
-            top_r.addr.eq(b_addr),
+            top_r.addr.eq(b_addr0),
             top_r.en.eq(1),
         ]
-        with m.If((a_en & (a_addr >= cfg.spad_depth)) | (b_en & (b_addr >= cfg.spad_depth))):
+        with m.If((a_en0 & (a_addr0 >= cfg.spad_depth)) | (b_en0 & (b_addr0 >= cfg.spad_depth))):
             m.d.sync += oob.eq(1)
-        # align flags with the memory's read data
-        a_en1, a_first1, a_drain1, a_valid1 = Signal(), Signal(), Signal(), Signal()
-        b_en1, b_shift1, b_zero1 = Signal(), Signal(), Signal()
-        m.d.sync += [
-            a_en1.eq(a_en),
-            a_first1.eq(a_first),
-            a_drain1.eq(a_drain),
-            a_valid1.eq(a_valid),
-            b_en1.eq(b_en),
-            b_shift1.eq(b_shift),
-            b_zero1.eq(b_zero),
-        ]
-        a_elems = self._unpack(left_r.data, R)
-        b_elems = self._unpack(top_r.data, C)
+        # flags aligned with the memories' read data, then with its register
+        a_flags = stage(stage([a_en0, a_first0, a_drain0, a_valid0], "s1"), "s2")
+        a_en1, a_first1, a_drain1, a_valid1 = a_flags
+        b_en1, b_shift1, b_zero1 = stage(stage([b_en0, b_shift0, b_zero0], "s1"), "s2")
+        left_d = Signal.like(left_r.data, name="left_rdata")
+        top_d = Signal.like(top_r.data, name="top_rdata")
+        m.d.sync += [left_d.eq(left_r.data), top_d.eq(top_r.data)]
+        a_elems = self._unpack(left_d, R)
+        b_elems = self._unpack(top_d, C)
         for i in range(R):
             m.d.comb += arr.a_data[i].eq(Mux(a_en1 & a_valid1, a_elems[i], 0))
         for j in range(C):
@@ -228,7 +236,8 @@ class SystolicEngine(wiring.Component):
         # ---- fold bookkeeping: one entry per fold, consumed as its results leave -----------
         ab = f["acc_base"].shape().width
         fold_layout = data.StructLayout({"base": self.acw, "rows": 8, "acc": 1})
-        m.submodules.folds = folds = fifo.SyncFIFO(width=fold_layout.size, depth=8)
+        # deep enough for every fold in flight at the shortest period (one-row arrays)
+        m.submodules.folds = folds = fifo.SyncFIFO(width=fold_layout.size, depth=16)
         push = data.View(fold_layout, folds.w_data)
         head = data.View(fold_layout, folds.r_data)
         del ab
