@@ -152,16 +152,24 @@ class SystolicEngine(wiring.Component):
         m.submodules.array = arr = SystolicArray(cfg)
 
         # ---- memories --------------------------------------------------------------------
+        # No read of a word in the cycle it is written needs a defined result: the scratchpads
+        # are not written while a GEMM reads them (the program's tokens order that), and the
+        # write-back forwards the sums it wrote in the last two beats. Without this attribute
+        # yosys emulates read-old-data (ECP5's block RAM does not give it across its ports)
+        # with a compare and a multiplexer after the block RAM.
+        attrs = {"no_rw_check": 1}
         m.submodules.left = left = memory.Memory(
-            shape=lay["left"].width, depth=cfg.spad_depth, init=[]
+            shape=lay["left"].width, depth=cfg.spad_depth, init=[], attrs=attrs
         )
-        m.submodules.top = top = memory.Memory(shape=lay["top"].width, depth=cfg.spad_depth, init=[])
+        m.submodules.top = top = memory.Memory(
+            shape=lay["top"].width, depth=cfg.spad_depth, init=[], attrs=attrs
+        )
         left_r, top_r = left.read_port(), top.read_port()
         left_h, top_h = left.read_port(), top.read_port()
         left_w, top_w = left.write_port(granularity=32), top.write_port(granularity=32)
         banks, bank_rd, bank_wr, bank_h = [], [], [], []
         for j in range(C):
-            mem = memory.Memory(shape=A, depth=cfg.acc_depth, init=[])
+            mem = memory.Memory(shape=A, depth=cfg.acc_depth, init=[], attrs=attrs)
             m.submodules[f"acc{j}"] = mem
             wp = mem.write_port()
             banks.append(mem)
