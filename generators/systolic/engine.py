@@ -348,9 +348,15 @@ class SystolicEngine(wiring.Component):
             s_v = Signal(name=f"wb{j}_v")
             s_tag = Signal(tag_layout, name=f"wb{j}_tag")
             s_val = Signal(cfg.acc_width, name=f"wb{j}_val")
-            m.d.comb += [rd.addr.eq(tags[j].addr), rd.en.eq(1)]
-            m.d.sync += [s_v.eq(ev), s_tag.eq(tags[j]), s_val.eq(val)]
-            # Stage 2 registers the bank's read data (a block RAM's clock-to-out is most of a
+            # Stage 1 registers the result and its tag (the fold FIFO's head and the address
+            # sum reach the bank's read address from a register); stage 2 reads the bank.
+            q_v = Signal(name=f"wb{j}_qv")
+            q_tag = Signal(tag_layout, name=f"wb{j}_qtag")
+            q_val = Signal(cfg.acc_width, name=f"wb{j}_qval")
+            m.d.sync += [q_v.eq(ev), q_tag.eq(tags[j]), q_val.eq(val)]
+            m.d.comb += [rd.addr.eq(q_tag.addr), rd.en.eq(1)]
+            m.d.sync += [s_v.eq(q_v), s_tag.eq(q_tag), s_val.eq(q_val)]
+            # Stage 3 registers the bank's read data (a block RAM's clock-to-out is most of a
             # cycle at 150 MHz), then adds and writes. The read port is not transparent (yosys
             # would emulate that with logic after the block RAM), so the sums written one and
             # two beats before are forwarded from registers when they hit the same address (a
@@ -491,7 +497,7 @@ class SystolicEngine(wiring.Component):
             with m.State("TAIL"):
                 with m.If(folds.level != 0):
                     m.d.sync += tail.eq(0)
-                with m.Elif(tail == C + 4):
+                with m.Elif(tail == C + 5):
                     m.d.comb += self.done.eq(1)
                     m.d.comb += self.error.eq(Mux(oob, ErrorCode.OUT_OF_RANGE, 0))
                     m.next = "IDLE"

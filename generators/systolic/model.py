@@ -42,10 +42,10 @@ def cycles(m: int, k: int, n: int, dataflow: str, cfg: SystolicConfig) -> int:
     if dataflow == "os":
         folds = _ceil(m, R) * _ceil(n, C)
         # CHECK + folds of max(K, 2R-1) beats + flush + drain of the last fold
-        return 1 + folds * max(k, 2 * R - 1) + 1 + (2 * R + C + 11)
+        return 1 + folds * max(k, 2 * R - 1) + 1 + (2 * R + C + 12)
     folds = _ceil(k, R) * _ceil(n, C)
     period = max(m, 2 * R - 1, 2)  # one-row arrays: the preloader needs a cycle between folds
-    return 1 + R + (folds - 1) * period + m + (R + C + 12)
+    return 1 + R + (folds - 1) * period + m + (R + C + 13)
 
 
 def ideal_cycles(m: int, k: int, n: int, cfg: SystolicConfig) -> float:
