@@ -398,7 +398,7 @@ class SystolicEngine(wiring.Component):
 
         # OS state
         k = Signal(16)
-        period = Signal(17)
+        period = Signal(17)  # the OS fold's last beat: max(K, 2R - 1) - 1
         rows_left = Signal(17)  # M - mt*R
         n_left = Signal(17)  # N - nt*C
         left_mt = Signal(self.aw)  # left_base + mt*K
@@ -449,7 +449,7 @@ class SystolicEngine(wiring.Component):
                         is_os.eq(f["dataflow"] == 0),
                         # OS
                         k.eq(0),
-                        period.eq(Mux(f["k"] > 2 * R - 1, f["k"], 2 * R - 1)),
+                        period.eq(Mux(f["k"] > 2 * R - 1, f["k"] - 1, 2 * R - 2)),
                         rows_left.eq(f["m"]),
                         n_left.eq(f["n"]),
                         left_mt.eq(_sat(f["left_base"], self.aw)),
@@ -529,7 +529,7 @@ class SystolicEngine(wiring.Component):
                 folds.w_en.eq(start),
             ]
             m.d.sync += any_fold.eq(1)
-            with m.If(k == period - 1):
+            with m.If(k == period):
                 m.d.sync += k.eq(0)
                 last_n = n_left <= C
                 last_m = rows_left <= R
