@@ -406,6 +406,10 @@ class SystolicEngine(wiring.Component):
         acc_mt = Signal(self.acw)  # acc_base + mt*R
         acc_nt = Signal(self.acw)  # nt*M
         any_fold = Signal()
+        # "this is the last fold along N / M" flags, kept as registers beside the counters they
+        # describe (updated with them), so no compare sits between a counter and its next value
+        os_last_n, os_last_m = Signal(), Signal()
+        pl_last_k, pl_last_n, st_last_k, st_last_n = Signal(), Signal(), Signal(), Signal()
         # WS state: preloader
         pl_r = Signal(8)
         pl_busy, pl_ready, pl_more = Signal(), Signal(), Signal()
@@ -457,6 +461,12 @@ class SystolicEngine(wiring.Component):
                         acc_mt.eq(_sat(f["acc_base"], self.acw)),
                         acc_nt.eq(0),
                         any_fold.eq(0),
+                        os_last_n.eq(f["n"] <= C),
+                        os_last_m.eq(f["m"] <= R),
+                        pl_last_k.eq(f["k"] <= R),
+                        pl_last_n.eq(f["n"] <= C),
+                        st_last_k.eq(f["k"] <= R),
+                        st_last_n.eq(f["n"] <= C),
                         # WS
                         pl_r.eq(0),
                         pl_busy.eq(0),
@@ -484,7 +494,8 @@ class SystolicEngine(wiring.Component):
             if cfg.has_os:
                 with m.State("OS"):
                     self._os_beats(m, f, folds, push, k, period, rows_left, n_left, left_mt,
-                                   top_nt, acc_mt, acc_nt, any_fold, a_port, b_port)  # fmt: skip
+                                   top_nt, acc_mt, acc_nt, any_fold, a_port, b_port,
+                                   os_last_n, os_last_m)  # fmt: skip
             if cfg.has_ws_path:
                 with m.State("WS"):
                     self._ws_beats(m, f, folds, push, locals())
@@ -505,7 +516,7 @@ class SystolicEngine(wiring.Component):
                     m.d.sync += tail.eq(tail + 1)
 
     def _os_beats(self, m, f, folds, push, k, period, rows_left, n_left, left_mt, top_nt,
-                  acc_mt, acc_nt, any_fold, a_port, b_port):  # fmt: skip
+                  acc_mt, acc_nt, any_fold, a_port, b_port, last_n, last_m):  # fmt: skip
         R, C = self.cfg.rows, self.cfg.cols
         a_en, a_addr, a_first, a_drain, a_valid = a_port
         b_en, b_addr, b_shift, b_zero = b_port
@@ -531,20 +542,21 @@ class SystolicEngine(wiring.Component):
             m.d.sync += any_fold.eq(1)
             with m.If(k == period):
                 m.d.sync += k.eq(0)
-                last_n = n_left <= C
-                last_m = rows_left <= R
                 with m.If(~last_n):
                     m.d.sync += [
                         n_left.eq(n_left - C),
+                        last_n.eq(n_left <= 2 * C),
                         top_nt.eq(_sadd(top_nt, f["k"], self.aw)),
                         acc_nt.eq(_sadd(acc_nt, f["m"], self.acw)),
                     ]
                 with m.Elif(~last_m):
                     m.d.sync += [
                         n_left.eq(f["n"]),
+                        last_n.eq(f["n"] <= C),
                         top_nt.eq(_sat(f["top_base"], self.aw)),
                         acc_nt.eq(0),
                         rows_left.eq(rows_left - R),
+                        last_m.eq(rows_left <= 2 * R),
                         left_mt.eq(_sadd(left_mt, f["k"], self.aw)),
                         acc_mt.eq(_sadd(acc_mt, R, self.acw)),
                     ]
@@ -559,6 +571,8 @@ class SystolicEngine(wiring.Component):
         b_en, b_addr, b_shift, b_zero = s["b_port"]
         pl_r, pl_busy, pl_ready, pl_more = s["pl_r"], s["pl_busy"], s["pl_ready"], s["pl_more"]
         pl_tile, pl_ntb, pl_k0, pl_nleft = s["pl_tile"], s["pl_ntb"], s["pl_k0"], s["pl_nleft"]
+        pl_last_k, pl_last_n = s["pl_last_k"], s["pl_last_n"]
+        st_last_k, st_last_n = s["st_last_k"], s["st_last_n"]
         st_m, st_busy, st_more = s["st_m"], s["st_busy"], s["st_more"]
         st_left, st_acc, st_k0, st_nleft = s["st_left"], s["st_acc"], s["st_k0"], s["st_nleft"]
         since = s["since"]
@@ -579,14 +593,15 @@ class SystolicEngine(wiring.Component):
             m.d.sync += pl_busy.eq(1)
             with m.If(pl_r == R - 1):
                 m.d.sync += [pl_r.eq(0), pl_busy.eq(0), pl_ready.eq(1)]
-                last_k = pl_k0 + R >= K
-                last_n = pl_nleft <= C
-                with m.If(~last_k):
-                    m.d.sync += [pl_k0.eq(pl_k0 + R), pl_tile.eq(_sadd(pl_tile, R, self.aw))]
-                with m.Elif(~last_n):
+                with m.If(~pl_last_k):
+                    m.d.sync += [pl_k0.eq(pl_k0 + R), pl_tile.eq(_sadd(pl_tile, R, self.aw)),
+                                 pl_last_k.eq(pl_k0 + 2 * R >= K)]  # fmt: skip
+                with m.Elif(~pl_last_n):
                     m.d.sync += [
                         pl_k0.eq(0),
+                        pl_last_k.eq(K <= R),
                         pl_nleft.eq(pl_nleft - C),
+                        pl_last_n.eq(pl_nleft <= 2 * C),
                         pl_ntb.eq(_sadd(pl_ntb, K, self.aw)),
                         pl_tile.eq(_sadd(pl_ntb, K, self.aw)),
                     ]
@@ -611,14 +626,15 @@ class SystolicEngine(wiring.Component):
         with m.If(start | st_busy):
             with m.If(st_m == M - 1):
                 m.d.sync += [st_m.eq(0), st_busy.eq(0)]
-                last_k = st_k0 + R >= K
-                last_n = st_nleft <= C
-                with m.If(~last_k):
-                    m.d.sync += [st_k0.eq(st_k0 + R), st_left.eq(_sadd(st_left, M, self.aw))]
-                with m.Elif(~last_n):
+                with m.If(~st_last_k):
+                    m.d.sync += [st_k0.eq(st_k0 + R), st_left.eq(_sadd(st_left, M, self.aw)),
+                                 st_last_k.eq(st_k0 + 2 * R >= K)]  # fmt: skip
+                with m.Elif(~st_last_n):
                     m.d.sync += [
                         st_k0.eq(0),
+                        st_last_k.eq(K <= R),
                         st_nleft.eq(st_nleft - C),
+                        st_last_n.eq(st_nleft <= 2 * C),
                         st_left.eq(_sat(f["left_base"], self.aw)),
                         st_acc.eq(_sadd(st_acc, M, self.acw)),
                     ]
