@@ -387,16 +387,21 @@ class _ReadPort:
 
 class _Banked:
     """A region's memory. One the host writes a 32-bit word at a time (an entry of more than one
-    host word) is a bank per host word, each written and read whole: with one wide memory and a
-    word write granularity, yosys put a multiplexer after the block RAMs on the row reader's read
-    data. Every other region is one memory (the output memory: written a whole entry at once)."""
+    host word) is a bank per host word, so that every port of its block RAMs is the bank's
+    width, with no per-word write enables; every other region is one memory (the output memory
+    is written a whole entry at once)."""
 
     def __init__(self, m, r: Region):
         split = r.words > 1 and r.access != "r"
         widths = [32] * r.stride if split else [r.mem_width]
+        # the host writes a region before the instructions that read it: a read of the word
+        # being written in the same cycle needs no defined result, and without this attribute
+        # yosys emulates read-old-data (ECP5's block RAM does not give it across its ports)
+        # with a compare and a multiplexer after the block RAM, on the row reader's read data
+        attrs = {"no_rw_check": 1} if r.access != "r" else None
         self.banks = []
         for k, w in enumerate(widths):
-            bank = Memory(shape=unsigned(w), depth=r.depth, init=[])
+            bank = Memory(shape=unsigned(w), depth=r.depth, init=[], attrs=attrs)
             m.submodules[f"mem_{r.name}" + (f"_{k}" if split else "")] = bank
             self.banks.append(bank)
         self.depth, self.name, self._ports = r.depth, r.name, 0
