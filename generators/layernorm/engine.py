@@ -37,7 +37,7 @@ from .model import Z_FRAC, eps_int, isqrt_newton, k_shift, var_scale
 
 __all__ = ["LayerNormEngine"]
 
-MUL_LAT = 1  # registers of every partial product (in its MULT18X18D on ECP5: generators/dsp.py)
+MUL_LAT = 2  # registers of every partial product (in its MULT18X18D on ECP5: generators/dsp.py)
 FSM_SPLIT = 4  # the control steps that take a cycle of their own (|sum|, the scaling, the root)
 
 
