@@ -255,11 +255,12 @@ def mul_pipe(m, a, b, name: str = "mul", *, multiply=None, stages: int = 1):
     return level[0], lat
 
 
-def max_tree(m, items, name: str = "max"):
+def max_tree(m, items, name: str = "max", *, invalid_lowest: bool = False):
     """Largest value among ``items`` = [(valid, value)], by a registered comparator tree.
 
     Each level takes two cycles: the compare (registered, with both values), then the choice.
-    Returns ``(any_valid, max, latency)``; with no valid item the value is unspecified.
+    ``invalid_lowest``: an item that is not valid holds a value below every valid one's, so the
+    compare alone chooses (no valid bits in series with it). Returns ``(any_valid, max, latency)``; with no valid item the value is unspecified.
     """
     level, lat = list(items), 0
     while len(level) > 1:
@@ -274,7 +275,8 @@ def max_tree(m, items, name: str = "max"):
                 a1 = Signal.like(a, name=f"{name}_a{lat}_{i}")
                 b1 = Signal.like(b, name=f"{name}_b{lat}_{i}")
                 v1 = Signal(name=f"{name}_v1{lat}_{i}")
-                m.d.sync += [tb.eq(vb & (~va | (b > a))), a1.eq(a), b1.eq(b), v1.eq(va | vb)]
+                take_b = (b > a) if invalid_lowest else vb & (~va | (b > a))
+                m.d.sync += [tb.eq(take_b), a1.eq(a), b1.eq(b), v1.eq(va | vb)]
                 m.d.sync += [rv.eq(v1), r.eq(Mux(tb, b1, a1))]
             else:
                 m.d.sync += [rv.eq(delay(m, va, 1, f"{name}_vd{lat}_{i}")),

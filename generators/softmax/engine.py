@@ -280,7 +280,9 @@ class SoftmaxEngine(RowEngine):
             div.divisor.eq(l_tot),
             div.qbits.eq(R_WIDTH),
         ]
-        anyv, mx, max_lat = max_tree(m, [(h, mm) for h, mm, _ in states], "smax")
+        # a state that saw no valid element holds the format's minimum, below every valid one
+        anyv, mx, max_lat = max_tree(m, [(h, mm) for h, mm, _ in states], "smax",
+                                     invalid_lowest=True)
         tot, sum_lat = sum_tree(m, [lsum[i][0] for i in range(L)], L_WIDTH, "ssum")
         wait = Signal(range(max(max_lat, sum_lat) + 2))
 
