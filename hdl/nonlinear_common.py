@@ -107,6 +107,7 @@ __all__ += [
     "rom",
     "sum_tree",
     "max_tree",
+    "greater",
     "mul_latency",
     "mul_pipe",
 ]
@@ -255,6 +256,15 @@ def mul_pipe(m, a, b, name: str = "mul", *, multiply=None, stages: int = 1):
     return level[0], lat
 
 
+def greater(a, b):
+    """``a > b`` for two values of one shape; signed ones compared as unsigned with their sign
+    bits inverted, so that the compare is one carry chain whose carry out is the result."""
+    if not a.shape().signed:
+        return a > b
+    n = len(a)
+    return Cat(a[: n - 1], ~a[n - 1]) > Cat(b[: n - 1], ~b[n - 1])
+
+
 def max_tree(m, items, name: str = "max", *, invalid_lowest: bool = False):
     """Largest value among ``items`` = [(valid, value)], by a registered comparator tree.
 
@@ -275,7 +285,7 @@ def max_tree(m, items, name: str = "max", *, invalid_lowest: bool = False):
                 a1 = Signal.like(a, name=f"{name}_a{lat}_{i}")
                 b1 = Signal.like(b, name=f"{name}_b{lat}_{i}")
                 v1 = Signal(name=f"{name}_v1{lat}_{i}")
-                take_b = (b > a) if invalid_lowest else vb & (~va | (b > a))
+                take_b = greater(b, a) if invalid_lowest else vb & (~va | greater(b, a))
                 m.d.sync += [tb.eq(take_b), a1.eq(a), b1.eq(b), v1.eq(va | vb)]
                 m.d.sync += [rv.eq(v1), r.eq(Mux(tb, b1, a1))]
             else:

@@ -39,6 +39,7 @@ from ...hdl.nonlinear_common import (
     RowEngine,
     SeqDivider,
     delay,
+    greater,
     max_tree,
     rom,
     sum_tree,
@@ -197,7 +198,7 @@ class SoftmaxEngine(RowEngine):
             # a state's max starts at the format's minimum, below every valid element, so a new
             # maximum is one compare, registered (nm1); the state takes x a cycle later, before
             # its next compare (the other state's word comes in between)
-            new_max = v & Array(x > mk for mk in m_s[i])[par]  # each state's compare, then one
+            new_max = v & Array(greater(x, mk) for mk in m_s[i])[par]  # each state's, then one
             x1 = _reg(m, x, signed(W), f"x1_{i}")
             m1 = _reg(m, m_cur, signed(W), f"m1_{i}")
             nm1 = _reg(m, new_max, 1, f"nm1_{i}")
