@@ -107,6 +107,7 @@ __all__ += [
     "rom",
     "sum_tree",
     "max_tree",
+    "greater",
     "mul_latency",
     "mul_pipe",
 ]
@@ -210,17 +211,21 @@ def _chunks(width: int, is_signed: bool):
     return out
 
 
-def mul_latency(a_shape, b_shape) -> int:
-    """Cycles of :func:`mul_pipe` for operands of these shapes."""
+def mul_latency(a_shape, b_shape, stages: int = 1) -> int:
+    """Cycles of :func:`mul_pipe` for operands of these shapes (``stages``: its multipliers')."""
     n = len(_chunks(a_shape.width, a_shape.signed)) * len(_chunks(b_shape.width, b_shape.signed))
-    return 1 + (n - 1).bit_length()
+    return stages + (n - 1).bit_length()
 
 
-def mul_pipe(m, a, b, name: str = "mul"):
+def mul_pipe(m, a, b, name: str = "mul", *, multiply=None, stages: int = 1):
     """``a * b`` (exact) as partial products that each fit one 18x18 multiplier, every one of them
-    registered, then summed by a balanced adder tree with a register after every level.
+    registered ``stages`` times, then summed by a balanced adder tree with a register after every
+    level.
 
-    Returns ``(product, latency)``, latency :func:`mul_latency`."""
+    ``multiply(m, x, y, latency=, name=)``, when given, makes each partial product (the engines
+    pass :func:`gatesmith.generators.dsp.multiply`, which keeps the registers in the FPGA's DSP
+    block); without it, ``stages`` registers after ``*``. Returns ``(product, latency)``, latency
+    :func:`mul_latency`."""
     sa, sb = a.shape(), b.shape()
     is_signed = sa.signed or sb.signed
     width = sa.width + sb.width + 3  # room for every partial sum
@@ -234,12 +239,12 @@ def mul_pipe(m, a, b, name: str = "mul"):
     level = []
     for oa, ca in parts(a, sa):
         for ob, cb in parts(b, sb):
-            pw = len(ca) + len(cb) + 1
-            pshape = signed(pw) if (ca.shape().signed or cb.shape().signed) else unsigned(pw)
-            r = Signal(pshape, name=f"{name}_p{oa}_{ob}")
-            m.d.sync += r.eq(ca * cb)
+            if multiply is not None:
+                r = multiply(m, ca, cb, latency=stages, name=f"{name}_p{oa}_{ob}")
+            else:
+                r = delay(m, ca * cb, stages, f"{name}_p{oa}_{ob}")
             level.append(r << (oa + ob) if oa + ob else r)
-    lat = 1
+    lat = stages
     while len(level) > 1:
         nxt = []
         for i in range(0, len(level), 2):
@@ -247,14 +252,25 @@ def mul_pipe(m, a, b, name: str = "mul"):
             m.d.sync += r.eq(level[i] + level[i + 1] if i + 1 < len(level) else level[i])
             nxt.append(r)
         level, lat = nxt, lat + 1
-    assert lat == mul_latency(sa, sb)
+    assert lat == mul_latency(sa, sb, stages)
     return level[0], lat
 
 
-def max_tree(m, items, name: str = "max"):
+def greater(a, b):
+    """``a > b`` for two values of one shape; signed ones compared as unsigned with their sign
+    bits inverted, so that the compare is one carry chain whose carry out is the result."""
+    if not a.shape().signed:
+        return a > b
+    n = len(a)
+    return Cat(a[: n - 1], ~a[n - 1]) > Cat(b[: n - 1], ~b[n - 1])
+
+
+def max_tree(m, items, name: str = "max", *, invalid_lowest: bool = False):
     """Largest value among ``items`` = [(valid, value)], by a registered comparator tree.
 
-    Returns ``(any_valid, max, latency)``; with no valid item the value is unspecified.
+    Each level takes two cycles: the compare (registered, with both values), then the choice.
+    ``invalid_lowest``: an item that is not valid holds a value below every valid one's, so the
+    compare alone chooses (no valid bits in series with it). Returns ``(any_valid, max, latency)``; with no valid item the value is unspecified.
     """
     level, lat = list(items), 0
     while len(level) > 1:
@@ -265,12 +281,18 @@ def max_tree(m, items, name: str = "max"):
             r = Signal.like(a, name=f"{name}_{lat}_{i}")
             if i + 1 < len(level):
                 vb, b = level[i + 1]
-                take_b = vb & (~va | (b > a))
-                m.d.sync += [rv.eq(va | vb), r.eq(Mux(take_b, b, a))]
+                tb = Signal(name=f"{name}_tb{lat}_{i}")
+                a1 = Signal.like(a, name=f"{name}_a{lat}_{i}")
+                b1 = Signal.like(b, name=f"{name}_b{lat}_{i}")
+                v1 = Signal(name=f"{name}_v1{lat}_{i}")
+                take_b = greater(b, a) if invalid_lowest else vb & (~va | greater(b, a))
+                m.d.sync += [tb.eq(take_b), a1.eq(a), b1.eq(b), v1.eq(va | vb)]
+                m.d.sync += [rv.eq(v1), r.eq(Mux(tb, b1, a1))]
             else:
-                m.d.sync += [rv.eq(va), r.eq(a)]
+                m.d.sync += [rv.eq(delay(m, va, 1, f"{name}_vd{lat}_{i}")),
+                             r.eq(delay(m, a, 1, f"{name}_d{lat}_{i}"))]  # fmt: skip
             nxt.append((rv, r))
-        level, lat = nxt, lat + 1
+        level, lat = nxt, lat + 2
     return level[0][0], level[0][1], lat
 
 
@@ -363,6 +385,48 @@ class SeqDivider(wiring.Component):
         return m
 
 
+class _ReadPort:
+    """A read port over every bank of a :class:`_Banked` memory: ``addr``, ``en``, ``data``."""
+
+    def __init__(self, m, banks, depth: int, name: str):
+        self.addr = Signal(range(max(depth, 2)), name=f"{name}_addr")
+        self.en = Signal(name=f"{name}_en")
+        ports = [bank.read_port() for bank in banks]
+        for port in ports:
+            m.d.comb += [port.addr.eq(self.addr), port.en.eq(self.en)]
+        self.data = Cat(*(port.data for port in ports))
+
+
+class _Banked:
+    """A region's memory. One the host writes a 32-bit word at a time (an entry of more than one
+    host word) is a bank per host word, so that every port of its block RAMs is the bank's
+    width, with no per-word write enables; every other region is one memory (the output memory
+    is written a whole entry at once)."""
+
+    def __init__(self, m, r: Region):
+        split = r.words > 1 and r.access != "r"
+        widths = [32] * r.stride if split else [r.mem_width]
+        # the host writes a region before the instructions that read it: a read of the word
+        # being written in the same cycle needs no defined result, and without this attribute
+        # yosys emulates read-old-data (ECP5's block RAM does not give it across its ports)
+        # with a compare and a multiplexer after the block RAM, on the row reader's read data
+        attrs = {"no_rw_check": 1} if r.access != "r" else None
+        self.banks = []
+        for k, w in enumerate(widths):
+            bank = Memory(shape=unsigned(w), depth=r.depth, init=[], attrs=attrs)
+            m.submodules[f"mem_{r.name}" + (f"_{k}" if split else "")] = bank
+            self.banks.append(bank)
+        self.depth, self.name, self._ports = r.depth, r.name, 0
+
+    def read_port(self, m) -> _ReadPort:
+        self._ports += 1
+        return _ReadPort(m, self.banks, self.depth, f"{self.name}_rp{self._ports}")
+
+    def write_port(self):
+        (bank,) = self.banks  # only an unsplit memory is written whole
+        return bank.write_port()
+
+
 class RowContext:
     """What :meth:`RowEngine.elaborate_row` gets: row parameters, memory ports, the reader.
 
@@ -374,6 +438,7 @@ class RowContext:
       ``rd_idx``, ``rd_last``, ``rd_lanes`` (lane valid mask) and ``params[name]`` (param
       memories' word at ``rd_idx``) are aligned, all of them registers.
     * ``wr_addr``/``wr_data``/``wr_en``: the output memory's write port.
+    * ``platform``: the platform ``elaborate`` got (for :func:`gatesmith.generators.dsp.multiply`).
     """
 
 
@@ -408,21 +473,18 @@ class RowEngine(wiring.Component):
             sub = bus.addr[:sbits] if sbits else Const(0, 1)
             ok = hit
             hit_any.append(ok & ((r.access != "r") | ~bus.w_en))
-            rp = mem.read_port()
+            rp = mem.read_port(m)
             m.d.comb += [rp.addr.eq(entry), rp.en.eq(bus.r_en & ok)]
             with m.If(bus.r_en & ok):
                 m.d.sync += [sel_prev.eq(i + 1), sub_prev.eq(sub)]
             words = [rp.data[32 * k : 32 * (k + 1)] for k in range(r.stride)]
             rdatas.append(Array(words)[sub_prev] if r.stride > 1 else words[0])
             if r.access != "r":
-                wp = mem.write_port(**({} if r.words == 1 else {"granularity": 32}))
                 en = bus.w_en & ok
-                m.d.comb += [wp.addr.eq(entry), wp.data.eq(bus.w_data.replicate(r.stride))]
-                if r.stride == 1:
-                    m.d.comb += wp.en.eq(en)
-                else:
-                    n = r.stride
-                    m.d.comb += wp.en.eq((Const(1, n) << sub)[:n] & en.replicate(n))
+                for k, bank in enumerate(mem.banks):
+                    wp = bank.write_port()
+                    m.d.comb += [wp.addr.eq(entry), wp.data.eq(bus.w_data[: len(wp.data)])]
+                    m.d.comb += wp.en.eq(en & (sub == k) if len(mem.banks) > 1 else en)
         m.d.comb += bus.err.eq(~Cat(*hit_any).any() & (bus.r_en | bus.w_en))
         with m.Switch(sel_prev):
             for i, rd in enumerate(rdatas):
@@ -433,11 +495,7 @@ class RowEngine(wiring.Component):
     def elaborate(self, platform):
         m = Module()
         L = self.lanes
-        mems = []
-        for r in self.regions:
-            mem = Memory(shape=unsigned(r.mem_width), depth=r.depth, init=[])
-            m.submodules[f"mem_{r.name}"] = mem
-            mems.append(mem)
+        mems = [_Banked(m, r) for r in self.regions]
         self._host(m, mems)
         by_role = {r.role: (r, mem) for r, mem in zip(self.regions, mems, strict=True)}
         r_in, mem_in = by_role["in"]
@@ -451,6 +509,7 @@ class RowEngine(wiring.Component):
         wpr = Signal(range(self.max_len + 1))
         last_lanes = Signal(range(L + 1))
         ctx = RowContext()
+        ctx.platform = platform
         ctx.length, ctx.wpr = fields["len"], wpr
         ctx.src = Signal(range(max(r_in.depth, 2) * 2), name="row_src")
         ctx.dst = Signal(range(max(r_out.depth, 2) * 2), name="row_dst")
@@ -535,7 +594,7 @@ class RowEngine(wiring.Component):
                         m.next = "ROW"
 
         # row reader over the input memory (and the param memories at the same word index)
-        rp = mem_in.read_port()
+        rp = mem_in.read_port(m)
         running = Signal()
         idx = Signal(range(max(self.max_len, 2)))
         ctx.read_start = Signal()
@@ -571,7 +630,7 @@ class RowEngine(wiring.Component):
         ctx.params = {}
         for r, mem in zip(self.regions, mems, strict=True):
             if r.role == "param":
-                pp = mem.read_port()
+                pp = mem.read_port(m)
                 m.d.comb += [pp.addr.eq(idx), pp.en.eq(1)]
                 pword = delay(m, pp.data, 1, f"rd_{r.name}")
                 ctx.params[r.name] = [

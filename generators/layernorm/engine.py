@@ -30,12 +30,14 @@ from ...hdl.nonlinear_common import (
     mul_pipe,
     sum_tree,
 )
+from ..dsp import multiply
 from ..engine import Window, engine_ports
 from .config import LayerNormConfig
 from .model import Z_FRAC, eps_int, isqrt_newton, k_shift, var_scale
 
 __all__ = ["LayerNormEngine"]
 
+MUL_LAT = 2  # registers of every partial product (in its MULT18X18D on ECP5: generators/dsp.py)
 FSM_SPLIT = 4  # the control steps that take a cycle of their own (|sum|, the scaling, the root)
 
 
@@ -97,14 +99,15 @@ class LayerNormEngine(RowEngine):
     def sq_latency(self) -> int:
         """Pass 2: y (1), y * y (the multiplier pipeline), masked (1)."""
         yw = self._widths()[0]
-        return 2 + mul_latency(signed(yw), signed(yw))
+        return 2 + mul_latency(signed(yw), signed(yw), MUL_LAT)
 
     @property
     def out_latency(self) -> int:
         """Pass 3, vector word to result: y (1), y * R (a multiplier pipeline), z (1), z * gamma
         (a multiplier pipeline), rounded (1), + beta (1), saturated (1)."""
         yw, rw, zw = self._widths()
-        return 5 + mul_latency(signed(yw), unsigned(rw)) + mul_latency(signed(zw), signed(16))
+        yr = mul_latency(signed(yw), unsigned(rw), MUL_LAT)
+        return 5 + yr + mul_latency(signed(zw), signed(16), MUL_LAT)
 
     def cycles(self, x_rows) -> int:
         """Cycles from acceptance to ``done`` for integer rows ``x_rows`` (the cycle model)."""
@@ -135,6 +138,8 @@ class LayerNormEngine(RowEngine):
         W, G, K = fmt.width, cfg.mean_frac, k_shift(cfg)
         yw, rw, zw = self._widths()
         vw = 2 * (W + G) + 14
+        dsp = dict(multiply=lambda m, a, b, **kw: multiply(m, ctx.platform, a, b, **kw),
+                   stages=MUL_LAT)
         nw = max(vw, K + 20) + 1
 
         mode = Signal(2)
@@ -159,7 +164,7 @@ class LayerNormEngine(RowEngine):
             # pass 2's own y (0 on lanes past the row's end, so not merged with y): the two
             # products' multipliers do not share one register
             ysq = _reg(m, Mux(v, (ctx.rd_data[i] << G) - mean, 0), signed(yw), f"ysq{i}")
-            yy, yy_lat = mul_pipe(m, ysq, ysq, f"yy{i}")
+            yy, yy_lat = mul_pipe(m, ysq, ysq, f"yy{i}", **dsp)
             sq = _reg(m, Mux(delay(m, vv, yy_lat, f"vq{i}"), yy, 0), unsigned(2 * yw), f"sq{i}")
             with m.If(clear):
                 m.d.sync += [ssum[i].eq(0), vsum[i].eq(0)]
@@ -169,10 +174,10 @@ class LayerNormEngine(RowEngine):
                 m.d.sync += vsum[i].eq(vsum[i] + sq)
             # output pass, one multiply or one carry chain per stage (see out_latency): y,
             # y * R, z = round(y R / 2**(K-16)), z * gamma, rounded, + beta, saturated
-            zp, zp_lat = mul_pipe(m, y, recips[(i + 1) % len(recips)], f"yr{i}")
+            zp, zp_lat = mul_pipe(m, y, recips[(i + 1) % len(recips)], f"yr{i}", **dsp)
             z = _reg(m, _rsr(zp, K - Z_FRAC), signed(zw), f"z{i}")
             gam = delay(m, ctx.params["gamma"][i], 2 + zp_lat, f"g{i}")
-            zg, zg_lat = mul_pipe(m, z, gam, f"zg{i}")
+            zg, zg_lat = mul_pipe(m, z, gam, f"zg{i}", **dsp)
             gs = Z_FRAC + cfg.gamma_frac - cfg.out_frac
             o1 = _reg(m, _rsr(zg, gs), signed(zw + 18 - gs), f"o1{i}")
             bet = delay(m, ctx.params["beta"][i], 3 + zp_lat + zg_lat, f"b{i}")

@@ -23,7 +23,9 @@ Masked entries (the input format's minimum) give 0; a fully masked row gives all
 Output: uint16, 1.0 == 2**15.
 
 Timing (``cycles()``, held by a test): ``online`` row = ``2 ceil(n / L) + 2 L + 76 +
-ceil(log2(2 L))`` cycles; ``shiftmax`` row = ``3 ceil(n / L) + 76 + 2 ceil(log2 L)``; plus 5
+2 ceil(log2(2 L))`` cycles; ``shiftmax`` row = ``3 ceil(n / L) + 76 + 2 ceil(log2(2 L)) +
+ceil(log2 L)`` (the comparator tree over the 2 L running maxima takes two cycles a level, the
+adder tree one); plus 5
 cycles of instruction checks per instruction. Each pass streams one vector word per cycle.
 """
 
@@ -37,10 +39,12 @@ from ...hdl.nonlinear_common import (
     RowEngine,
     SeqDivider,
     delay,
+    greater,
     max_tree,
     rom,
     sum_tree,
 )
+from ..dsp import multiply
 from ..engine import Window, engine_ports
 from .config import SoftmaxConfig
 from .model import DIV_SHIFT, E_ONE, LOG2E_Q20, OUT_SHIFT, SETS, T_FRAC, TAB_HI, TAB_LO
@@ -48,10 +52,13 @@ from .model import DIV_SHIFT, E_ONE, LOG2E_Q20, OUT_SHIFT, SETS, T_FRAC, TAB_HI,
 __all__ = ["SoftmaxEngine"]
 
 D_LAT = 3  # vector word -> the exp's input d
-EXP_LAT = 7
 L_WIDTH = 30  # running sums: <= 4096 * 2**16
 R_WIDTH = DIV_SHIFT - 16 + 1
 LO = 17  # a wide product is two multiplies: by the low LO bits and by the rest
+# the registers of a multiply (in its MULT18X18D on ECP5: generators/dsp.py); the online sum's
+# rescaling multiply, in a loop of two cycles, has one
+MUL_LAT = 2
+EXP_LAT = {"online": 5 + 2 * MUL_LAT, "shiftmax": 7}  # the exp's two multiplies, or none
 
 
 def _reg(m, value, shape, name):
@@ -65,22 +72,24 @@ def _rsr(v, s: int):
     return (v + (1 << (s - 1))) >> s if s > 0 else v << (-s)
 
 
-def _mul2(m, a, b, p: str):
+def _mul2(m, plat, a, b, p: str, lat: int = MUL_LAT):
     """``a * b`` (unsigned, ``b`` wider than a multiplier) as two registered partial products,
-    ``a * b[:LO]`` and ``a * b[LO:]``; the caller adds them (``lo + (hi << LO)``) a stage later."""
-    lo = _reg(m, a * b[:LO], unsigned(len(a) + LO), f"{p}_lo")
-    hi = _reg(m, a * b[LO:], unsigned(len(a) + len(b) - LO), f"{p}_hi")
+    ``a * b[:LO]`` and ``a * b[LO:]`` (one MULT18X18D each on ECP5, ``plat`` the platform); the
+    caller adds them (``lo + (hi << LO)``) a stage later."""
+    lo = multiply(m, plat, a, b[:LO], latency=lat, name=f"{p}_lo")
+    hi = multiply(m, plat, a, b[LO:], latency=lat, name=f"{p}_hi")
     return lo, hi
 
 
-def exp_online_rtl(m, d, f: int, p: str):
-    """``exp_online`` of generators/softmax/model.py; ``d`` unsigned; latency EXP_LAT.
+def exp_online_rtl(m, d, f: int, p: str, plat=None):
+    """``exp_online`` of generators/softmax/model.py; ``d`` unsigned; latency
+    ``EXP_LAT["online"]`` (each multiply ``MUL_LAT`` cycles; 1 below).
 
     One multiply or one carry chain per stage: d log2(e) as two products (1) and their sum (2),
     t rounded (3), q and the two table entries (4), their product and the half of the final
     shift (5), rounded with that half (6), shifted by q (7)."""
     c = Const(LOG2E_Q20, LOG2E_Q20.bit_length())
-    ep_lo, ep_hi = _mul2(m, d, c, f"{p}_ep")
+    ep_lo, ep_hi = _mul2(m, plat, d, c, f"{p}_ep")
     prod = _reg(m, ep_lo + (ep_hi << LO), unsigned(len(d) + 21), f"{p}_prod")
     t = _reg(m, _rsr(prod, 20 + f - T_FRAC), unsigned(len(d) + 21), f"{p}_t")
     q_raw = t >> T_FRAC
@@ -88,17 +97,19 @@ def exp_online_rtl(m, d, f: int, p: str):
     r = t[:T_FRAC]
     th = _reg(m, rom(TAB_HI, r[6:]), unsigned(17), f"{p}_th")
     tl = _reg(m, rom(TAB_LO, r[:6]), unsigned(17), f"{p}_tl")
-    pp = _reg(m, th * tl, unsigned(34), f"{p}_pp")
-    q2 = _reg(m, q, range(32), f"{p}_q2")
-    half = _reg(m, (Const(1, 33) << q) >> 1, unsigned(32), f"{p}_half")
+    pp = multiply(m, plat, th, tl, latency=MUL_LAT, name=f"{p}_pp")
+    qd = delay(m, q, MUL_LAT - 1, f"{p}_qd")
+    q2 = _reg(m, qd, range(32), f"{p}_q2")
+    half = _reg(m, (Const(1, 33) << qd) >> 1, unsigned(32), f"{p}_half")
     # round(pp / 2**16) + (2**q >> 1) in one add: the half's bit sits above the rounding bit
     fh = _reg(m, (pp + Cat(Const(1 << 15, 16), half)) >> 16, unsigned(34), f"{p}_fh")
     q3 = _reg(m, q2, range(32), f"{p}_q3")
     return _reg(m, fh >> q3, unsigned(17), f"{p}_e")
 
 
-def exp_shift_rtl(m, d, f: int, p: str, n: int = 15):
-    """``exp_shift(-d)`` of generators/softmax/model.py; ``d`` unsigned; latency EXP_LAT.
+def exp_shift_rtl(m, d, f: int, p: str, plat=None, n: int = 15):
+    """``exp_shift(-d)`` of generators/softmax/model.py; ``d`` unsigned; latency
+    ``EXP_LAT["shiftmax"]``.
 
     One carry chain per stage: -d (1), x log2(e) (2), clamped and negated (3), q and r (4), the
     mantissa and the shift (5), shifted (6), rounded (7)."""
@@ -142,21 +153,25 @@ class SoftmaxEngine(RowEngine):
 
         A fully masked row skips the divider (``R_WIDTH`` = 31 cycles fewer)."""
         w, L = -(-length // self.config.lanes), self.config.lanes
+        x = MUL_LAT - 1  # the multiplies' registers past one: three passes' exp, e R, the combine
         if self.config.method == "online":  # + the comparator tree over the 2 L states
-            per_row = 2 * w + 2 * L + 76 + (2 * L - 1).bit_length()
-        else:  # + the comparator and adder trees over the L lanes
-            per_row = 3 * w + 76 + 2 * (L - 1).bit_length()
+            per_row = 2 * w + 2 * L + 76 + 8 * x + 2 * (2 * L - 1).bit_length()
+        else:  # + the comparator tree over the 2 L states, the adder tree over the L lanes
+            per_row = 3 * w + 76 + x + 2 * (2 * L - 1).bit_length() + (L - 1).bit_length()
         return CHECK_CYCLES + rows * per_row - masked_rows * R_WIDTH
 
     def elaborate_row(self, m, ctx):
         cfg = self.config
         L, f, fmt = cfg.lanes, cfg.in_frac, cfg.in_fmt
+        plat = ctx.platform
+        exp_lat = EXP_LAT[cfg.method]
         online = cfg.method == "online"
         exp_fn = exp_online_rtl if online else exp_shift_rtl
         W = fmt.width
-        # online: each lane keeps two running states, for its even and its odd vector words, so
-        # a state is updated every other cycle and its rescaling multiply gets its own stage
-        S = SETS if online else 1
+        # each lane keeps two running states, for its even and its odd vector words, so a state
+        # is updated every other cycle: its max a cycle after its compare (both methods), the
+        # online sum's rescaling multiply in a stage of its own
+        S = SETS
 
         mode = Signal(2)  # 0: running max (+ online sums), 1: sums (shiftmax), 2: output
         M = Signal(signed(W))
@@ -180,71 +195,78 @@ class SoftmaxEngine(RowEngine):
             v = _reg(m, ctx.rd_lanes[i] & (x0 != fmt.min), 1, f"v{i}")
             m_cur = Array(m_s[i])[par]
             has_cur = Array(has[i])[par]
-            new_max = v & (~has_cur | (x > m_cur))
+            # a state's max starts at the format's minimum, below every valid element, so a new
+            # maximum is one compare, registered (nm1); the state takes x a cycle later, before
+            # its next compare (the other state's word comes in between)
+            new_max = v & Array(greater(x, mk) for mk in m_s[i])[par]  # each state's, then one
             x1 = _reg(m, x, signed(W), f"x1_{i}")
             m1 = _reg(m, m_cur, signed(W), f"m1_{i}")
             nm1 = _reg(m, new_max, 1, f"nm1_{i}")
             h1 = _reg(m, has_cur, 1, f"h1_{i}")
+            take = _reg(m, new_max & (mode == 0), 1, f"tk{i}")
+            par1 = _reg(m, par, 1, f"par1_{i}")
             d0 = Mux(mode == 0, Mux(nm1, x1 - m1, m1 - x1), M - x1)
             d0 = Mux((mode == 0) & ~h1, 0, d0)
             for k in range(S):
                 with m.If(reset_stats):
-                    m.d.sync += [has[i][k].eq(0), lsum[i][k].eq(0)]
-                with m.Elif((mode == 0) & v & (par == k)):
-                    m.d.sync += [has[i][k].eq(1), m_s[i][k].eq(Mux(new_max, x, m_cur))]
+                    m.d.sync += [has[i][k].eq(0), lsum[i][k].eq(0), m_s[i][k].eq(fmt.min)]
+                with m.Else():
+                    with m.If((mode == 0) & v & (par == k)):
+                        m.d.sync += has[i][k].eq(1)
+                    with m.If(take & (par1 == k)):
+                        m.d.sync += m_s[i][k].eq(x1)
             if i == 0:  # lane 0's exp pipeline also combines the states (online)
                 msel = _reg(m, Array(mm for _, mm, _ in states)[feed_i], signed(W), "msel")
                 msel = delay(m, msel, D_LAT - 2, "msel_d")
                 d0 = Mux(delay(m, feeding, D_LAT - 1, "feeding1"), M - msel, d0)
             d = _reg(m, d0, unsigned(W), f"d{i}")
             flags = delay(m, Cat(v, new_max, v & ~has_cur, par), D_LAT - 1, f"fl{i}")
-            e = exp_fn(m, d, f, f"x{i}")
-            fd = delay(m, flags, EXP_LAT, f"fd{i}")
+            e = exp_fn(m, d, f, f"x{i}", plat)
+            fd = delay(m, flags, exp_lat, f"fd{i}")
             fv, fset = fd[0], fd[3]
             if online:
                 # stage A: the rescaling product (two multiplies for each state, straight from
-                # its register) and the plain sum; stage B: the product of the word's state, the
-                # new state round(l e / 2**16) + E_ONE with the constants in the low product
+                # its register, one register: a loop of two cycles) and the plain sum; stage B:
+                # each state's new value round(l e / 2**16) + E_ONE from its own products (no
+                # multiplexer before the adder), the rounding bit in the high product's zeros
                 l_cur = Array(lsum[i])[fset]
-                pas = [_mul2(m, e, lsum[i][k], f"pa{i}_{k}") for k in range(S)]
+                pas = [_mul2(m, plat, e, lsum[i][k], f"pa{i}_{k}", 1) for k in range(S)]
                 sum_a = _reg(m, l_cur + e, unsigned(L_WIDTH), f"sa{i}")
                 fl_a = _reg(m, fd, 4, f"fa{i}")
-                pa_lo = Array(lo for lo, _ in pas)[fl_a[3]]
-                pa_hi = Array(hi for _, hi in pas)[fl_a[3]]
-                scaled = (pa_lo + ((1 << 15) + (E_ONE << 16)) + (pa_hi << LO)) >> 16
-                upd = Mux(fl_a[2], E_ONE, Mux(fl_a[1], scaled, sum_a))
-                for k in range(S):
+                for k, (pa_lo, pa_hi) in enumerate(pas):
+                    scaled = (pa_lo + (E_ONE << 16) + Cat(Const(1 << 15, LO), pa_hi)) >> 16
+                    upd = Mux(fl_a[2], E_ONE, Mux(fl_a[1], scaled, sum_a))
                     with m.If(fl_a[0] & (mode == 0) & (fl_a[3] == k)):
                         m.d.sync += lsum[i][k].eq(upd)
             with m.If(fv & (mode == 1)):
                 m.d.sync += lsum[i][0].eq(lsum[i][0] + e)
             # output pass: e R as two multiplies (1), their sum, rounded (2), saturated (3)
-            op_lo, op_hi = _mul2(m, e, recip, f"op{i}")
+            op_lo, op_hi = _mul2(m, plat, e, recip, f"op{i}")
             prod = _reg(m, op_lo + (1 << (OUT_SHIFT - 1)) + (op_hi << LO),
                         unsigned(18 + R_WIDTH), f"op{i}")
             o = prod >> OUT_SHIFT
-            pv = delay(m, fv, 2, f"opv{i}")
+            pv = delay(m, fv, 1 + MUL_LAT, f"opv{i}")
             outs.append(_reg(m, Mux(pv, Mux(o > 0xFFFF, 0xFFFF, o), 0), 16, f"out{i}"))
             if i == 0:
                 e0 = e
 
         # state combine (online): l_tot += round(l_j * exp(M - m_j)), j from the feed: l_j picked
         # (aligned with its exp), two multiplies, their sum, the accumulation
-        fi = delay(m, feed_i, D_LAT - 1 + EXP_LAT, "fi")
-        fval = delay(m, feeding, D_LAT - 1 + EXP_LAT, "fval")
+        fi = delay(m, feed_i, D_LAT - 1 + exp_lat, "fi")
+        fval = delay(m, feeding, D_LAT - 1 + exp_lat, "fval")
         lsel = _reg(m, Array(l for _, _, l in states)[fi], L_WIDTH, "lsel")
         hsel = _reg(m, fval & Array(h for h, _, _ in states)[fi], 1, "hsel")
-        c_lo, c_hi = _mul2(m, e0, lsel, "cp")
+        c_lo, c_hi = _mul2(m, plat, e0, lsel, "cp")
         cprod = _reg(m, c_lo + (1 << 15) + (c_hi << LO), unsigned(L_WIDTH + 17), "cprod")
-        cval = delay(m, hsel, 2, "cval")
+        cval = delay(m, hsel, 1 + MUL_LAT, "cval")
         with m.If(cval):
             m.d.sync += l_tot.eq(l_tot + (cprod >> 16))
-        feed_last = delay(m, feeding & (feed_i == len(states) - 1), 2 + D_LAT + EXP_LAT,
-                          "flast")
+        feed_last = delay(m, feeding & (feed_i == len(states) - 1),
+                          1 + MUL_LAT + D_LAT + exp_lat, "flast")
 
         # tails of the passes
-        out_lat = D_LAT + EXP_LAT + 3  # d, the exp, the output's three stages
-        tail_stats = delay(m, ctx.rd_last, D_LAT + EXP_LAT + (2 if online else 0), "tail_s")
+        out_lat = D_LAT + exp_lat + 2 + MUL_LAT  # d, the exp, the output's stages
+        tail_stats = delay(m, ctx.rd_last, D_LAT + exp_lat + (2 if online else 0), "tail_s")
         tail_out = delay(m, ctx.rd_last, out_lat, "tail_o")
         wr_v = delay(m, ctx.rd_valid, out_lat, "wr_v")
         wr_idx = delay(m, ctx.rd_idx, out_lat, "wr_idx")
@@ -259,7 +281,9 @@ class SoftmaxEngine(RowEngine):
             div.divisor.eq(l_tot),
             div.qbits.eq(R_WIDTH),
         ]
-        anyv, mx, max_lat = max_tree(m, [(h, mm) for h, mm, _ in states], "smax")
+        # a state that saw no valid element holds the format's minimum, below every valid one
+        anyv, mx, max_lat = max_tree(m, [(h, mm) for h, mm, _ in states], "smax",
+                                     invalid_lowest=True)
         tot, sum_lat = sum_tree(m, [lsum[i][0] for i in range(L)], L_WIDTH, "ssum")
         wait = Signal(range(max(max_lat, sum_lat) + 2))
 
