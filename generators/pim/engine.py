@@ -12,9 +12,10 @@ Structure (all banks in lockstep, AiM's all-bank mode):
 
 Timing: a GEMV takes :func:`~gatesmith.generators.pim.cycles.gemv_cycles` cycles from acceptance
 to ``done``; during every beat each bank does ``lanes`` MACs (``perf_macs = banks * lanes``).
-Datapath latency: a beat's products reach the accumulator 4 cycles after the beat (memory read,
-operand register, product register, adder-tree register), so a multiplier or the adder tree,
-not a memory-to-accumulator chain, sets the clock.
+Datapath latency: a beat's products reach the accumulator 6 cycles after the beat (memory read,
+operand register, the multiplier's input and output registers inside its DSP block, two
+adder-tree registers), so no memory output, multiplier or adder tree shares a stage with other
+logic.
 
 Host window (see ``isa.window_layout``): weight writes are refused (``err``) while a GEMV runs
 unless ``dual_row_buffer`` is set (the second row buffer serves the host, as NeuPIMs proposes).
@@ -27,12 +28,14 @@ from amaranth.lib import wiring
 from amaranth.lib.memory import Memory
 
 from ...hdl.arith import adder_tree
+from ..dsp import multiply
 from ..engine import ErrorCode, engine_ports
 from .isa import FIELDS, OPCODE_GEMV, region_size
 
 __all__ = ["PimEngine"]
 
-PIPE_LATENCY = 4  # beat -> accumulator update (memory read, operands, products, adder tree)
+PIPE_LATENCY = 6  # beat -> accumulator update (memory read, operands, 2 product, 2 tree stages)
+_TREE_CUT = 4  # products summed before the adder tree's first register
 
 
 def _log2(n: int) -> int:
@@ -68,8 +71,8 @@ class PimEngine(wiring.Component):
         cfg = self.cfg
         m = Module()
         self._decode_host(m)
-        self._controller(m)
-        self._banks(m)
+        self._controller(m, platform)
+        self._banks(m, platform)
         return m
 
     def _region(self, m, name):
@@ -140,7 +143,7 @@ class PimEngine(wiring.Component):
             ]
         self.rd_xoff = rd_xoff
 
-    def _controller(self, m):
+    def _controller(self, m, platform):
         """Instruction decode and the row / column command processes (see cycles.py)."""
         cfg = self.cfg
         nb = cfg.row_buffers
@@ -154,10 +157,13 @@ class PimEngine(wiring.Component):
 
         f = {k: Signal(w, name=f"f_{k}") for k, (_, w) in FIELDS.items()}
         opcode = Signal(8)
-        jobs = Signal(32)
-        jobs_r = Signal(32)
         code_r = Signal(8)
-        m.d.comb += jobs.eq(f["rounds"] * f["segments"])
+        # rounds * segments in a DSP block: its input registers take the fields with the
+        # instruction (IDLE), its output register the product in CHECK; START reads it
+        fo = {k: FIELDS[k][0] for k in ("rounds", "segments")}
+        jobs_r = multiply(m, platform, self.cmd.payload[fo["rounds"] : fo["rounds"] + 16],
+                          self.cmd.payload[fo["segments"] : fo["segments"] + 16], latency=2,
+                          name="mul_jobs")  # fmt: skip
 
         # row process (activate) and column process (MAC bursts) state
         a_left = Signal(32)
@@ -222,7 +228,7 @@ class PimEngine(wiring.Component):
                     m.next = "CHECK"
             with m.State("CHECK"):  # register the product rounds * segments and the checks
                 m.d.comb += busy.eq(1)
-                m.d.sync += [jobs_r.eq(jobs), code_r.eq(self._check(m, f, opcode))]
+                m.d.sync += code_r.eq(self._check(m, f, opcode))
                 m.next = "START"
             with m.State("START"):
                 m.d.comb += busy.eq(1)
@@ -324,14 +330,15 @@ class PimEngine(wiring.Component):
             m.d.comb += code.eq(ErrorCode.OUT_OF_RANGE)
         return code
 
-    def _banks(self, m):
+    def _banks(self, m, platform):
         """Per-bank memories and MAC datapath; pipeline control is shared by all banks."""
         cfg = self.cfg
         host = self.host
         w = cfg.fmt.width
         wpr_bits = _log2(cfg.words_per_row)
         # shared pipeline flags, one set per stage: 1 memory data, 2 operands registered,
-        # 3 products registered, 4 dot product registered (the accumulator adds it)
+        # 3 operands in the DSP blocks, 4 products registered, 5 sums of _TREE_CUT products,
+        # 6 dot product registered (the accumulator adds it)
         flags = [(self.b_valid, self.b_first, self.b_is_last, self.b_slot)]
         for k in range(1, PIPE_LATENCY + 1):
             st = (Signal(name=f"v{k}"), Signal(name=f"first{k}"), Signal(name=f"last{k}"),
@@ -366,18 +373,24 @@ class PimEngine(wiring.Component):
             vr = vmem.read_port()
             xo = Mux(self.col_mode, self.xoff[b], 0)
             m.d.comb += [wr.addr.eq(self.b_waddr), vr.addr.eq(self.b_vaddr + (xo << wpr_bits))]
-            # stage 1 -> 2: operands registered; 2 -> 3: lane products; 3 -> 4: adder tree
+            # stage 1 -> 2: operands registered; 2 -> 4: lane products (DSP input and output
+            # registers); 4 -> 5: sums of _TREE_CUT products; 5 -> 6: their sum
             ow = Signal(cfg.word_bits, name=f"opw{b}")
             ox = Signal(cfg.word_bits, name=f"opx{b}")
             m.d.sync += [ow.eq(wr.data), ox.eq(vr.data)]
             prods = []
             for i in range(cfg.lanes):
-                p = Signal(signed(2 * w), name=f"prod{b}_{i}")
                 a, x = ow[i * w : (i + 1) * w], ox[i * w : (i + 1) * w]
-                m.d.sync += p.eq(a.as_signed() * x.as_signed())
-                prods.append(p)
-            dot = Signal(signed(2 * w + _log2(cfg.lanes) + 1), name=f"dot{b}")
-            m.d.sync += dot.eq(adder_tree(prods))
+                prods.append(multiply(m, platform, a.as_signed(), x.as_signed(), latency=2,
+                                      name=f"mul{b}_{i}"))  # fmt: skip
+            dw = 2 * w + _log2(cfg.lanes) + 1
+            parts = []
+            for i in range(0, len(prods), _TREE_CUT):
+                part = Signal(signed(dw), name=f"dot{b}_part{i // _TREE_CUT}")
+                m.d.sync += part.eq(adder_tree(prods[i : i + _TREE_CUT]))
+                parts.append(part)
+            dot = Signal(signed(dw), name=f"dot{b}")
+            m.d.sync += dot.eq(adder_tree(parts))
             # stage 4: accumulate, write the result of the dot product's last beat
             acc = Signal(signed(cfg.acc_width), name=f"acc{b}")
             acc_next = Signal(signed(cfg.acc_width), name=f"acc_next{b}")
