@@ -156,6 +156,8 @@ class PimEngine(wiring.Component):
             return ~(now - t)[tw - 1]
 
         f = {k: Signal(w, name=f"f_{k}") for k, (_, w) in FIELDS.items()}
+        # x_seg + segments and y_base + rounds, registered with the instruction
+        self._x_end, self._y_end = Signal(17), Signal(17)
         opcode = Signal(8)
         code_r = Signal(8)
         # rounds * segments in a DSP block: its input registers take the fields with the
@@ -211,9 +213,11 @@ class PimEngine(wiring.Component):
             self.perf_stall.eq(busy & ~self.b_valid),
         ]
 
-        last_seg = c_s == f["segments"] - 1
-        ncols = Mux(last_seg, f["cols_last"], cfg.cols_per_row)
-        last_col = c_col == ncols - 1
+        # segments - 1 and cols_last - 1 registered in CHECK, whether c_s is the last segment
+        # kept in a register, so a column command's decision is one compare deep
+        seg_m1, cl_m1 = Signal(16), Signal(16)
+        last_seg = Signal()
+        last_col = c_col == Mux(last_seg, cl_m1, cfg.cols_per_row - 1)
         act_fire = Signal()
         col_fire = Signal()
         m.d.comb += [self.trace_act.eq(act_fire), self.trace_col.eq(col_fire)]
@@ -225,10 +229,14 @@ class PimEngine(wiring.Component):
                     m.d.sync += opcode.eq(self.cmd.payload[:8])
                     for k, (off, w) in FIELDS.items():
                         m.d.sync += f[k].eq(self.cmd.payload[off : off + w])
+                    pf = {k: self.cmd.payload[off : off + w] for k, (off, w) in FIELDS.items()}
+                    m.d.sync += [self._x_end.eq(pf["x_seg"] + pf["segments"]),
+                                 self._y_end.eq(pf["y_base"] + pf["rounds"])]
                     m.next = "CHECK"
-            with m.State("CHECK"):  # register the product rounds * segments and the checks
+            with m.State("CHECK"):  # register the checks (rounds * segments: in the DSP)
                 m.d.comb += busy.eq(1)
-                m.d.sync += code_r.eq(self._check(m, f, opcode))
+                m.d.sync += [code_r.eq(self._check(m, f, opcode)),
+                             seg_m1.eq(f["segments"] - 1), cl_m1.eq(f["cols_last"] - 1)]
                 m.next = "START"
             with m.State("START"):
                 m.d.comb += busy.eq(1)
@@ -250,6 +258,7 @@ class PimEngine(wiring.Component):
                         c_col.eq(0),
                         c_row.eq(f["w_row"]),
                         t_col.eq(now + 1),
+                        last_seg.eq(seg_m1 == 0),
                     ]
                     for k in range(nb):
                         m.d.sync += [is_open[k].eq(0), t_free[k].eq(now + 1)]
@@ -294,6 +303,7 @@ class PimEngine(wiring.Component):
                             c_row.eq(c_row + 1),
                             c_left.eq(c_left - 1),
                             c_s.eq(Mux(last_seg, 0, c_s + 1)),
+                            last_seg.eq(Mux(last_seg, seg_m1 == 0, c_s + 1 == seg_m1)),
                             c_p.eq(c_p + last_seg),
                         ]
                         if nb == 2:
@@ -320,8 +330,8 @@ class PimEngine(wiring.Component):
         x_bad = Const(0)
         for b in range(cfg.banks):
             off = Mux(f["col_mode"], self.xoff[b], 0)
-            x_bad = x_bad | (f["x_seg"] + f["segments"] + off > cfg.vector_segments)
-        oor = (f["y_base"] + f["rounds"] > cfg.result_depth) | x_bad
+            x_bad = x_bad | (self._x_end + off > cfg.vector_segments)
+        oor = (self._y_end > cfg.result_depth) | x_bad
         with m.If(opcode != OPCODE_GEMV):
             m.d.comb += code.eq(ErrorCode.BAD_OPCODE)
         with m.Elif(bad_shape):
