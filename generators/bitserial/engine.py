@@ -308,22 +308,32 @@ class BitserialEngine(wiring.Component):
 
     # ------------------------------------------------------------------------------------------
     def _decode(self, m, ins, seq, mems):
-        """Stage 1: codes -> sign/magnitude weights, integer activations, scales (registered)."""
+        """Stage 1: codes -> sign/magnitude weights, integer activations, scales (registered),
+        in two steps: 1a (INT sign/magnitude, integer activations, the groups' datatype
+        fields, registered every cycle), 1b (BitMoD selection, lane mask, loaded on the pass's
+        first cycle)."""
         cfg = self.cfg
-        s0r = {k: Signal(Value.cast(v).shape(), name=f"s0r_{k}") for k, v in seq["s0"].items()}
-        s1 = {k: Signal(Value.cast(v).shape(), name=f"s1_{k}") for k, v in seq["s0"].items()}
-        for k, v in seq["s0"].items():  # s0r: read data out of the memories; s1: registered
-            m.d.sync += [s0r[k].eq(v), s1[k].eq(s0r[k])]
+        s0 = seq["s0"]
+        # s0r: read data out of the memories; s0a: read data registered; s1: step 1a registered
+        s0r, s0a, s1 = ({k: Signal(Value.cast(v).shape(), name=f"{n}_{k}") for k, v in s0.items()}
+                        for n in ("s0r", "s0a", "s1"))  # fmt: skip
+        for k, v in s0.items():
+            m.d.sync += [s0r[k].eq(v), s0a[k].eq(s0r[k]), s1[k].eq(s0a[k])]
         load = s1["valid"] & s1["first_j"]
         wd, ad, gd = (seq["ports"][n] for n in ("weights", "acts", "groups"))
-        w_bits, a_bits = ins["w_bits_m1"] + 1, ins["a_bits_m1"] + 1
         a_w = cfg.a_max_bits + 1
+
+        def reg(value, name):
+            q = Signal(Value.cast(value).shape(), name=name)
+            m.d.sync += q.eq(value)
+            return q
 
         act = []
         for lane in range(cfg.lanes):
             code = ad[lane * cfg.a_max_bits : (lane + 1) * cfg.a_max_bits]
             v = Signal(signed(a_w), name=f"a_{lane}")
-            dec = _decode_int(code, seq["masks"], ins["a_enc"])
+            dec = reg(_decode_int(code, seq["masks"], ins["a_enc"])[:a_w].as_signed(),
+                      f"a1_{lane}")  # fmt: skip
             m.d.comb += v.eq(Mux(lane < s1["lanes_valid"], dec, 0))
             act.append(v)
 
@@ -345,18 +355,25 @@ class BitserialEngine(wiring.Component):
         for p in range(cfg.pes):
             slot = gd[p * 32 : (p + 1) * 32]
             dt = slot[16:20]
-            fp = _bitmod_pe(m, p, dt, w_bits, ins["mixed"]) if cfg.bitmod else None
+            fp = None
+            if cfg.bitmod:
+                fp = _bitmod_pe(m, p, dt, low, ins["mixed"])
+                fp = {k: reg(v, f"{k}1_{p}") for k, v in fp.items()}
             for lane in range(cfg.lanes):
                 i = p * cfg.lanes + lane
+                tag = f"{p}_{lane}"
                 code = wd[i * wmax : (i + 1) * wmax]
-                neg, mg, dbl = _int_sign_mag(m, f"{p}_{lane}", code, low, sbit, ins["w_enc"])
+                neg, mg, dbl = _int_sign_mag(m, tag, code, low, sbit, ins["w_enc"])
+                neg, mg = reg(neg, f"neg1_{tag}"), reg(mg, f"mag1_{tag}")
                 if fp is not None:
-                    neg, mg, dbl = _bitmod_sign_mag(m, f"{p}_{lane}", code, fp, neg, mg, dbl)
+                    code = reg(code[:4], f"code1_{tag}")
+                    neg, mg, dbl = _bitmod_sign_mag(m, tag, code, fp, neg, mg, dbl)
                 with m.If(load):
                     m.d.sync += [mag[p][lane].eq(mg), wneg[p][lane].eq(neg),
                                  wdbl[p][lane].eq(dbl)]
+            sc = reg(slot[:SCALE_BITS], f"scale1_{p}")
             with m.If(load):
-                m.d.sync += scale[p].eq(Mux(ins["scaled"], slot[:SCALE_BITS], 1))
+                m.d.sync += scale[p].eq(Mux(ins["scaled"], sc, 1))
             if fp is not None:
                 dt_bad.append(ins["mixed"] & fp["bad"] & (p < s1["pes_valid"]))
         if dt_bad:
@@ -517,8 +534,9 @@ def _int_sign_mag(m, tag, code, low, sbit, enc):
     return neg, mag, Const(0)
 
 
-def _bitmod_pe(m, p, dt, w_bits, mixed):
-    """Per-PE decode of the group's datatype id: FP family, its extra value, validity."""
+def _bitmod_pe(m, p, dt, w_low, mixed):
+    """Per-PE decode of the group's datatype id: FP family, its extra value, validity
+    (``w_low``: the instruction's weight-code mask, bit i set when w_bits > i)."""
     fam4, xneg, xmag, xdbl, bad = (Signal(name=f"{n}_{p}") for n in
                                    ("fam4", "xneg", "xmag", "xdbl", "dtbad"))
     xmag = Signal(4, name=f"xmag_{p}")
@@ -532,7 +550,7 @@ def _bitmod_pe(m, p, dt, w_bits, mixed):
                 half = abs(extra) >= 16  # 16 is walked as 8 x doubled activation
                 m.d.comb += [fam4.eq(bits == 4), xneg.eq(extra < 0),
                              xmag.eq(abs(extra) >> half), xdbl.eq(half),
-                             bad.eq(w_bits < bits)]  # fmt: skip
+                             bad.eq(~w_low[bits - 1])]  # fmt: skip
     m.d.comb += is_fp.eq(mixed & (dt != 0))
     return {"fam4": fam4, "xneg": xneg, "xmag": xmag, "xdbl": xdbl, "bad": bad, "is_fp": is_fp}
 

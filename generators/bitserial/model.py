@@ -65,7 +65,7 @@ __all__ = [
 ]
 
 OPCODES = {"matmul": 0x30}
-OVERHEAD = 15  # check, 2 multiplier cycles, range, start, read, read register, decode,
+OVERHEAD = 16  # check, 2 multiplier cycles, range, start, read, read register, 2 decode steps,
 # 2 plane-sum levels, 3 dequantisation cycles (two multiplier registers, their sum), acc+write, done
 REJECT_CYCLES = 6
 
