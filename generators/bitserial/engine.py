@@ -191,10 +191,12 @@ class BitserialEngine(wiring.Component):
         w_row, a_row, g_row, r_addr = Signal(32), Signal(32), Signal(32), Signal(32)
         krem, nrem = Signal(17), Signal(15)
         running = Signal()
-        last_j = j == steps - 1
-        last_c = c == kc - 1
-        last_m = mi == ins["m"] - 1
-        last_t = t == nt - 1
+        # the counters' last values, registered in RANGE (each test is one compare)
+        steps_m1, kc_m1, m_m1, nt_m1 = Signal(4), Signal(17), Signal(14), Signal(15)
+        last_j = j == steps_m1
+        last_c = c == kc_m1
+        last_m = mi == m_m1
+        last_t = t == nt_m1
         cg_mask = cfg.chunks_per_group - 1
         s0 = {
             "valid": running,
@@ -267,6 +269,8 @@ class BitserialEngine(wiring.Component):
             with m.State("RANGE"):
                 m.d.comb += self.busy.eq(1)
                 m.d.sync += [ends[k].eq(ins[f"{k}_base"] + prods[k]) for k in ends]
+                m.d.sync += [steps_m1.eq(steps - 1), kc_m1.eq(kc - 1), m_m1.eq(ins["m"] - 1),
+                             nt_m1.eq(nt - 1)]  # fmt: skip
                 m.next = "START"
             with m.State("START"):
                 m.d.comb += self.busy.eq(1)
