@@ -158,6 +158,7 @@ class PimEngine(wiring.Component):
         f = {k: Signal(w, name=f"f_{k}") for k, (_, w) in FIELDS.items()}
         # x_seg + segments and y_base + rounds, registered with the instruction
         self._x_end, self._y_end = Signal(17), Signal(17)
+        self._room = Signal(signed(18))  # rows_per_bank - w_row: the weight rows left
         opcode = Signal(8)
         code_r = Signal(8)
         # rounds * segments in a DSP block: its input registers take the fields with the
@@ -231,7 +232,8 @@ class PimEngine(wiring.Component):
                         m.d.sync += f[k].eq(self.cmd.payload[off : off + w])
                     pf = {k: self.cmd.payload[off : off + w] for k, (off, w) in FIELDS.items()}
                     m.d.sync += [self._x_end.eq(pf["x_seg"] + pf["segments"]),
-                                 self._y_end.eq(pf["y_base"] + pf["rounds"])]
+                                 self._y_end.eq(pf["y_base"] + pf["rounds"]),
+                                 self._room.eq(cfg.rows_per_bank - pf["w_row"])]
                     m.next = "CHECK"
             with m.State("CHECK"):  # register the checks (rounds * segments: in the DSP)
                 m.d.comb += busy.eq(1)
@@ -241,27 +243,28 @@ class PimEngine(wiring.Component):
             with m.State("START"):
                 m.d.comb += busy.eq(1)
                 code = Signal(8)
-                rows_oor = f["w_row"] + jobs_r > cfg.rows_per_bank
+                rows_oor = jobs_r > self._room
                 oor_code = Mux(rows_oor, ErrorCode.OUT_OF_RANGE, 0)
                 m.d.comb += code.eq(Mux(code_r != 0, code_r, oor_code))
+                # the run's state is set either way (a rejected instruction leaves it unused)
+                m.d.sync += [
+                    a_left.eq(jobs_r),
+                    c_left.eq(jobs_r),
+                    a_buf.eq(0),
+                    c_buf.eq(0),
+                    c_s.eq(0),
+                    c_p.eq(0),
+                    c_col.eq(0),
+                    c_row.eq(f["w_row"]),
+                    t_col.eq(now + 1),
+                    last_seg.eq(seg_m1 == 0),
+                ]
+                for k in range(nb):
+                    m.d.sync += [is_open[k].eq(0), t_free[k].eq(now + 1)]
                 with m.If(code != 0):
                     m.d.comb += [self.done.eq(1), self.error.eq(code)]
                     m.next = "IDLE"
                 with m.Else():
-                    m.d.sync += [
-                        a_left.eq(jobs_r),
-                        c_left.eq(jobs_r),
-                        a_buf.eq(0),
-                        c_buf.eq(0),
-                        c_s.eq(0),
-                        c_p.eq(0),
-                        c_col.eq(0),
-                        c_row.eq(f["w_row"]),
-                        t_col.eq(now + 1),
-                        last_seg.eq(seg_m1 == 0),
-                    ]
-                    for k in range(nb):
-                        m.d.sync += [is_open[k].eq(0), t_free[k].eq(now + 1)]
                     m.next = "RUN"
             with m.State("RUN"):
                 m.d.comb += busy.eq(1)
