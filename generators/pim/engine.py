@@ -126,8 +126,12 @@ class PimEngine(wiring.Component):
             self.w_vector.eq(host.w_en & hv & ~err),
         ]
         self.xoff = Array(Signal(16, name=f"xoff{b}") for b in range(cfg.banks))
+        # vector_segments - xoff per bank, kept beside it: a column-mode range check is a compare
+        vs = cfg.vector_segments
+        self.xlim = Array(Signal(signed(18), name=f"xlim{b}", init=vs) for b in range(cfg.banks))
         with m.If(host.w_en & hx & ~err):
-            m.d.sync += self.xoff[self.h_bank_x[: max(1, _log2(cfg.banks))]].eq(host.w_data)
+            xb = self.h_bank_x[: max(1, _log2(cfg.banks))]
+            m.d.sync += [self.xoff[xb].eq(host.w_data), self.xlim[xb].eq(vs - host.w_data[:16])]
         # reads: latch what was asked for; data comes the next cycle
         self.rd_results = Signal()
         self.rd_bank = Signal(range(max(2, cfg.banks)))
@@ -170,6 +174,7 @@ class PimEngine(wiring.Component):
 
         # row process (activate) and column process (MAC bursts) state
         a_left = Signal(32)
+        a_more = Signal()  # a_left != 0, registered
         a_buf = Signal(range(2))
         is_open = Array(Signal(name=f"open{k}") for k in range(nb))
         t_free = Array(Signal(tw, name=f"t_free{k}") for k in range(nb))
@@ -249,6 +254,7 @@ class PimEngine(wiring.Component):
                 # the run's state is set either way (a rejected instruction leaves it unused)
                 m.d.sync += [
                     a_left.eq(jobs_r),
+                    a_more.eq(1),  # a run has one job at least
                     c_left.eq(jobs_r),
                     a_buf.eq(0),
                     c_buf.eq(0),
@@ -271,16 +277,16 @@ class PimEngine(wiring.Component):
                 k_a = a_buf if nb == 2 else 0
                 k_c = c_buf if nb == 2 else 0
                 m.d.comb += [
-                    act_fire.eq((a_left != 0) & ~is_open[k_a] & reached(t_free[k_a])),
-                    col_fire.eq(
-                        (c_left != 0) & is_open[k_c] & reached(t_ready[k_c]) & reached(t_col)
-                    ),
+                    act_fire.eq(a_more & ~is_open[k_a] & reached(t_free[k_a])),
+                    # c_left != 0 throughout RUN: its last column command moves to DRAIN
+                    col_fire.eq(is_open[k_c] & reached(t_ready[k_c]) & reached(t_col)),
                 ]
                 with m.If(act_fire):
                     m.d.sync += [
                         is_open[k_a].eq(1),
                         t_ready[k_a].eq(now + cfg.t_rcd),
                         a_left.eq(a_left - 1),
+                        a_more.eq(a_left != 1),
                     ]
                     if nb == 2:
                         m.d.sync += a_buf.eq(~a_buf)
@@ -332,8 +338,8 @@ class PimEngine(wiring.Component):
         )
         x_bad = Const(0)
         for b in range(cfg.banks):
-            off = Mux(f["col_mode"], self.xoff[b], 0)
-            x_bad = x_bad | (self._x_end + off > cfg.vector_segments)
+            lim = Mux(f["col_mode"], self.xlim[b], cfg.vector_segments)
+            x_bad = x_bad | (self._x_end > lim)
         oor = (self._y_end > cfg.result_depth) | x_bad
         with m.If(opcode != OPCODE_GEMV):
             m.d.comb += code.eq(ErrorCode.BAD_OPCODE)
