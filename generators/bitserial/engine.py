@@ -9,15 +9,18 @@ chunks of ``lanes`` along K. One *pass* (one chunk of one row against one tile) 
 Pipeline (one pass enters per pass time; every stage keeps up with one-cycle passes):
 
 0. sequencer: counters, memory addresses; reads the weight, activation and group words on the
-   pass's first cycle (memories hold their read data until the next read).
+   pass's first cycle (memories hold their read data until the next read); the read data is
+   registered before any logic (block-RAM clock-to-out is most of a cycle). The instruction's
+   range products take two cycles in DSP blocks, its code masks are registered in CHECK.
 1. decode: codes -> sign and magnitude per weight (INT two's complement / bipolar-INT, or the
    group's BitMoD FP3/FP4 grid; FP4's 16 becomes 8 against a doubled activation, so 4-bit BitMoD
    walks 4 planes), activations -> integers (masked past K); registered.
 2. planes: per PE, per cycle, ``sum_b sum_l bit_(j*bpc+b)(|w_l|) * (+/-a_l) << b`` (an AND-mux
    and an adder tree, no multiplier; negative terms as inverted activations plus a count of
-   them), in two registered levels (sums of 8 terms, then theirs); 2b shifts the plane sum by
-   ``j*bpc`` into the group's exact partial sum.
-3. dequantisation: the group's partial sum times its 16-bit scale (one multiplier per PE).
+   them), in two registered levels (sums of 4 terms with their +1s, then theirs); 2b shifts the
+   plane sum by ``j*bpc`` into the group's exact partial sum.
+3. dequantisation: the group's partial sum times its 16-bit scale, split in two 18x18 DSP
+   multiplies per PE (input and output registers), their sum registered (3 cycles).
 4. accumulate: adds the groups of a result (``acc_width`` bits, wrapping) and writes the tile's
    ``pes`` results into the result memory.
 
@@ -32,6 +35,7 @@ from amaranth.lib import wiring
 from amaranth.lib.memory import Memory
 
 from ...hdl.arith import adder_tree
+from ..dsp import multiply
 from ..engine import ErrorCode, Window, engine_ports
 from .config import SCALE_BITS, BitserialConfig
 from .model import DATATYPES, FIELDS, OVERHEAD, REJECT_CYCLES, cycles, psum_width
@@ -43,7 +47,9 @@ def _log2(n: int) -> int:
     return n.bit_length() - 1
 
 
-_TREE_CUT = 8  # adder-tree terms summed before the pipeline register
+_TREE_CUT = 4  # adder-tree terms summed before the pipeline register
+_LO = 17  # group-sum bits of the low dequantisation multiply (unsigned, one 18x18 block)
+DEQUANT_LATENCY = 3  # group sum -> dequantised product (two multiplier registers, the sum)
 
 
 def _regions(cfg: BitserialConfig):
@@ -106,10 +112,10 @@ class BitserialEngine(wiring.Component):
 
         ins = {name: Signal(width, name=f"i_{name}") for name, (_, width) in FIELDS.items()}
         self._retire, self._dt_err = Signal(), Signal()
-        seq = self._sequencer(m, ins, mems)
+        seq = self._sequencer(m, platform, ins, mems)
         dec = self._decode(m, ins, seq, mems)
         grp = self._planes(m, dec)
-        self._dequant(m, ins, grp, mems)
+        self._dequant(m, platform, ins, grp, mems)
         return m
 
     # ------------------------------------------------------------------------------------------
@@ -141,7 +147,7 @@ class BitserialEngine(wiring.Component):
         m.d.comb += bus.err.eq((bus.r_en & ~hit_r) | (bus.w_en & ~hit_w))
 
     # ------------------------------------------------------------------------------------------
-    def _sequencer(self, m, ins, mems):
+    def _sequencer(self, m, platform, ins, mems):
         """Accept, check, then walk tiles x rows x chunks x plane-cycles (stage 0)."""
         cfg = self.cfg
         cmd = self.cmd
@@ -153,10 +159,13 @@ class BitserialEngine(wiring.Component):
         nt, kc, ng = Signal(15), Signal(17), Signal(17)
         ends = {k: Signal(34, name=f"end_{k}") for k in ("w", "a", "g", "r")}
         err = Signal(8)
-        m.d.comb += [
-            planes.eq(w_bits),
-            steps.eq((planes + cfg.bits_per_cycle - 1) >> lg_b),
-        ]
+        m.d.comb += planes.eq(w_bits)
+        # per instruction, registered in CHECK (the decode and the counters read no arithmetic
+        # on the instruction's fields): the code masks, their sign bits (one-hot), 2^a_bits
+        wmax, amax = cfg.w_max_bits, cfg.a_max_bits
+        masks = {"w_low": Signal(wmax), "w_sbit": Signal(wmax), "a_low": Signal(amax),
+                 "a_sbit": Signal(amax), "a_top": Signal(amax + 1)}  # fmt: skip
+        a_bits = ins["a_bits_m1"] + 1
 
         # bad fields and shapes need no arithmetic; ranges are checked one cycle later
         enc_ok = Const(1)
@@ -182,10 +191,12 @@ class BitserialEngine(wiring.Component):
         w_row, a_row, g_row, r_addr = Signal(32), Signal(32), Signal(32), Signal(32)
         krem, nrem = Signal(17), Signal(15)
         running = Signal()
-        last_j = j == steps - 1
-        last_c = c == kc - 1
-        last_m = mi == ins["m"] - 1
-        last_t = t == nt - 1
+        # the counters' last values, registered in RANGE (each test is one compare)
+        steps_m1, kc_m1, m_m1, nt_m1 = Signal(4), Signal(17), Signal(14), Signal(15)
+        last_j = j == steps_m1
+        last_c = c == kc_m1
+        last_m = mi == m_m1
+        last_t = t == nt_m1
         cg_mask = cfg.chunks_per_group - 1
         s0 = {
             "valid": running,
@@ -210,7 +221,18 @@ class BitserialEngine(wiring.Component):
             win, mem = mems[name]
             rp = mem.read_port()
             m.d.comb += [rp.addr.eq(addr), rp.en.eq(running & (j == 0))]
-            ports[name] = rp.data
+            # the block RAM's output (5.8 ns clock-to-out) is registered before any logic
+            q = Signal(len(rp.data), name=f"rd_{name}")
+            m.d.sync += q.eq(rp.data)
+            ports[name] = q
+
+        # the range products, in DSP blocks with their input and output registers
+        prods = {
+            "w": multiply(m, platform, nt, kc, latency=2, name="mul_w"),
+            "a": multiply(m, platform, ins["m"], kc, latency=2, name="mul_a"),
+            "g": multiply(m, platform, nt, ng, latency=2, name="mul_g"),
+            "r": multiply(m, platform, nt, ins["m"], latency=2, name="mul_r"),
+        }
 
         m.d.sync += self.done.eq(0), self.error.eq(0)
         with m.FSM():
@@ -223,21 +245,32 @@ class BitserialEngine(wiring.Component):
             with m.State("CHECK"):
                 m.d.comb += self.busy.eq(1)
                 m.d.sync += [
+                    steps.eq((planes + cfg.bits_per_cycle - 1) >> lg_b),
+                    masks["w_low"].eq((Const(1, wmax + 1) << w_bits) - 1),
+                    masks["w_sbit"].eq(Const(1, wmax) << ins["w_bits_m1"]),
+                    masks["a_low"].eq((Const(1, amax + 1) << a_bits) - 1),
+                    masks["a_sbit"].eq(Const(1, amax) << ins["a_bits_m1"]),
+                    masks["a_top"].eq(Const(1, amax + 1) << a_bits),
+                ]
+                m.d.sync += [
                     nt.eq((ins["n"] + cfg.pes - 1) >> lg_p),
                     kc.eq((ins["k"] + cfg.lanes - 1) >> lg_l),
                     ng.eq((ins["k"] + cfg.group_size - 1) >> lg_g),
                     err.eq(Mux(bad_shape, ErrorCode.BAD_SHAPE,
                                Mux(bad_field, ErrorCode.BAD_FIELD, 0))),
                 ]
+                m.next = "MUL0"
+            with m.State("MUL0"):  # the multipliers' input registers take nt, kc, ng, m
+                m.d.comb += self.busy.eq(1)
+                m.next = "MUL1"
+            with m.State("MUL1"):  # their output registers take the products
+                m.d.comb += self.busy.eq(1)
                 m.next = "RANGE"
             with m.State("RANGE"):
                 m.d.comb += self.busy.eq(1)
-                m.d.sync += [
-                    ends["w"].eq(ins["w_base"] + nt * kc),
-                    ends["a"].eq(ins["a_base"] + ins["m"] * kc),
-                    ends["g"].eq(ins["g_base"] + nt * ng),
-                    ends["r"].eq(ins["r_base"] + nt * ins["m"]),
-                ]
+                m.d.sync += [ends[k].eq(ins[f"{k}_base"] + prods[k]) for k in ends]
+                m.d.sync += [steps_m1.eq(steps - 1), kc_m1.eq(kc - 1), m_m1.eq(ins["m"] - 1),
+                             nt_m1.eq(nt - 1)]  # fmt: skip
                 m.next = "START"
             with m.State("START"):
                 m.d.comb += self.busy.eq(1)
@@ -275,25 +308,36 @@ class BitserialEngine(wiring.Component):
                                      nrem.eq(nrem - cfg.pes)]
                         with m.If(last_t):
                             m.d.sync += running.eq(0)
-        return {"s0": s0, "ports": ports}
+        return {"s0": s0, "ports": ports, "masks": masks}
 
     # ------------------------------------------------------------------------------------------
     def _decode(self, m, ins, seq, mems):
-        """Stage 1: codes -> sign/magnitude weights, integer activations, scales (registered)."""
+        """Stage 1: codes -> sign/magnitude weights, integer activations, scales (registered),
+        in two steps: 1a (INT sign/magnitude, integer activations, the groups' datatype
+        fields, registered every cycle), 1b (BitMoD selection, lane mask, loaded on the pass's
+        first cycle)."""
         cfg = self.cfg
-        s1 = {k: Signal(Value.cast(v).shape(), name=f"s1_{k}") for k, v in seq["s0"].items()}
-        for k, v in seq["s0"].items():
-            m.d.sync += s1[k].eq(v)
+        s0 = seq["s0"]
+        # s0r: read data out of the memories; s0a: read data registered; s1: step 1a registered
+        s0r, s0a, s1 = ({k: Signal(Value.cast(v).shape(), name=f"{n}_{k}") for k, v in s0.items()}
+                        for n in ("s0r", "s0a", "s1"))  # fmt: skip
+        for k, v in s0.items():
+            m.d.sync += [s0r[k].eq(v), s0a[k].eq(s0r[k]), s1[k].eq(s0a[k])]
         load = s1["valid"] & s1["first_j"]
         wd, ad, gd = (seq["ports"][n] for n in ("weights", "acts", "groups"))
-        w_bits, a_bits = ins["w_bits_m1"] + 1, ins["a_bits_m1"] + 1
         a_w = cfg.a_max_bits + 1
+
+        def reg(value, name):
+            q = Signal(Value.cast(value).shape(), name=name)
+            m.d.sync += q.eq(value)
+            return q
 
         act = []
         for lane in range(cfg.lanes):
             code = ad[lane * cfg.a_max_bits : (lane + 1) * cfg.a_max_bits]
             v = Signal(signed(a_w), name=f"a_{lane}")
-            dec = _decode_int(code, ins["a_bits_m1"], ins["a_enc"], cfg.a_max_bits)
+            dec = reg(_decode_int(code, seq["masks"], ins["a_enc"])[:a_w].as_signed(),
+                      f"a1_{lane}")  # fmt: skip
             m.d.comb += v.eq(Mux(lane < s1["lanes_valid"], dec, 0))
             act.append(v)
 
@@ -310,26 +354,30 @@ class BitserialEngine(wiring.Component):
         scale = [Signal(SCALE_BITS + 1, name=f"scale_{p}") for p in range(cfg.pes)]
         # per instruction: the code's low-bits mask and its sign bit (one-hot)
         wmax = cfg.w_max_bits
-        low = Signal(wmax)
-        sbit = Signal(wmax)
-        m.d.comb += [low.eq((Const(1, wmax + 1) << w_bits) - 1),
-                     sbit.eq(Const(1, wmax) << ins["w_bits_m1"])]
+        low, sbit = seq["masks"]["w_low"], seq["masks"]["w_sbit"]
         dt_bad = []
         for p in range(cfg.pes):
             slot = gd[p * 32 : (p + 1) * 32]
             dt = slot[16:20]
-            fp = _bitmod_pe(m, p, dt, w_bits, ins["mixed"]) if cfg.bitmod else None
+            fp = None
+            if cfg.bitmod:
+                fp = _bitmod_pe(m, p, dt, low, ins["mixed"])
+                fp = {k: reg(v, f"{k}1_{p}") for k, v in fp.items()}
             for lane in range(cfg.lanes):
                 i = p * cfg.lanes + lane
+                tag = f"{p}_{lane}"
                 code = wd[i * wmax : (i + 1) * wmax]
-                neg, mg, dbl = _int_sign_mag(m, f"{p}_{lane}", code, low, sbit, ins["w_enc"])
+                neg, mg, dbl = _int_sign_mag(m, tag, code, low, sbit, ins["w_enc"])
+                neg, mg = reg(neg, f"neg1_{tag}"), reg(mg, f"mag1_{tag}")
                 if fp is not None:
-                    neg, mg, dbl = _bitmod_sign_mag(m, f"{p}_{lane}", code, fp, neg, mg, dbl)
+                    code = reg(code[:4], f"code1_{tag}")
+                    neg, mg, dbl = _bitmod_sign_mag(m, tag, code, fp, neg, mg, dbl)
                 with m.If(load):
                     m.d.sync += [mag[p][lane].eq(mg), wneg[p][lane].eq(neg),
                                  wdbl[p][lane].eq(dbl)]
+            sc = reg(slot[:SCALE_BITS], f"scale1_{p}")
             with m.If(load):
-                m.d.sync += scale[p].eq(Mux(ins["scaled"], slot[:SCALE_BITS], 1))
+                m.d.sync += scale[p].eq(Mux(ins["scaled"], sc, 1))
             if fp is not None:
                 dt_bad.append(ins["mixed"] & fp["bad"] & (p < s1["pes_valid"]))
         if dt_bad:
@@ -381,12 +429,13 @@ class BitserialEngine(wiring.Component):
                     ones.append((mag[b] & neg) << b if b else (mag[b] & neg))
             psw = cfg.a_max_bits + 3 + bpc + _log2(cfg.lanes)
             plane_sum = Signal(signed(psw), name=f"plane_{p}")
-            # two pipelined levels: sums of 8 terms, then their sum
-            terms.append(adder_tree(ones))
+            # two pipelined levels: sums of _TREE_CUT terms and their negative terms' +1s, then
+            # their sum
             parts = []
             for i in range(0, len(terms), _TREE_CUT):
                 part = Signal(signed(psw), name=f"part_{p}_{i // _TREE_CUT}")
-                m.d.sync += part.eq(adder_tree(terms[i : i + _TREE_CUT]))
+                cut = slice(i, i + _TREE_CUT)
+                m.d.sync += part.eq(adder_tree([*terms[cut], adder_tree(ones[cut])]))
                 parts.append(part)
             m.d.sync += plane_sum.eq(adder_tree(parts))
             psum = Signal(signed(pw), name=f"psum_{p}")
@@ -414,17 +463,35 @@ class BitserialEngine(wiring.Component):
         return {"valid": out_valid, "gsum": gsum, "gscale": gscale, **flags}
 
     # ------------------------------------------------------------------------------------------
-    def _dequant(self, m, ins, grp, mems):
-        """Stages 3-4: group sum x scale, accumulate the groups of a result, write the tile."""
+    def _dequant(self, m, platform, ins, grp, mems):
+        """Stages 3-4: group sum x scale, accumulate the groups of a result, write the tile.
+
+        The scale is unsigned (16 bits, or 1), so the product is split at bit ``_LO`` of the
+        group sum into two 18x18 multiplies (DSP input and output registers, 2 cycles), summed
+        in a third registered cycle."""
         cfg = self.cfg
         pw = psum_width(cfg)
         prod = [Signal(signed(pw + SCALE_BITS + 1), name=f"prod_{p}") for p in range(cfg.pes)]
         v4 = Signal()
         f4 = {k: Signal(grp[k].shape(), name=f"s4_{k}") for k in ("last_row", "last_all", "r_addr")}
-        m.d.sync += v4.eq(grp["valid"])
-        m.d.sync += [f4[k].eq(grp[k]) for k in f4]
+        v, f = grp["valid"], {k: grp[k] for k in f4}
+        for i in range(DEQUANT_LATENCY - 1):  # the flags follow the products
+            vq = Signal(name=f"dq_valid_{i}")
+            fq = {k: Signal(f[k].shape(), name=f"dq_{k}_{i}") for k in f}
+            m.d.sync += [vq.eq(v), *[fq[k].eq(f[k]) for k in f]]
+            v, f = vq, fq
+        m.d.sync += v4.eq(v)
+        m.d.sync += [f4[k].eq(f[k]) for k in f4]
         for p in range(cfg.pes):
-            m.d.sync += prod[p].eq(grp["gsum"][p] * grp["gscale"][p].as_signed())
+            gs, sc = grp["gsum"][p], grp["gscale"][p][:SCALE_BITS]
+            if pw > _LO + 1:
+                lo = multiply(m, platform, gs[:_LO], sc, latency=2, name=f"dq_lo_{p}")
+                hi = multiply(m, platform, gs[_LO:].as_signed(), sc, latency=2,
+                              name=f"dq_hi_{p}")  # fmt: skip
+                m.d.sync += prod[p].eq(lo + (hi << _LO))
+            else:
+                pr = multiply(m, platform, gs, sc, latency=2, name=f"dq_{p}")
+                m.d.sync += prod[p].eq(pr)
         win, mem = mems["results"]
         wp = mem.write_port()
         acc = [Signal(signed(cfg.acc_width), name=f"acc_{p}") for p in range(cfg.pes)]
@@ -444,13 +511,12 @@ class BitserialEngine(wiring.Component):
         m.d.comb += self._retire.eq(v4 & f4["last_row"] & f4["last_all"])
 
 
-def _decode_int(code, bits_m1, enc, max_bits):
-    """``bits_m1 + 1`` low bits of ``code`` as a two's complement (enc=0) or bipolar (enc=1)
-    integer."""
-    bits = bits_m1 + 1
-    u = code & ((Const(1, max_bits + 1) << bits) - 1)[:max_bits]
-    twos = u - (u.bit_select(bits_m1, 1) << bits)
-    bip = (u << 1) - ((Const(1, max_bits + 1) << bits) - 1)
+def _decode_int(code, masks, enc):
+    """The low ``a_bits`` bits of ``code`` (``masks``: the instruction's registered a_low,
+    a_sbit, a_top = 2^a_bits) as a two's complement (enc=0) or bipolar (enc=1) integer."""
+    u = code & masks["a_low"]
+    twos = u - Mux((u & masks["a_sbit"]).any(), masks["a_top"], 0)
+    bip = (u << 1) - masks["a_low"]
     return Mux(enc, bip, twos)
 
 
@@ -472,8 +538,9 @@ def _int_sign_mag(m, tag, code, low, sbit, enc):
     return neg, mag, Const(0)
 
 
-def _bitmod_pe(m, p, dt, w_bits, mixed):
-    """Per-PE decode of the group's datatype id: FP family, its extra value, validity."""
+def _bitmod_pe(m, p, dt, w_low, mixed):
+    """Per-PE decode of the group's datatype id: FP family, its extra value, validity
+    (``w_low``: the instruction's weight-code mask, bit i set when w_bits > i)."""
     fam4, xneg, xmag, xdbl, bad = (Signal(name=f"{n}_{p}") for n in
                                    ("fam4", "xneg", "xmag", "xdbl", "dtbad"))
     xmag = Signal(4, name=f"xmag_{p}")
@@ -487,7 +554,7 @@ def _bitmod_pe(m, p, dt, w_bits, mixed):
                 half = abs(extra) >= 16  # 16 is walked as 8 x doubled activation
                 m.d.comb += [fam4.eq(bits == 4), xneg.eq(extra < 0),
                              xmag.eq(abs(extra) >> half), xdbl.eq(half),
-                             bad.eq(w_bits < bits)]  # fmt: skip
+                             bad.eq(~w_low[bits - 1])]  # fmt: skip
     m.d.comb += is_fp.eq(mixed & (dt != 0))
     return {"fam4": fam4, "xneg": xneg, "xmag": xmag, "xdbl": xdbl, "bad": bad, "is_fp": is_fp}
 

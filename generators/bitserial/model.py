@@ -65,8 +65,9 @@ __all__ = [
 ]
 
 OPCODES = {"matmul": 0x30}
-OVERHEAD = 10  # check, range, start, read, decode, 2 plane-sum levels, dequant, acc+write, done
-REJECT_CYCLES = 4
+OVERHEAD = 16  # check, 2 multiplier cycles, range, start, read, read register, 2 decode steps,
+# 2 plane-sum levels, 3 dequantisation cycles (two multiplier registers, their sum), acc+write, done
+REJECT_CYCLES = 6
 
 DT_INT = 0
 # id -> (name, code bits, magnitude grid indexed by the code's low bits, extra value)

@@ -13,9 +13,10 @@ controller can issue the first activate at cycle 3. Every bank receives the same
 * A column command at cycle ``c`` streams ``burst`` beats at ``c+1 .. c+burst``, each beat
   ``lanes`` MACs in every bank; the row's precharge follows its last beat, so
   ``free[k] = COL_{j,last} + burst + t_rp``.
-* The result of a dot product is written 4 cycles after its last beat (memory read, operand,
-  product and adder-tree registers, then the accumulator); the instruction retires (``done``) at
-  ``max(last beat + 5, last beat + t_rp)``: results written and every row buffer precharged.
+* The result of a dot product is written 6 cycles after its last beat (memory read, operand,
+  the multiplier's two registers, two adder-tree registers, then the accumulator); the
+  instruction retires (``done``) at ``max(last beat + 7, last beat + t_rp)``: results written and
+  every row buffer precharged.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from .isa import GemvInstr, check_instr
 __all__ = ["Schedule", "schedule", "gemv_cycles", "bandwidth_bound", "activation_bound"]
 
 FIRST_ACT = 3  # accept at 0, field checks at 1 and 2
-PIPE = 5  # last beat -> pipeline empty (result written 4 cycles after the beat)
+PIPE = 7  # last beat -> pipeline empty (result written 6 cycles after the beat)
 
 
 @dataclass

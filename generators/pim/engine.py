@@ -12,9 +12,10 @@ Structure (all banks in lockstep, AiM's all-bank mode):
 
 Timing: a GEMV takes :func:`~gatesmith.generators.pim.cycles.gemv_cycles` cycles from acceptance
 to ``done``; during every beat each bank does ``lanes`` MACs (``perf_macs = banks * lanes``).
-Datapath latency: a beat's products reach the accumulator 4 cycles after the beat (memory read,
-operand register, product register, adder-tree register), so a multiplier or the adder tree,
-not a memory-to-accumulator chain, sets the clock.
+Datapath latency: a beat's products reach the accumulator 6 cycles after the beat (memory read,
+operand register, the multiplier's input and output registers inside its DSP block, two
+adder-tree registers), so no memory output, multiplier or adder tree shares a stage with other
+logic.
 
 Host window (see ``isa.window_layout``): weight writes are refused (``err``) while a GEMV runs
 unless ``dual_row_buffer`` is set (the second row buffer serves the host, as NeuPIMs proposes).
@@ -27,12 +28,14 @@ from amaranth.lib import wiring
 from amaranth.lib.memory import Memory
 
 from ...hdl.arith import adder_tree
+from ..dsp import multiply
 from ..engine import ErrorCode, engine_ports
 from .isa import FIELDS, OPCODE_GEMV, region_size
 
 __all__ = ["PimEngine"]
 
-PIPE_LATENCY = 4  # beat -> accumulator update (memory read, operands, products, adder tree)
+PIPE_LATENCY = 6  # beat -> accumulator update (memory read, operands, 2 product, 2 tree stages)
+_TREE_CUT = 4  # products summed before the adder tree's first register
 
 
 def _log2(n: int) -> int:
@@ -68,8 +71,8 @@ class PimEngine(wiring.Component):
         cfg = self.cfg
         m = Module()
         self._decode_host(m)
-        self._controller(m)
-        self._banks(m)
+        self._controller(m, platform)
+        self._banks(m, platform)
         return m
 
     def _region(self, m, name):
@@ -123,8 +126,12 @@ class PimEngine(wiring.Component):
             self.w_vector.eq(host.w_en & hv & ~err),
         ]
         self.xoff = Array(Signal(16, name=f"xoff{b}") for b in range(cfg.banks))
+        # vector_segments - xoff per bank, kept beside it: a column-mode range check is a compare
+        vs = cfg.vector_segments
+        self.xlim = Array(Signal(signed(18), name=f"xlim{b}", init=vs) for b in range(cfg.banks))
         with m.If(host.w_en & hx & ~err):
-            m.d.sync += self.xoff[self.h_bank_x[: max(1, _log2(cfg.banks))]].eq(host.w_data)
+            xb = self.h_bank_x[: max(1, _log2(cfg.banks))]
+            m.d.sync += [self.xoff[xb].eq(host.w_data), self.xlim[xb].eq(vs - host.w_data[:16])]
         # reads: latch what was asked for; data comes the next cycle
         self.rd_results = Signal()
         self.rd_bank = Signal(range(max(2, cfg.banks)))
@@ -140,7 +147,7 @@ class PimEngine(wiring.Component):
             ]
         self.rd_xoff = rd_xoff
 
-    def _controller(self, m):
+    def _controller(self, m, platform):
         """Instruction decode and the row / column command processes (see cycles.py)."""
         cfg = self.cfg
         nb = cfg.row_buffers
@@ -153,14 +160,21 @@ class PimEngine(wiring.Component):
             return ~(now - t)[tw - 1]
 
         f = {k: Signal(w, name=f"f_{k}") for k, (_, w) in FIELDS.items()}
+        # x_seg + segments and y_base + rounds, registered with the instruction
+        self._x_end, self._y_end = Signal(17), Signal(17)
+        self._room = Signal(signed(18))  # rows_per_bank - w_row: the weight rows left
         opcode = Signal(8)
-        jobs = Signal(32)
-        jobs_r = Signal(32)
         code_r = Signal(8)
-        m.d.comb += jobs.eq(f["rounds"] * f["segments"])
+        # rounds * segments in a DSP block: its input registers take the fields with the
+        # instruction (IDLE), its output register the product in CHECK; START reads it
+        fo = {k: FIELDS[k][0] for k in ("rounds", "segments")}
+        jobs_r = multiply(m, platform, self.cmd.payload[fo["rounds"] : fo["rounds"] + 16],
+                          self.cmd.payload[fo["segments"] : fo["segments"] + 16], latency=2,
+                          name="mul_jobs")  # fmt: skip
 
         # row process (activate) and column process (MAC bursts) state
         a_left = Signal(32)
+        a_more = Signal()  # a_left != 0, registered
         a_buf = Signal(range(2))
         is_open = Array(Signal(name=f"open{k}") for k in range(nb))
         t_free = Array(Signal(tw, name=f"t_free{k}") for k in range(nb))
@@ -205,9 +219,11 @@ class PimEngine(wiring.Component):
             self.perf_stall.eq(busy & ~self.b_valid),
         ]
 
-        last_seg = c_s == f["segments"] - 1
-        ncols = Mux(last_seg, f["cols_last"], cfg.cols_per_row)
-        last_col = c_col == ncols - 1
+        # segments - 1 and cols_last - 1 registered in CHECK, whether c_s is the last segment
+        # kept in a register, so a column command's decision is one compare deep
+        seg_m1, cl_m1 = Signal(16), Signal(16)
+        last_seg = Signal()
+        last_col = c_col == Mux(last_seg, cl_m1, cfg.cols_per_row - 1)
         act_fire = Signal()
         col_fire = Signal()
         m.d.comb += [self.trace_act.eq(act_fire), self.trace_col.eq(col_fire)]
@@ -219,50 +235,58 @@ class PimEngine(wiring.Component):
                     m.d.sync += opcode.eq(self.cmd.payload[:8])
                     for k, (off, w) in FIELDS.items():
                         m.d.sync += f[k].eq(self.cmd.payload[off : off + w])
+                    pf = {k: self.cmd.payload[off : off + w] for k, (off, w) in FIELDS.items()}
+                    m.d.sync += [self._x_end.eq(pf["x_seg"] + pf["segments"]),
+                                 self._y_end.eq(pf["y_base"] + pf["rounds"]),
+                                 self._room.eq(cfg.rows_per_bank - pf["w_row"])]
                     m.next = "CHECK"
-            with m.State("CHECK"):  # register the product rounds * segments and the checks
+            with m.State("CHECK"):  # register the checks (rounds * segments: in the DSP)
                 m.d.comb += busy.eq(1)
-                m.d.sync += [jobs_r.eq(jobs), code_r.eq(self._check(m, f, opcode))]
+                m.d.sync += [code_r.eq(self._check(m, f, opcode)),
+                             seg_m1.eq(f["segments"] - 1), cl_m1.eq(f["cols_last"] - 1)]
                 m.next = "START"
             with m.State("START"):
                 m.d.comb += busy.eq(1)
                 code = Signal(8)
-                rows_oor = f["w_row"] + jobs_r > cfg.rows_per_bank
+                rows_oor = jobs_r > self._room
                 oor_code = Mux(rows_oor, ErrorCode.OUT_OF_RANGE, 0)
                 m.d.comb += code.eq(Mux(code_r != 0, code_r, oor_code))
+                # the run's state is set either way (a rejected instruction leaves it unused)
+                m.d.sync += [
+                    a_left.eq(jobs_r),
+                    a_more.eq(1),  # a run has one job at least
+                    c_left.eq(jobs_r),
+                    a_buf.eq(0),
+                    c_buf.eq(0),
+                    c_s.eq(0),
+                    c_p.eq(0),
+                    c_col.eq(0),
+                    c_row.eq(f["w_row"]),
+                    t_col.eq(now + 1),
+                    last_seg.eq(seg_m1 == 0),
+                ]
+                for k in range(nb):
+                    m.d.sync += [is_open[k].eq(0), t_free[k].eq(now + 1)]
                 with m.If(code != 0):
                     m.d.comb += [self.done.eq(1), self.error.eq(code)]
                     m.next = "IDLE"
                 with m.Else():
-                    m.d.sync += [
-                        a_left.eq(jobs_r),
-                        c_left.eq(jobs_r),
-                        a_buf.eq(0),
-                        c_buf.eq(0),
-                        c_s.eq(0),
-                        c_p.eq(0),
-                        c_col.eq(0),
-                        c_row.eq(f["w_row"]),
-                        t_col.eq(now + 1),
-                    ]
-                    for k in range(nb):
-                        m.d.sync += [is_open[k].eq(0), t_free[k].eq(now + 1)]
                     m.next = "RUN"
             with m.State("RUN"):
                 m.d.comb += busy.eq(1)
                 k_a = a_buf if nb == 2 else 0
                 k_c = c_buf if nb == 2 else 0
                 m.d.comb += [
-                    act_fire.eq((a_left != 0) & ~is_open[k_a] & reached(t_free[k_a])),
-                    col_fire.eq(
-                        (c_left != 0) & is_open[k_c] & reached(t_ready[k_c]) & reached(t_col)
-                    ),
+                    act_fire.eq(a_more & ~is_open[k_a] & reached(t_free[k_a])),
+                    # c_left != 0 throughout RUN: its last column command moves to DRAIN
+                    col_fire.eq(is_open[k_c] & reached(t_ready[k_c]) & reached(t_col)),
                 ]
                 with m.If(act_fire):
                     m.d.sync += [
                         is_open[k_a].eq(1),
                         t_ready[k_a].eq(now + cfg.t_rcd),
                         a_left.eq(a_left - 1),
+                        a_more.eq(a_left != 1),
                     ]
                     if nb == 2:
                         m.d.sync += a_buf.eq(~a_buf)
@@ -288,6 +312,7 @@ class PimEngine(wiring.Component):
                             c_row.eq(c_row + 1),
                             c_left.eq(c_left - 1),
                             c_s.eq(Mux(last_seg, 0, c_s + 1)),
+                            last_seg.eq(Mux(last_seg, seg_m1 == 0, c_s + 1 == seg_m1)),
                             c_p.eq(c_p + last_seg),
                         ]
                         if nb == 2:
@@ -313,9 +338,9 @@ class PimEngine(wiring.Component):
         )
         x_bad = Const(0)
         for b in range(cfg.banks):
-            off = Mux(f["col_mode"], self.xoff[b], 0)
-            x_bad = x_bad | (f["x_seg"] + f["segments"] + off > cfg.vector_segments)
-        oor = (f["y_base"] + f["rounds"] > cfg.result_depth) | x_bad
+            lim = Mux(f["col_mode"], self.xlim[b], cfg.vector_segments)
+            x_bad = x_bad | (self._x_end > lim)
+        oor = (self._y_end > cfg.result_depth) | x_bad
         with m.If(opcode != OPCODE_GEMV):
             m.d.comb += code.eq(ErrorCode.BAD_OPCODE)
         with m.Elif(bad_shape):
@@ -324,14 +349,15 @@ class PimEngine(wiring.Component):
             m.d.comb += code.eq(ErrorCode.OUT_OF_RANGE)
         return code
 
-    def _banks(self, m):
+    def _banks(self, m, platform):
         """Per-bank memories and MAC datapath; pipeline control is shared by all banks."""
         cfg = self.cfg
         host = self.host
         w = cfg.fmt.width
         wpr_bits = _log2(cfg.words_per_row)
         # shared pipeline flags, one set per stage: 1 memory data, 2 operands registered,
-        # 3 products registered, 4 dot product registered (the accumulator adds it)
+        # 3 operands in the DSP blocks, 4 products registered, 5 sums of _TREE_CUT products,
+        # 6 dot product registered (the accumulator adds it)
         flags = [(self.b_valid, self.b_first, self.b_is_last, self.b_slot)]
         for k in range(1, PIPE_LATENCY + 1):
             st = (Signal(name=f"v{k}"), Signal(name=f"first{k}"), Signal(name=f"last{k}"),
@@ -366,18 +392,24 @@ class PimEngine(wiring.Component):
             vr = vmem.read_port()
             xo = Mux(self.col_mode, self.xoff[b], 0)
             m.d.comb += [wr.addr.eq(self.b_waddr), vr.addr.eq(self.b_vaddr + (xo << wpr_bits))]
-            # stage 1 -> 2: operands registered; 2 -> 3: lane products; 3 -> 4: adder tree
+            # stage 1 -> 2: operands registered; 2 -> 4: lane products (DSP input and output
+            # registers); 4 -> 5: sums of _TREE_CUT products; 5 -> 6: their sum
             ow = Signal(cfg.word_bits, name=f"opw{b}")
             ox = Signal(cfg.word_bits, name=f"opx{b}")
             m.d.sync += [ow.eq(wr.data), ox.eq(vr.data)]
             prods = []
             for i in range(cfg.lanes):
-                p = Signal(signed(2 * w), name=f"prod{b}_{i}")
                 a, x = ow[i * w : (i + 1) * w], ox[i * w : (i + 1) * w]
-                m.d.sync += p.eq(a.as_signed() * x.as_signed())
-                prods.append(p)
-            dot = Signal(signed(2 * w + _log2(cfg.lanes) + 1), name=f"dot{b}")
-            m.d.sync += dot.eq(adder_tree(prods))
+                prods.append(multiply(m, platform, a.as_signed(), x.as_signed(), latency=2,
+                                      name=f"mul{b}_{i}"))  # fmt: skip
+            dw = 2 * w + _log2(cfg.lanes) + 1
+            parts = []
+            for i in range(0, len(prods), _TREE_CUT):
+                part = Signal(signed(dw), name=f"dot{b}_part{i // _TREE_CUT}")
+                m.d.sync += part.eq(adder_tree(prods[i : i + _TREE_CUT]))
+                parts.append(part)
+            dot = Signal(signed(dw), name=f"dot{b}")
+            m.d.sync += dot.eq(adder_tree(parts))
             # stage 4: accumulate, write the result of the dot product's last beat
             acc = Signal(signed(cfg.acc_width), name=f"acc{b}")
             acc_next = Signal(signed(cfg.acc_width), name=f"acc_next{b}")
