@@ -19,7 +19,7 @@ import argparse
 import json
 from pathlib import Path
 
-from gatesmith.flows.ooc import ooc_build
+from gatesmith.flows.ooc import ooc_build, write_table
 from gatesmith.generators.bitserial.config import BitserialConfig
 from gatesmith.generators.pim import PimConfig
 from gatesmith.generators.registry import engine_spec
@@ -89,13 +89,7 @@ def write(rows, freq):
         "|" + "---|" * len(COLS),
     ]
     lines += ["| " + " | ".join(_cell(r, c) for c in COLS) + " |" for r in rows]
-    md = OUT / "engine_fmax.md"
-    if md.exists():  # the notes under the table (written by hand) are kept
-        notes = md.read_text().split("\n\n")
-        while notes and not notes[0].lstrip().startswith("| design"):
-            notes.pop(0)
-        lines += [""] + [n.strip("\n") + "\n" for n in notes[1:] if n.strip()]
-    md.write_text("\n".join(lines) + "\n")
+    write_table(OUT / "engine_fmax.md", lines, "design")
 
 
 if __name__ == "__main__":

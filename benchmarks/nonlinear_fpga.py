@@ -14,7 +14,7 @@ import argparse
 import json
 from pathlib import Path
 
-from gatesmith.flows.ooc import ooc_build
+from gatesmith.flows.ooc import ooc_build, write_table
 
 from gatesmith.generators.gelu.config import GeluConfig
 from gatesmith.generators.layernorm.config import LayerNormConfig
@@ -84,13 +84,7 @@ def main(argv=None):
         "|" + "---|" * len(cols),
     ]
     lines += ["| " + " | ".join(str(r.get(c, "")) for c in cols) + " |" for r in rows]
-    md = OUT / "nonlinear_fpga.md"
-    if md.exists():  # the notes under the table (the critical paths, written by hand) are kept
-        notes = md.read_text().split("\n\n")
-        while notes and not notes[0].lstrip().startswith("| engine"):
-            notes.pop(0)
-        lines += [""] + [n.strip("\n") + "\n" for n in notes[1:] if n.strip()]
-    md.write_text("\n".join(lines) + "\n")
+    write_table(OUT / "nonlinear_fpga.md", lines, "engine")
 
 
 if __name__ == "__main__":

@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 
 from gatesmith.config import load_config
-from gatesmith.flows.ooc import ooc_build
+from gatesmith.flows.ooc import ooc_build, write_table
 from gatesmith.generators.registry import engine_spec
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -75,13 +75,7 @@ def main(argv=None):
     ]
     lines += ["| " + " | ".join("" if r.get(c) is None else str(r.get(c)) for c in COLS) + " |"
               for r in rows]  # fmt: skip
-    md = OUT / "systolic_fmax.md"
-    if md.exists():  # the notes under the table (written by hand) are kept
-        notes = md.read_text().split("\n\n")
-        while notes and not notes[0].lstrip().startswith("| design"):
-            notes.pop(0)
-        lines += [""] + [n.strip("\n") + "\n" for n in notes[1:] if n.strip()]
-    md.write_text("\n".join(lines) + "\n")
+    write_table(OUT / "systolic_fmax.md", lines, "design")
 
 
 if __name__ == "__main__":

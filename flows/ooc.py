@@ -22,7 +22,7 @@ from pathlib import Path
 from .bitstream import find_tool
 from .report import critical_path, estimate_from_yosys
 
-__all__ = ["ooc_build", "CELLS"]
+__all__ = ["ooc_build", "write_table", "CELLS"]
 
 # yosys cell -> column name in the benchmark tables
 CELLS = {"LUT4": "LUT4", "TRELLIS_FF": "FF", "CCU2C": "CCU2C", "MULT18X18D": "DSP",
@@ -83,3 +83,16 @@ def ooc_build(component, *, device: str = "85k", freq_mhz: float = 150, seed: in
         report = work / "report.json"
         out["critical"] = critical_path(report) if report.exists() else None
         return out
+
+
+def write_table(md: Path, lines: list[str], first_col: str) -> None:
+    """Write a benchmark's ``lines`` (title, text, table) to ``md``, keeping the notes written by
+    hand under the previous table (everything after the paragraph whose first line starts
+    with ``| first_col``)."""
+    lines = list(lines)
+    if md.exists():
+        notes = md.read_text().split("\n\n")
+        while notes and not notes[0].lstrip().startswith(f"| {first_col}"):
+            notes.pop(0)
+        lines += [""] + [n.strip("\n") + "\n" for n in notes[1:] if n.strip()]
+    md.write_text("\n".join(lines) + "\n")
