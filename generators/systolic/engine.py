@@ -197,18 +197,16 @@ class SystolicEngine(wiring.Component):
         b_en, b_addr, b_shift, b_zero = Signal(), Signal(self.aw), Signal(), Signal()
         oob = Signal()  # an address ran past a memory's end during this instruction
 
-        def stage(sigs, tag):  # one register per signal
-            regs = [Signal.like(x, name=f"{x.name}_{tag}") for x in sigs]
-            m.d.sync += [r.eq(x) for r, x in zip(regs, sigs)]
-            return regs
+        def delayed(sigs, n, tag):  # each signal through n registers
+            return [SystolicArray._delay(m, x, n, f"{x.name}_{tag}") for x in sigs]
 
         # The feed is three register stages: the sequencer's addresses and flags (so its
         # address arithmetic ends at a register), the block RAMs' read, and the read data
         # itself (the RAMs' clock-to-out is most of a cycle at 150 MHz, so nothing but a
         # register follows them); the zeroing of idle beats comes after.
-        a_en0, a_addr0, a_first0, a_drain0, a_valid0 = stage(
-            [a_en, a_addr, a_first, a_drain, a_valid], "s0")
-        b_en0, b_addr0, b_shift0, b_zero0 = stage([b_en, b_addr, b_shift, b_zero], "s0")
+        a_en0, a_addr0, a_first0, a_drain0, a_valid0 = delayed(
+            [a_en, a_addr, a_first, a_drain, a_valid], 1, "s0")
+        b_en0, b_addr0, b_shift0, b_zero0 = delayed([b_en, b_addr, b_shift, b_zero], 1, "s0")
         m.d.comb += [
             left_r.addr.eq(a_addr0),
             left_r.en.eq(1),
@@ -218,9 +216,9 @@ class SystolicEngine(wiring.Component):
         with m.If((a_en0 & (a_addr0 >= cfg.spad_depth)) | (b_en0 & (b_addr0 >= cfg.spad_depth))):
             m.d.sync += oob.eq(1)
         # flags aligned with the memories' read data, then with its register
-        a_flags = stage(stage([a_en0, a_first0, a_drain0, a_valid0], "s1"), "s2")
-        a_en1, a_first1, a_drain1, a_valid1 = a_flags
-        b_en1, b_shift1, b_zero1 = stage(stage([b_en0, b_shift0, b_zero0], "s1"), "s2")
+        a_en1, a_first1, a_drain1, a_valid1 = delayed(
+            [a_en0, a_first0, a_drain0, a_valid0], 2, "rd")
+        b_en1, b_shift1, b_zero1 = delayed([b_en0, b_shift0, b_zero0], 2, "rd")
         left_d = Signal.like(left_r.data, name="left_rdata")
         top_d = Signal.like(top_r.data, name="top_rdata")
         m.d.sync += [left_d.eq(left_r.data), top_d.eq(top_r.data)]
@@ -406,7 +404,7 @@ class SystolicEngine(wiring.Component):
         acc_mt = Signal(self.acw)  # acc_base + mt*R
         acc_nt = Signal(self.acw)  # nt*M
         any_fold = Signal()
-        # "this is the last fold along N / M" flags, kept as registers beside the counters they
+        # "this is the last fold along N / M / K" flags, kept as registers beside the counters they
         # describe (updated with them), so no compare sits between a counter and its next value
         os_last_n, os_last_m = Signal(), Signal()
         pl_last_k, pl_last_n, st_last_k, st_last_n = Signal(), Signal(), Signal(), Signal()
