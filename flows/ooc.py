@@ -13,14 +13,13 @@ Used by the ``benchmarks/*_fpga.py`` scripts; not part of any test tier (minutes
 from __future__ import annotations
 
 import json
-import re
 import subprocess
 import tempfile
 import time
 from pathlib import Path
 
 from .bitstream import find_tool
-from .report import critical_path, estimate_from_yosys
+from .report import _cells_by_type, critical_path, estimate_from_yosys, parse_nextpnr_report
 
 __all__ = ["ooc_build", "write_table", "CELLS"]
 
@@ -49,19 +48,15 @@ def ooc_build(component, *, device: str = "85k", freq_mhz: float = 150, seed: in
                                strip_internal_attrs=True)  # fmt: skip
         (work / "top.v").write_text(text)
         t = time.monotonic()
-        script = "read_verilog top.v; synth_ecp5 -top top -json top.json; " \
-                 "tee -q -o stat.json stat -json; tee -q -o stat.txt stat"  # fmt: skip
+        script = ("read_verilog top.v; synth_ecp5 -top top -json top.json; "
+                  "tee -q -o stat.json stat -json")
         r = subprocess.run([find_tool("yosys"), "-q", "-p", script], cwd=work,
                            capture_output=True, text=True)  # fmt: skip
         if r.returncode:
             raise RuntimeError(f"yosys failed: {r.stderr[-2000:]}")
         stat = json.loads((work / "stat.json").read_text())
-        text_stat = (work / "stat.txt").read_text()
-        out = {v: 0 for v in CELLS.values()}
-        for cell, name in CELLS.items():
-            found = re.search(rf"^\s+(\d+)\s+{cell}\s*$|^\s+{cell}\s+(\d+)\s*$", text_stat, re.M)
-            if found:
-                out[name] = int(found.group(1) or found.group(2))
+        cells = _cells_by_type(stat)
+        out = {name: cells.get(cell, 0) for cell, name in CELLS.items()}
         out["lut_estimate"] = estimate_from_yosys(stat, "ecp5")["lut"]
         out["synth_s"] = round(time.monotonic() - t, 1)
         if not pnr:
@@ -77,11 +72,15 @@ def ooc_build(component, *, device: str = "85k", freq_mhz: float = 150, seed: in
             except subprocess.TimeoutExpired:
                 out.update(fmax_mhz=None, pnr_s=round(time.monotonic() - t, 1), critical=None)
                 return out
-        found = re.findall(r"Max frequency for clock\s+'[^']*':\s+([\d.]+) MHz", log.read_text())
-        out["fmax_mhz"] = float(found[-1]) if found else None
         out["pnr_s"] = round(time.monotonic() - t, 1)
         report = work / "report.json"
-        out["critical"] = critical_path(report) if report.exists() else None
+        if not report.exists():
+            out.update(fmax_mhz=None, critical=None)
+            return out
+        fmax = parse_nextpnr_report(report, "ecp5")[1]
+        achieved = [round(v["achieved"], 2) for v in fmax.values()]
+        out["fmax_mhz"] = min(achieved, default=None)
+        out["critical"] = critical_path(report)
         return out
 
 
