@@ -104,11 +104,8 @@ def _systolic(g: Gemm, cfg, dataflow: str) -> dict:
     for df in dfs:
         hm, hk, hn = (g.n, g.k, g.m) if df == "is" else (g.m, g.k, g.n)  # IS runs b.T @ a.T
         p, program = plan_dma(hm, hk, hn, df, cfg)
-        total = 0
-        for m0, n0, k0, _tile, _first, _last in p.chunks(hm, hk, hn):
-            mt, nt, kc = min(p.mt, hm - m0), min(p.nt, hn - n0), min(p.kc, hk - k0)
-            m, k, n = (nt, kc, mt) if df == "is" else (mt, kc, nt)
-            total += model.cycles(m, k, n, df, cfg)
+        total = sum(model.cycles(*((nt, kc, mt) if df == "is" else (mt, kc, nt)), df, cfg)
+                    for mt, kc, nt in p.gemms(hm, hk, hn, cfg.cols))  # fmt: skip
         if best is None or total < best["cycles"]:
             best = {"cycles": total, "dataflow": df, "program_cycles": program}
     best["ideal"] = g.macs / (cfg.rows * cfg.cols)

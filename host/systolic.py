@@ -20,6 +20,7 @@ IS is WS with the roles swapped (``A^T`` in top, ``B^T`` in left; the result hol
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -80,12 +81,16 @@ def default_dataflow(cfg: SystolicConfig) -> str:
 class Plan:
     """Tile sizes in hardware roles: output tiles mt x nt, K chunks of kc; ``acc_bufs`` output
     tiles in the accumulator at once (2: the next tile accumulates while the last one is
-    stored; 1: tiles twice as large, each store waited for)."""
+    stored; 1: tiles twice as large, each store waited for). ``split``: the last tile's last
+    K chunk runs as that many GEMMs over its column blocks, each stored as soon as it is done,
+    so the program's final store overlaps the rest of that chunk's compute instead of
+    following all of it (:func:`split_cols`)."""
 
     mt: int
     nt: int
     kc: int
     acc_bufs: int = 2
+    split: int = 1
 
     def chunks(self, m: int, k: int, n: int):
         """(m0, n0, k0, tile_index, first_chunk, last_chunk) in issue order."""
@@ -95,6 +100,30 @@ class Plan:
                 for k0 in range(0, k, self.kc):
                     yield m0, n0, k0, tile, k0 == 0, k0 + self.kc >= k
                 tile += 1
+
+    def gemms(self, m: int, k: int, n: int, cols: int):
+        """(mt, kc, nt) of each GEMM instruction the plan's program issues, in order (on an
+        array of ``cols`` columns: the last chunk's column parts included)."""
+        chunks = list(self.chunks(m, k, n))
+        for i, (m0, n0, k0, *_) in enumerate(chunks):
+            mt, nt, kc = min(self.mt, m - m0), min(self.nt, n - n0), min(self.kc, k - k0)
+            split = self.split if i + 1 == len(chunks) else 1
+            for _, cn in split_cols(nt, cols, split):
+                yield mt, kc, cn
+
+
+def split_cols(nt: int, cols: int, split: int) -> list[tuple[int, int]]:
+    """(first column, columns) of the ``split`` GEMMs a chunk of ``nt`` columns runs as: whole
+    column blocks of ``cols``, as even as they go (fewer parts when there are fewer blocks)."""
+    blocks = _ceil(nt, cols)
+    parts = max(1, min(split, blocks))
+    out, b0 = [], 0
+    for j in range(parts):
+        nb = blocks // parts + (j < blocks % parts)
+        c0 = b0 * cols
+        out.append((c0, min(nt, (b0 + nb) * cols) - c0))
+        b0 += nb
+    return out
 
 
 def plan(m: int, k: int, n: int, dataflow: str, cfg: SystolicConfig) -> Plan:
@@ -243,7 +272,7 @@ def _candidates(limit: int, grain: int) -> list[int]:
     return sorted(x for x in out if x >= 1)
 
 
-REFINE_BUDGET = 100_000  # simulated cycles plan_dma may spend timing candidates exactly
+REFINE_BUDGET = 250_000  # simulated cycles plan_dma may spend timing candidates exactly
 REFINE_MAX = 16  # candidates it times at most
 
 
@@ -284,8 +313,11 @@ def plan_dma(m: int, k: int, n: int, dataflow: str, cfg: SystolicConfig, acfg=No
                         continue
                     p = Plan(mt=_balanced(m, mt, R if hw == "os" else 1), nt=_balanced(n, nt, C),
                              kc=_balanced(k, kc, 1 if hw == "os" else R), acc_bufs=bufs)  # fmt: skip
-                    if p not in ranked:
-                        ranked[p] = _model(p, m, k, n, hw, cfg, ls, ts, as_, beat)
+                    blocks = _ceil(_sizes(n, p.nt)[-1][0], C)
+                    for split in (1, 2, 4, 8)[: blocks.bit_length()]:
+                        q = dataclasses.replace(p, split=split)
+                        if q not in ranked:
+                            ranked[q] = _model(q, m, k, n, hw, cfg, ls, ts, as_, beat)
     if not ranked:
         p = plan(m, k, n, dataflow, cfg)
         return p, _model(p, m, k, n, hw, cfg, ls, ts, as_, beat)
@@ -294,15 +326,23 @@ def plan_dma(m: int, k: int, n: int, dataflow: str, cfg: SystolicConfig, acfg=No
     if acfg is not None and best[1] <= REFINE_BUDGET:
         from .timing import gemm_program_cycles
 
+        # per tiling (the best ones first): every split of the best two, then the closed
+        # form's best split and the unsplit plan (it ranks tilings well, splits less so)
+        tilings: dict = {}
+        for p, cost in order:
+            tilings.setdefault(dataclasses.replace(p, split=1), []).append((p, cost))
         budget, timed = REFINE_BUDGET, []
-        for p, cost in order[:REFINE_MAX]:
-            if timed and cost > budget:
-                break
-            exact = gemm_program_cycles(m, k, n, hw, p, cfg, acfg)
-            if exact is None:
-                break
-            timed.append((exact, p))
-            budget -= exact
+        for t, (base, variants) in enumerate(list(tilings.items())[:REFINE_MAX]):
+            pick = variants if t < 2 else [variants[0]] + [(base, ranked[base])] * (
+                variants[0][0] != base)
+            for p, cost in pick:
+                if timed and cost > budget:
+                    break
+                exact = gemm_program_cycles(m, k, n, hw, p, cfg, acfg)
+                if exact is None:
+                    break
+                timed.append((exact, p))
+                budget -= exact
         if timed:
             exact, p = min(timed, key=lambda t: t[0])
             best = (p, exact)
@@ -378,6 +418,12 @@ def _model(p: Plan, m, k, n, hw, cfg, ls, ts, as_, beat) -> int:
     first = (left0 + _ceil(nt0, C) * kc0 * ts) * beat / DMA_EFFICIENCY
     mt1, nt1 = _sizes(m, p.mt)[-1][0], _sizes(n, p.nt)[-1][0]
     last = _ceil(nt1, C) * mt1 * as_ * beat / DMA_EFFICIENCY
+    parts = split_cols(nt1, C, p.split)
+    if len(parts) > 1:  # the last chunk in column parts: stores overlap the later parts
+        kc1 = _sizes(k, p.kc)[-1][0]
+        comp = [gemm_cycles(mt1, kc1, cn, hw, cfg) + 4 for _, cn in parts]
+        total += sum(comp) - (gemm_cycles(mt1, kc1, nt1, hw, cfg) + 4)
+        last = max(last * parts[-1][1] / nt1, last - sum(comp[1:]))
     return int(total + first + last)
 
 
@@ -454,16 +500,24 @@ def gemm_program(dev, left: Buffer, top: Buffer, out: Buffer, p: Plan, hw: str,
         mt, nt, kc = min(p.mt, hm - m0), min(p.nt, hn - n0), min(p.kc, hk - k0)
         nb = p.acc_bufs
         acc_base = (tile % nb) * (cfg.acc_depth // nb)
-        prog.instr(
-            gemm_instr(hw, mt, kc, nt, acc=acc_base, left=(i % 2) * half,
-                       top=(i % 2) * half, accumulate=not first),  # fmt: skip
-            deps=Deps(pop_prev=True, pop_next=first and tile >= nb and out is not None,
-                      push_prev=i + 2 < len(chunks), push_next=last and out is not None),  # fmt: skip
-            what=f"GEMM {hw} {mt}x{kc}x{nt} (tile {tile}, k0 {k0})",
-        )
-        if last and out is not None:
-            panels("store", out, aw, awords, aw.stride, n0 // C, _ceil(nt, C), m0, mt, hm,
-                   acc_base, Deps(pop_prev=True), Deps(push_prev=tile + nb < n_tiles))  # fmt: skip
+        store = last and out is not None
+        # the program's last chunk in column parts, each stored while the next one computes
+        parts = split_cols(nt, C, p.split) if store and i + 1 == len(chunks) else [(0, nt)]
+        for j, (c0, cn) in enumerate(parts):
+            q0, end = c0 // C, j + 1 == len(parts)
+            prog.instr(
+                gemm_instr(hw, mt, kc, cn, acc=acc_base + q0 * mt, left=(i % 2) * half,
+                           top=(i % 2) * half + q0 * kc, accumulate=not first),  # fmt: skip
+                deps=Deps(pop_prev=j == 0,
+                          pop_next=j == 0 and first and tile >= nb and out is not None,
+                          push_prev=end and i + 2 < len(chunks), push_next=store),
+                what=f"GEMM {hw} {mt}x{kc}x{cn} (tile {tile}, k0 {k0}"
+                + (f", columns {c0}..{c0 + cn - 1})" if len(parts) > 1 else ")"),
+            )
+            if store:
+                panels("store", out, aw, awords, aw.stride, n0 // C + q0, _ceil(cn, C), m0, mt,
+                       hm, acc_base + q0 * mt, Deps(pop_prev=True),
+                       Deps(push_prev=end and tile + nb < n_tiles))  # fmt: skip
     return prog
 
 

@@ -61,11 +61,8 @@ def test_perf_counters_and_cycle_model(dev_4x4):
         # busy cycles == the cycle model summed over the program's GEMM instructions, exactly
         hm, hk, hn = (12, 40, 8) if df == "is" else (8, 40, 12)
         plan, _ = plan_dma(hm, hk, hn, df, scfg, dev_4x4.config)
-        want = sum(
-            model.cycles(min(plan.mt, hm - m0), min(plan.kc, hk - k0), min(plan.nt, hn - n0),
-                         "ws" if df == "is" else df, scfg)  # fmt: skip
-            for m0, n0, k0, *_ in plan.chunks(hm, hk, hn)
-        )
+        want = sum(model.cycles(mt, kc, nt, "ws" if df == "is" else df, scfg)
+                   for mt, kc, nt in plan.gemms(hm, hk, hn, scfg.cols))  # fmt: skip
         assert p["busy"] == want, df
         assert p["macs"] >= 8 * 40 * 12
         assert p["cycles"] > p["busy"]

@@ -57,11 +57,8 @@ def _planned(m, k, n, df, cfg):
 
     hm, hn = (n, m) if df == "is" else (m, n)
     p, _ = plan_dma(hm, k, hn, df, cfg)
-    total = 0
-    for m0, n0, k0, *_ in p.chunks(hm, k, hn):
-        mt, nt, kc = min(p.mt, hm - m0), min(p.nt, hn - n0), min(p.kc, k - k0)
-        total += model.cycles(*((nt, kc, mt) if df == "is" else (mt, kc, nt)), df, cfg)
-    return total
+    return sum(model.cycles(*((nt, kc, mt) if df == "is" else (mt, kc, nt)), df, cfg)
+               for mt, kc, nt in p.gemms(hm, k, hn, cfg.cols))  # fmt: skip
 
 
 def test_pool_sweep_generates_and_counts_cycles(pool_run):

@@ -131,6 +131,36 @@ def test_single_buffered_accumulator_plan(dev):  # noqa: F811
         buf.free()
 
 
+@pytest.mark.parametrize("split", [2, 3, 8])
+@pytest.mark.parametrize("df,acc_bufs", [("os", 2), ("ws", 2), ("os", 1)])
+def test_split_last_chunk(dev, split, df, acc_bufs):  # noqa: F811
+    """The last tile's last chunk in column parts, each stored while the next computes
+    (``Plan.split``; 3 parts of 4 column blocks are uneven, 8 more than there are): exact,
+    predicted cycle for cycle, and the queues hold no token afterwards (the next program,
+    which has no split, is exact and predicted too)."""
+    from gatesmith.generators.systolic.engine import window_layout
+    from gatesmith.host.systolic import Packed, Plan, gemm_program, upload
+
+    g = torch.Generator().manual_seed(SEED + 4)
+    cfg = dev.config.engine("systolic")
+    m, k, n = 24, 40, 16
+    a, b = _ints(g, (m, k)), _ints(g, (k, n))
+    la, lb = upload(dev, a, "a", df), upload(dev, b, "b", df)
+    acc = window_layout(cfg)["acc"]
+    res = dev.alloc((-(-n // cfg.cols) * m * acc.stride,), torch.int32)
+    res.layout = Packed(role="result", dataflow=df, rows=m, cols=n)
+    plan = Plan(mt=8, nt=16, kc=16, acc_bufs=acc_bufs, split=split)
+    prog = gemm_program(dev, la, lb, res, plan, df, cfg)
+    assert sum("columns" in e[2] for e in prog.entries) == min(split, n // cfg.cols)
+    meas, _ = _measured(dev, prog.run)
+    assert torch.equal(res.layout.unpack_from(res).long(), a.long() @ b.long())
+    assert prog.predict() == meas, (prog.predict(), meas)
+    for buf in (la, lb, res):
+        buf.free()
+    meas, prog = _measured(dev, lambda: dev.matmul(a, b, dataflow=df))
+    assert prog.predict() == meas
+
+
 def test_prediction_before_and_after_launch(dev):  # noqa: F811
     """Before a launch the program's device address is unknown and 0 is assumed; a launch
     records where it was written, which is what the fetcher read."""

@@ -163,8 +163,7 @@ def predict(engine: str, calls: list, acfg) -> dict:
             program += prog if exact is None else exact
             t = plan_traffic(p, m, k, n, _hw_df(df), cfg)
             words += t["load"] + t["store"]
-            for m0, n0, k0, *_ in p.chunks(m, k, n):
-                total += cycles(min(p.mt, m - m0), min(p.kc, k - k0), min(p.nt, n - n0), df, cfg)
+            total += sum(cycles(mt, kc, nt, df, cfg) for mt, kc, nt in p.gemms(m, k, n, cfg.cols))
         return {"cycles": total, "program": program, "words": words}
     from ..timing import rows_program_cycles
 
