@@ -77,8 +77,8 @@ def instructions(m: int, k: int, n: int, df: str, cfg: SystolicConfig) -> list[t
     hm, hk, hn = (n, k, m) if df == "is" else (m, k, n)  # IS runs b.T @ a.T
     p = plan(hm, hk, hn, df, cfg)
     out = []
-    for m0, n0, k0, _tile, _first, _last in p.chunks(hm, hk, hn):
-        mt, nt, kc = min(p.mt, hm - m0), min(p.nt, hn - n0), min(p.kc, hk - k0)
+    for m0, n0, _k0, _tile, _first, _last, kc in p.chunks(hm, hk, hn):
+        mt, nt = min(p.mt, hm - m0), min(p.nt, hn - n0)
         out.append((nt, kc, mt) if df == "is" else (mt, kc, nt))
     return out
 

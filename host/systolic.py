@@ -84,29 +84,36 @@ class Plan:
     stored; 1: tiles twice as large, each store waited for). ``split``: the last tile's last
     K chunk runs as that many GEMMs over its column blocks, each stored as soon as it is done,
     so the program's final store overlaps the rest of that chunk's compute instead of
-    following all of it (:func:`split_cols`)."""
+    following all of it (:func:`split_cols`). ``head``: the program's first K chunk is cut
+    in two, ``head`` then ``kc - head``, so the first GEMM waits for a smaller load."""
 
     mt: int
     nt: int
     kc: int
     acc_bufs: int = 2
     split: int = 1
+    head: int = 0
 
     def chunks(self, m: int, k: int, n: int):
-        """(m0, n0, k0, tile_index, first_chunk, last_chunk) in issue order."""
+        """(m0, n0, k0, tile_index, first_chunk, last_chunk, chunk_k) in issue order."""
         tile = 0
         for m0 in range(0, m, self.mt):
             for n0 in range(0, n, self.nt):
-                for k0 in range(0, k, self.kc):
-                    yield m0, n0, k0, tile, k0 == 0, k0 + self.kc >= k
+                bounds = list(range(0, k, self.kc))
+                if tile == 0 and 0 < self.head < min(self.kc, k):
+                    bounds.insert(1, self.head)
+                bounds.append(k)
+                for j in range(len(bounds) - 1):
+                    k0 = bounds[j]
+                    yield m0, n0, k0, tile, j == 0, j + 2 == len(bounds), bounds[j + 1] - k0
                 tile += 1
 
     def gemms(self, m: int, k: int, n: int, cols: int):
         """(mt, kc, nt) of each GEMM instruction the plan's program issues, in order (on an
         array of ``cols`` columns: the last chunk's column parts included)."""
         chunks = list(self.chunks(m, k, n))
-        for i, (m0, n0, k0, *_) in enumerate(chunks):
-            mt, nt, kc = min(self.mt, m - m0), min(self.nt, n - n0), min(self.kc, k - k0)
+        for i, (m0, n0, _, _, _, _, kc) in enumerate(chunks):
+            mt, nt = min(self.mt, m - m0), min(self.nt, n - n0)
             split = self.split if i + 1 == len(chunks) else 1
             for _, cn in split_cols(nt, cols, split):
                 yield mt, kc, cn
@@ -314,10 +321,14 @@ def plan_dma(m: int, k: int, n: int, dataflow: str, cfg: SystolicConfig, acfg=No
                     p = Plan(mt=_balanced(m, mt, R if hw == "os" else 1), nt=_balanced(n, nt, C),
                              kc=_balanced(k, kc, 1 if hw == "os" else R), acc_bufs=bufs)  # fmt: skip
                     blocks = _ceil(_sizes(n, p.nt)[-1][0], C)
+                    g = 1 if hw == "os" else R
+                    heads = {0} | {h for h in (p.kc // 4 // g * g, p.kc // 2 // g * g)
+                                   if 0 < h < min(p.kc, k)}  # fmt: skip
                     for split in (1, 2, 4, 8)[: blocks.bit_length()]:
-                        q = dataclasses.replace(p, split=split)
-                        if q not in ranked:
-                            ranked[q] = _model(q, m, k, n, hw, cfg, ls, ts, as_, beat)
+                        for head in sorted(heads):
+                            q = dataclasses.replace(p, split=split, head=head)
+                            if q not in ranked:
+                                ranked[q] = _model(q, m, k, n, hw, cfg, ls, ts, as_, beat)
     if not ranked:
         p = plan(m, k, n, dataflow, cfg)
         return p, _model(p, m, k, n, hw, cfg, ls, ts, as_, beat)
@@ -326,14 +337,14 @@ def plan_dma(m: int, k: int, n: int, dataflow: str, cfg: SystolicConfig, acfg=No
     if acfg is not None and best[1] <= REFINE_BUDGET:
         from .timing import gemm_program_cycles
 
-        # per tiling (the best ones first): every split of the best two, then the closed
-        # form's best split and the unsplit plan (it ranks tilings well, splits less so)
+        # per tiling (the best ones first): every split and head of the best, then the closed
+        # form's best variant and the plain plan (it ranks tilings well, variants less so)
         tilings: dict = {}
         for p, cost in order:
-            tilings.setdefault(dataclasses.replace(p, split=1), []).append((p, cost))
+            tilings.setdefault(dataclasses.replace(p, split=1, head=0), []).append((p, cost))
         budget, timed = REFINE_BUDGET, []
         for t, (base, variants) in enumerate(list(tilings.items())[:REFINE_MAX]):
-            pick = variants if t < 2 else [variants[0]] + [(base, ranked[base])] * (
+            pick = variants if t < 1 else [variants[0]] + [(base, ranked[base])] * (
                 variants[0][0] != base)
             for p, cost in pick:
                 if timed and cost > budget:
@@ -414,6 +425,10 @@ def _model(p: Plan, m, k, n, hw, cfg, ls, ts, as_, beat) -> int:
                 total += cm * cn * store
     # the first chunk's loads and the last tile's stores are not overlapped
     mt0, nt0, kc0 = min(p.mt, m), min(p.nt, n), min(p.kc, k)
+    if 0 < p.head < kc0:  # the first chunk in two: the first GEMM waits for the head's loads
+        total += (gemm_cycles(mt0, p.head, nt0, hw, cfg) + gemm_cycles(mt0, kc0 - p.head, nt0,
+                  hw, cfg) + 4 - gemm_cycles(mt0, kc0, nt0, hw, cfg))  # fmt: skip
+        kc0 = p.head
     left0 = (_ceil(mt0, R) * kc0 if hw == "os" else _ceil(kc0, R) * mt0) * ls
     first = (left0 + _ceil(nt0, C) * kc0 * ts) * beat / DMA_EFFICIENCY
     mt1, nt1 = _sizes(m, p.mt)[-1][0], _sizes(n, p.nt)[-1][0]
@@ -478,8 +493,8 @@ def gemm_program(dev, left: Buffer, top: Buffer, out: Buffer, p: Plan, hw: str,
             getattr(prog, kind)("systolic", buf=buf, deps=d, **op)
 
     def loads(i):
-        m0, n0, k0, _, _, _ = chunks[i]
-        mt, nt, kc = min(p.mt, hm - m0), min(p.nt, hn - n0), min(p.kc, hk - k0)
+        m0, n0, k0, _, _, _, kc = chunks[i]
+        mt, nt = min(p.mt, hm - m0), min(p.nt, hn - n0)
         buf = i % 2
         first = Deps(pop_next=i >= 2)
         none = Deps()
@@ -494,10 +509,10 @@ def gemm_program(dev, left: Buffer, top: Buffer, out: Buffer, p: Plan, hw: str,
 
     if chunks:
         loads(0)
-    for i, (m0, n0, k0, tile, first, last) in enumerate(chunks):
+    for i, (m0, n0, k0, tile, first, last, kc) in enumerate(chunks):
         if i + 1 < len(chunks):
             loads(i + 1)
-        mt, nt, kc = min(p.mt, hm - m0), min(p.nt, hn - n0), min(p.kc, hk - k0)
+        mt, nt = min(p.mt, hm - m0), min(p.nt, hn - n0)
         nb = p.acc_bufs
         acc_base = (tile % nb) * (cfg.acc_depth // nb)
         store = last and out is not None

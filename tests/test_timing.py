@@ -131,13 +131,13 @@ def test_single_buffered_accumulator_plan(dev):  # noqa: F811
         buf.free()
 
 
-@pytest.mark.parametrize("split", [2, 3, 8])
+@pytest.mark.parametrize("split,head", [(2, 0), (3, 8), (8, 4), (1, 12)])
 @pytest.mark.parametrize("df,acc_bufs", [("os", 2), ("ws", 2), ("os", 1)])
-def test_split_last_chunk(dev, split, df, acc_bufs):  # noqa: F811
+def test_split_and_head(dev, split, head, df, acc_bufs):  # noqa: F811
     """The last tile's last chunk in column parts, each stored while the next computes
-    (``Plan.split``; 3 parts of 4 column blocks are uneven, 8 more than there are): exact,
-    predicted cycle for cycle, and the queues hold no token afterwards (the next program,
-    which has no split, is exact and predicted too)."""
+    (``Plan.split``; 3 parts of 4 column blocks are uneven, 8 more than there are), and the
+    first chunk cut in two (``Plan.head``): exact, predicted cycle for cycle, and the queues
+    hold no token afterwards (the next program, the planner's own, is exact and predicted)."""
     from gatesmith.generators.systolic.engine import window_layout
     from gatesmith.host.systolic import Packed, Plan, gemm_program, upload
 
@@ -149,9 +149,12 @@ def test_split_last_chunk(dev, split, df, acc_bufs):  # noqa: F811
     acc = window_layout(cfg)["acc"]
     res = dev.alloc((-(-n // cfg.cols) * m * acc.stride,), torch.int32)
     res.layout = Packed(role="result", dataflow=df, rows=m, cols=n)
-    plan = Plan(mt=8, nt=16, kc=16, acc_bufs=acc_bufs, split=split)
+    plan = Plan(mt=8, nt=16, kc=16, acc_bufs=acc_bufs, split=split, head=head)
     prog = gemm_program(dev, la, lb, res, plan, df, cfg)
-    assert sum("columns" in e[2] for e in prog.entries) == min(split, n // cfg.cols)
+    gemms = [e[2] for e in prog.entries if e[2].startswith("GEMM")]
+    assert sum("columns" in w for w in gemms) == (split > 1) * min(split, n // cfg.cols)
+    assert len(gemms) == len(list(plan.gemms(m, k, n, cfg.cols))) == 9 + bool(head) + (
+        min(split, n // cfg.cols) - 1)
     meas, _ = _measured(dev, prog.run)
     assert torch.equal(res.layout.unpack_from(res).long(), a.long() @ b.long())
     assert prog.predict() == meas, (prog.predict(), meas)

@@ -119,7 +119,7 @@ def left_span(m: int, k: int, n: int, df: str, acfg) -> int:
     R, hw = scfg.rows, _hw_df(df)
     mt, kc = min(p.mt, hm), min(p.kc, hk)
     size = _ceil(mt, R) * kc if hw == "os" else _ceil(kc, R) * mt
-    chunks = _ceil(hm, p.mt) * _ceil(hn, p.nt) * _ceil(hk, p.kc)
+    chunks = sum(1 for _ in p.chunks(hm, hk, hn))
     return size if chunks == 1 else scfg.spad_depth // 2 + size
 
 
