@@ -109,8 +109,9 @@ class Plan:
                 tile += 1
 
     def gemms(self, m: int, k: int, n: int, cols: int):
-        """(mt, kc, nt) of each GEMM instruction the plan's program issues, in order (on an
-        array of ``cols`` columns: the last chunk's column parts included)."""
+        """(mt, kc, nt) of each GEMM instruction the plan's program issues, in order, when it
+        stores its result (on an array of ``cols`` columns: the last chunk's column parts
+        included; a result kept in the accumulator is never split)."""
         chunks = list(self.chunks(m, k, n))
         for i, (m0, n0, _, _, _, _, kc) in enumerate(chunks):
             mt, nt = min(self.mt, m - m0), min(self.nt, n - n0)
