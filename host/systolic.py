@@ -56,6 +56,7 @@ _MAX_DIM = 65535  # an instruction's M, N, K fields are 16 bits; the host tiles 
 # Words per cycle the DMA achieves on an engine's window port when loads and stores share it
 # (measured on the simulated board: 2,048 words per chunk took 2,365 cycles, 0.87 words/cycle).
 DMA_EFFICIENCY = 0.85
+_ROW_WORDS_MAX = (1 << 12) - 1  # a DMA instruction's row_words field (generators/accel/isa.py)
 
 
 def _ceil(a: int, b: int) -> int:
@@ -472,7 +473,7 @@ def gemm_program(dev, left: Buffer, top: Buffer, out: Buffer, p: Plan, hw: str,
                panel_entries, win_entry, deps_first, deps_last):  # fmt: skip
         """Load ``n_panels`` panels' entries [entry0, entry0 + per_panel) into the window."""
         ops = []
-        if words == stride:
+        if words == stride and per_panel * stride <= _ROW_WORDS_MAX:  # one transfer a panel row
             ops.append(dict(offset=4 * stride * (first_panel * panel_entries + entry0),
                             rows=n_panels, row_words=per_panel * stride,
                             mem_stride=panel_entries * stride,

@@ -175,3 +175,16 @@ def test_prediction_before_and_after_launch(dev):  # noqa: F811
     assert prog.code_addr == dev.read_reg("PROG_ADDR")
     assert before == prog.predict() == meas  # one entry: no 4 KiB crossing either way
     buf.free()
+
+
+def test_long_panels_split_into_rows():
+    """A result panel longer than a DMA row (``row_words`` is 12 bits: 256 rows of a 16-column
+    array's int32 accumulators are 4096 words) is stored row by row; planned, not refused."""
+    from gatesmith.host.systolic import Plan
+    from gatesmith.host.timing import gemm_program_cycles
+
+    cfg = SystolicConfig(rows=8, cols=16)
+    acfg = AccelConfig(engines=(cfg,))
+    for df in ("os", "ws"):
+        plan = Plan(mt=256, nt=32, kc=64 if df == "os" else 16)
+        assert gemm_program_cycles(512, 128, 64, df, plan, cfg, acfg) > 512 * 128 * 64 // 128
