@@ -219,7 +219,8 @@ def test_bad_opcode():
         return await bus.execute([0x41, 0, 0, 0])
 
     cycles, err, acts, cols = run_sim(cfg, body)
-    assert (cycles, err, acts, cols) == (2, ErrorCode.BAD_OPCODE, [], [])
+    # rejected at the verdict: accept 0, field checks 1, row range 2, done 3 (cycles.py)
+    assert (cycles, err, acts, cols) == (3, ErrorCode.BAD_OPCODE, [], [])
 
 
 def test_host_window_errors():

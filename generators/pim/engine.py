@@ -166,7 +166,7 @@ class PimEngine(wiring.Component):
         opcode = Signal(8)
         code_r = Signal(8)
         # rounds * segments in a DSP block: its input registers take the fields with the
-        # instruction (IDLE), its output register the product in CHECK; START reads it
+        # instruction (IDLE), its output register the product in CHECK; RANGE reads it
         fo = {k: FIELDS[k][0] for k in ("rounds", "segments")}
         jobs_r = multiply(m, platform, self.cmd.payload[fo["rounds"] : fo["rounds"] + 16],
                           self.cmd.payload[fo["segments"] : fo["segments"] + 16], latency=2,
@@ -244,18 +244,25 @@ class PimEngine(wiring.Component):
                 m.d.comb += busy.eq(1)
                 m.d.sync += [code_r.eq(self._check(m, f, opcode)),
                              seg_m1.eq(f["segments"] - 1), cl_m1.eq(f["cols_last"] - 1)]
+                m.next = "RANGE"
+            # the weight-row range (rounds * segments, the DSP's output, against the rows left)
+            # and the final error code registered, so START's decision is one flip-flop deep;
+            # the job counters take the product here (the DSP's output changes after this cycle)
+            code = Signal(8)
+            reject = Signal()
+            with m.State("RANGE"):
+                m.d.comb += busy.eq(1)
+                rows_oor = jobs_r > self._room
+                oor_code = Mux(rows_oor, ErrorCode.OUT_OF_RANGE, 0)
+                m.d.sync += [code.eq(Mux(code_r != 0, code_r, oor_code)),
+                             reject.eq((code_r != 0) | rows_oor),
+                             a_left.eq(jobs_r), c_left.eq(jobs_r)]  # fmt: skip
                 m.next = "START"
             with m.State("START"):
                 m.d.comb += busy.eq(1)
-                code = Signal(8)
-                rows_oor = jobs_r > self._room
-                oor_code = Mux(rows_oor, ErrorCode.OUT_OF_RANGE, 0)
-                m.d.comb += code.eq(Mux(code_r != 0, code_r, oor_code))
                 # the run's state is set either way (a rejected instruction leaves it unused)
                 m.d.sync += [
-                    a_left.eq(jobs_r),
                     a_more.eq(1),  # a run has one job at least
-                    c_left.eq(jobs_r),
                     a_buf.eq(0),
                     c_buf.eq(0),
                     c_s.eq(0),
@@ -267,7 +274,7 @@ class PimEngine(wiring.Component):
                 ]
                 for k in range(nb):
                     m.d.sync += [is_open[k].eq(0), t_free[k].eq(now + 1)]
-                with m.If(code != 0):
+                with m.If(reject):
                     m.d.comb += [self.done.eq(1), self.error.eq(code)]
                     m.next = "IDLE"
                 with m.Else():
