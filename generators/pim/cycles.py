@@ -14,10 +14,10 @@ schedule is the engine's. Rules, for row jobs ``j = 0..J-1`` (``J = rounds * seg
 * A column command at cycle ``c`` streams ``burst`` beats at ``c+1 .. c+burst``, each beat
   ``lanes`` MACs in every bank; the row's precharge follows its last beat, so
   ``free[k] = COL_{j,last} + burst + t_rp``.
-* The result of a dot product is written 6 cycles after its last beat (memory read, operand,
-  the multiplier's two registers, two adder-tree registers, then the accumulator); the
-  instruction retires (``done``) at ``max(last beat + 7, last beat + t_rp)``: results written and
-  every row buffer precharged.
+* The result of a dot product is written 7 cycles after its last beat (memory read, operand,
+  the multiplier's two registers, a product register, two adder-tree registers, then the
+  accumulator); the instruction retires (``done``) at ``max(last beat + 8, last beat + t_rp)``:
+  results written and every row buffer precharged.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ from .isa import GemvInstr, check_instr
 __all__ = ["Schedule", "schedule", "gemv_cycles", "bandwidth_bound", "activation_bound"]
 
 FIRST_ACT = 4  # accept at 0, field checks at 1, the row range at 2, the verdict at 3
-PIPE = 7  # last beat -> pipeline empty (result written 6 cycles after the beat)
+PIPE = 8  # last beat -> pipeline empty (result written 7 cycles after the beat)
 
 
 @dataclass

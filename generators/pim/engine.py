@@ -12,10 +12,10 @@ Structure (all banks in lockstep, AiM's all-bank mode):
 
 Timing: a GEMV takes :func:`~gatesmith.generators.pim.cycles.gemv_cycles` cycles from acceptance
 to ``done``; during every beat each bank does ``lanes`` MACs (``perf_macs = banks * lanes``).
-Datapath latency: a beat's products reach the accumulator 6 cycles after the beat (memory read,
-operand register, the multiplier's input and output registers inside its DSP block, two
-adder-tree registers), so no memory output, multiplier or adder tree shares a stage with other
-logic.
+Datapath latency: a beat's products reach the accumulator 7 cycles after the beat (memory read,
+operand register, the multiplier's input and output registers inside its DSP block, a product
+register in the fabric, two adder-tree registers), so no memory output, multiplier or adder tree
+shares a stage with other logic, and the route from a DSP block to the tree is a stage alone.
 
 Host window (see ``isa.window_layout``): weight writes are refused (``err``) while a GEMV runs
 unless ``dual_row_buffer`` is set (the second row buffer serves the host, as NeuPIMs proposes).
@@ -34,7 +34,7 @@ from .isa import FIELDS, OPCODE_GEMV, region_size
 
 __all__ = ["PimEngine"]
 
-PIPE_LATENCY = 6  # beat -> accumulator update (memory read, operands, 2 product, 2 tree stages)
+PIPE_LATENCY = 7  # beat -> accumulator (memory read, operands, 2 in the DSP, product, 2 tree)
 _TREE_CUT = 4  # products summed before the adder tree's first register
 
 
@@ -363,8 +363,9 @@ class PimEngine(wiring.Component):
         w = cfg.fmt.width
         wpr_bits = _log2(cfg.words_per_row)
         # shared pipeline flags, one set per stage: 1 memory data, 2 operands registered,
-        # 3 operands in the DSP blocks, 4 products registered, 5 sums of _TREE_CUT products,
-        # 6 dot product registered (the accumulator adds it)
+        # 3 operands in the DSP blocks, 4 products registered in them, 5 products registered
+        # again in the fabric (the DSP blocks sit apart from the tree), 6 sums of _TREE_CUT
+        # products, 7 dot product registered (the accumulator adds it)
         flags = [(self.b_valid, self.b_first, self.b_is_last, self.b_slot)]
         for k in range(1, PIPE_LATENCY + 1):
             st = (Signal(name=f"v{k}"), Signal(name=f"first{k}"), Signal(name=f"last{k}"),
@@ -400,15 +401,19 @@ class PimEngine(wiring.Component):
             xo = Mux(self.col_mode, self.xoff[b], 0)
             m.d.comb += [wr.addr.eq(self.b_waddr), vr.addr.eq(self.b_vaddr + (xo << wpr_bits))]
             # stage 1 -> 2: operands registered; 2 -> 4: lane products (DSP input and output
-            # registers); 4 -> 5: sums of _TREE_CUT products; 5 -> 6: their sum
+            # registers); 4 -> 5: the products in fabric registers; 5 -> 6: sums of _TREE_CUT
+            # products; 6 -> 7: their sum
             ow = Signal(cfg.word_bits, name=f"opw{b}")
             ox = Signal(cfg.word_bits, name=f"opx{b}")
             m.d.sync += [ow.eq(wr.data), ox.eq(vr.data)]
             prods = []
             for i in range(cfg.lanes):
                 a, x = ow[i * w : (i + 1) * w], ox[i * w : (i + 1) * w]
-                prods.append(multiply(m, platform, a.as_signed(), x.as_signed(), latency=2,
-                                      name=f"mul{b}_{i}"))  # fmt: skip
+                p = multiply(m, platform, a.as_signed(), x.as_signed(), latency=2,
+                             name=f"mul{b}_{i}")  # fmt: skip
+                pr = Signal(p.shape(), name=f"prod{b}_{i}")
+                m.d.sync += pr.eq(p)
+                prods.append(pr)
             dw = 2 * w + _log2(cfg.lanes) + 1
             parts = []
             for i in range(0, len(prods), _TREE_CUT):
@@ -417,7 +422,7 @@ class PimEngine(wiring.Component):
                 parts.append(part)
             dot = Signal(signed(dw), name=f"dot{b}")
             m.d.sync += dot.eq(adder_tree(parts))
-            # stage 4: accumulate, write the result of the dot product's last beat
+            # stage 7: accumulate, write the result of the dot product's last beat
             acc = Signal(signed(cfg.acc_width), name=f"acc{b}")
             acc_next = Signal(signed(cfg.acc_width), name=f"acc_next{b}")
             m.d.comb += acc_next.eq(Mux(first_acc, 0, acc) + dot)
