@@ -191,6 +191,7 @@ class BitserialEngine(wiring.Component):
         w_row, a_row, g_row, r_addr = Signal(32), Signal(32), Signal(32), Signal(32)
         krem, nrem = Signal(17), Signal(15)
         running = Signal()
+        reject, code = Signal(), Signal(8)  # START's verdict, registered in VERDICT
         # the counters' last values, registered in RANGE (each test is one compare)
         steps_m1, kc_m1, m_m1, nt_m1 = Signal(4), Signal(17), Signal(14), Signal(15)
         last_j = j == steps_m1
@@ -271,22 +272,19 @@ class BitserialEngine(wiring.Component):
                 m.d.sync += [ends[k].eq(ins[f"{k}_base"] + prods[k]) for k in ends]
                 m.d.sync += [steps_m1.eq(steps - 1), kc_m1.eq(kc - 1), m_m1.eq(ins["m"] - 1),
                              nt_m1.eq(nt - 1)]  # fmt: skip
-                m.next = "START"
-            with m.State("START"):
+                m.next = "VERDICT"
+            with m.State("VERDICT"):  # the range compares (34 bits) and the error registered
                 m.d.comb += self.busy.eq(1)
-                with m.If(err != 0):
-                    m.d.sync += [self.done.eq(1), self.error.eq(err)]
-                    m.next = "IDLE"
-                with m.Elif(out_of_range):
-                    m.d.sync += [self.done.eq(1), self.error.eq(ErrorCode.OUT_OF_RANGE)]
+                m.d.sync += [reject.eq((err != 0) | out_of_range),
+                             code.eq(Mux(err != 0, err, ErrorCode.OUT_OF_RANGE))]  # fmt: skip
+                m.next = "START"
+            with m.State("START"):  # one flip-flop decides; the counters are already loaded
+                m.d.comb += self.busy.eq(1)
+                with m.If(reject):
+                    m.d.sync += [self.done.eq(1), self.error.eq(code)]
                     m.next = "IDLE"
                 with m.Else():
-                    m.d.sync += [
-                        running.eq(1), t.eq(0), mi.eq(0), c.eq(0), j.eq(0),
-                        w_row.eq(ins["w_base"]), a_row.eq(ins["a_base"]),
-                        g_row.eq(ins["g_base"]), r_addr.eq(ins["r_base"]),
-                        krem.eq(ins["k"]), nrem.eq(ins["n"]),
-                    ]
+                    m.d.sync += running.eq(1)
                     m.next = "RUN"
             with m.State("RUN"):
                 m.d.comb += self.busy.eq(1)
@@ -295,7 +293,16 @@ class BitserialEngine(wiring.Component):
                     m.d.sync += self.error.eq(Mux(self._dt_err, ErrorCode.BAD_FIELD, 0))
                     m.next = "IDLE"
 
-        with m.If(running):
+        # outside a run the counters hold the instruction's first values (its fields are set
+        # when it is accepted, cycles before START), so no state decides their loads
+        with m.If(~running):
+            m.d.sync += [
+                t.eq(0), mi.eq(0), c.eq(0), j.eq(0),
+                w_row.eq(ins["w_base"]), a_row.eq(ins["a_base"]),
+                g_row.eq(ins["g_base"]), r_addr.eq(ins["r_base"]),
+                krem.eq(ins["k"]), nrem.eq(ins["n"]),
+            ]
+        with m.Else():
             m.d.sync += j.eq(j + 1)
             with m.If(last_j):
                 m.d.sync += [j.eq(0), c.eq(c + 1), krem.eq(krem - cfg.lanes)]
