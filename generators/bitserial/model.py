@@ -65,8 +65,8 @@ __all__ = [
 ]
 
 OPCODES = {"matmul": 0x30}
-OVERHEAD = 17  # check, 2 multiplier cycles, range, verdict, start, read, read register, 2 decode
-# steps, 2 plane-sum levels, 3 dequantisation cycles (two multiplier registers, their sum),
+OVERHEAD = 18  # check, 2 multiplier cycles, range, verdict, start, read, read register, 2 decode
+# steps, 3 plane-sum levels, 3 dequantisation cycles (two multiplier registers, their sum),
 # acc+write, done
 REJECT_CYCLES = 7
 
