@@ -1,9 +1,9 @@
 """Exact cycle model of the PIM engine (equals the RTL's cycle count, checked by tests).
 
 Time 0 is the cycle the engine accepts the GEMV instruction (``cmd.valid & cmd.ready``); the
-engine checks the fields at cycle 1 and the weight-row range at 2 (both registered), acts on the
-verdict at 3 (a rejected instruction retires at 3), and the channel controller can issue the
-first activate at cycle 4. Every bank receives the same commands (all-bank mode), so one bank's
+engine checks the fields at cycle 1, copies rounds * segments out of its DSP block at 2, checks
+the weight-row range at 3 (registered), and the channel controller can issue the first activate
+at cycle 4, when a rejected instruction retires instead. Every bank receives the same commands (all-bank mode), so one bank's
 schedule is the engine's. Rules, for row jobs ``j = 0..J-1`` (``J = rounds * segments``, job
 ``j`` uses row buffer ``k = j mod nb``, ``nb`` = 1 or 2):
 
@@ -29,7 +29,7 @@ from .isa import GemvInstr, check_instr
 
 __all__ = ["Schedule", "schedule", "gemv_cycles", "bandwidth_bound", "activation_bound"]
 
-FIRST_ACT = 4  # accept at 0, field checks at 1, the row range at 2, the verdict at 3
+FIRST_ACT = 4  # accept at 0, field checks at 1, the product copied at 2, the row range at 3
 PIPE = 8  # last beat -> pipeline empty (result written 7 cycles after the beat)
 
 
@@ -37,7 +37,7 @@ PIPE = 8  # last beat -> pipeline empty (result written 7 cycles after the beat)
 class Schedule:
     acts: list[int] = field(default_factory=list)  # cycle of each activate
     cols: list[int] = field(default_factory=list)  # cycle of each column command
-    done: int = 3  # cycle of the done pulse (== cycles, since accept is cycle 0)
+    done: int = 4  # cycle of the done pulse (== cycles, since accept is cycle 0)
     beats: int = 0  # beats per bank (each lanes MACs)
     error: ErrorCode = ErrorCode.NONE
 

@@ -166,7 +166,7 @@ class PimEngine(wiring.Component):
         opcode = Signal(8)
         code_r = Signal(8)
         # rounds * segments in a DSP block: its input registers take the fields with the
-        # instruction (IDLE), its output register the product in CHECK; RANGE reads it
+        # instruction (IDLE), its output register the product in CHECK; RANGE copies it
         fo = {k: FIELDS[k][0] for k in ("rounds", "segments")}
         jobs_r = multiply(m, platform, self.cmd.payload[fo["rounds"] : fo["rounds"] + 16],
                           self.cmd.payload[fo["segments"] : fo["segments"] + 16], latency=2,
@@ -245,24 +245,26 @@ class PimEngine(wiring.Component):
                 m.d.sync += [code_r.eq(self._check(m, f, opcode)),
                              seg_m1.eq(f["segments"] - 1), cl_m1.eq(f["cols_last"] - 1)]
                 m.next = "RANGE"
-            # the weight-row range (rounds * segments, the DSP's output, against the rows left)
-            # and the final error code registered, so START's decision is one flip-flop deep;
-            # the job counters take the product here (the DSP's output changes after this cycle)
+            # the job counters take rounds * segments from the DSP block (its output changes
+            # after RANGE); START compares it with the rows left, from those fabric registers,
+            # into the verdict (`reject`, and `a_more`: no activate for a rejected instruction),
+            # which RUN's first cycle acts on: no compare goes into the state register
             code = Signal(8)
             reject = Signal()
             with m.State("RANGE"):
                 m.d.comb += busy.eq(1)
-                rows_oor = jobs_r > self._room
-                oor_code = Mux(rows_oor, ErrorCode.OUT_OF_RANGE, 0)
-                m.d.sync += [code.eq(Mux(code_r != 0, code_r, oor_code)),
-                             reject.eq((code_r != 0) | rows_oor),
-                             a_left.eq(jobs_r), c_left.eq(jobs_r)]  # fmt: skip
+                m.d.sync += [a_left.eq(jobs_r), c_left.eq(jobs_r)]
                 m.next = "START"
             with m.State("START"):
                 m.d.comb += busy.eq(1)
+                rows_oor = c_left > self._room
+                bad = (code_r != 0) | rows_oor
+                oor_code = Mux(rows_oor, ErrorCode.OUT_OF_RANGE, 0)
                 # the run's state is set either way (a rejected instruction leaves it unused)
                 m.d.sync += [
-                    a_more.eq(1),  # a run has one job at least
+                    code.eq(Mux(code_r != 0, code_r, oor_code)),
+                    reject.eq(bad),
+                    a_more.eq(~bad),  # a run has one job at least
                     a_buf.eq(0),
                     c_buf.eq(0),
                     c_s.eq(0),
@@ -274,13 +276,12 @@ class PimEngine(wiring.Component):
                 ]
                 for k in range(nb):
                     m.d.sync += [is_open[k].eq(0), t_free[k].eq(now + 1)]
-                with m.If(reject):
-                    m.d.comb += [self.done.eq(1), self.error.eq(code)]
-                    m.next = "IDLE"
-                with m.Else():
-                    m.next = "RUN"
+                m.next = "RUN"
             with m.State("RUN"):
                 m.d.comb += busy.eq(1)
+                with m.If(reject):  # nothing was issued (a_more is 0): retire with the error
+                    m.d.comb += [self.done.eq(1), self.error.eq(code)]
+                    m.next = "IDLE"
                 k_a = a_buf if nb == 2 else 0
                 k_c = c_buf if nb == 2 else 0
                 m.d.comb += [
