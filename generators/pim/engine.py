@@ -159,6 +159,17 @@ class PimEngine(wiring.Component):
         def reached(t):
             return ~(now - t)[tw - 1]
 
+        def reached_reg(t, name):
+            """``reached(t)``, registered: computed a cycle ahead for an unchanged ``t``; where
+            ``t`` is set to ``now + d`` the flag is set with it to ``d <= 1`` (``_set``), so the
+            command decisions read flip-flops, not the subtraction (the same cycle counts)."""
+            flag = Signal(init=1, name=f"{name}_ok")
+            m.d.sync += flag.eq(~(now + 1 - t)[tw - 1])
+            return flag
+
+        def _set(t, flag, d):
+            return [t.eq(now + d), flag.eq(int(d <= 1))]
+
         f = {k: Signal(w, name=f"f_{k}") for k, (_, w) in FIELDS.items()}
         # x_seg + segments and y_base + rounds, registered with the instruction
         self._x_end, self._y_end = Signal(17), Signal(17)
@@ -187,6 +198,9 @@ class PimEngine(wiring.Component):
         c_row = Signal(16)
         t_col = Signal(tw)
         t_end = Signal(tw)
+        free_ok = Array(reached_reg(t_free[k], f"t_free{k}") for k in range(nb))
+        ready_ok = Array(reached_reg(t_ready[k], f"t_ready{k}") for k in range(nb))
+        col_ok = reached_reg(t_col, "t_col")
 
         # beat generator (registered; a column command at cycle c gives beats c+1 .. c+burst)
         self.b_cnt = b_cnt = Signal(range(cfg.burst + 1))
@@ -271,11 +285,11 @@ class PimEngine(wiring.Component):
                     c_p.eq(0),
                     c_col.eq(0),
                     c_row.eq(f["w_row"]),
-                    t_col.eq(now + 1),
+                    *_set(t_col, col_ok, 1),
                     last_seg.eq(seg_m1 == 0),
                 ]
                 for k in range(nb):
-                    m.d.sync += [is_open[k].eq(0), t_free[k].eq(now + 1)]
+                    m.d.sync += [is_open[k].eq(0), *_set(t_free[k], free_ok[k], 1)]
                 m.next = "RUN"
             with m.State("RUN"):
                 m.d.comb += busy.eq(1)
@@ -285,14 +299,14 @@ class PimEngine(wiring.Component):
                 k_a = a_buf if nb == 2 else 0
                 k_c = c_buf if nb == 2 else 0
                 m.d.comb += [
-                    act_fire.eq(a_more & ~is_open[k_a] & reached(t_free[k_a])),
+                    act_fire.eq(a_more & ~is_open[k_a] & free_ok[k_a]),
                     # c_left != 0 throughout RUN: its last column command moves to DRAIN
-                    col_fire.eq(is_open[k_c] & reached(t_ready[k_c]) & reached(t_col)),
+                    col_fire.eq(is_open[k_c] & ready_ok[k_c] & col_ok),
                 ]
                 with m.If(act_fire):
                     m.d.sync += [
                         is_open[k_a].eq(1),
-                        t_ready[k_a].eq(now + cfg.t_rcd),
+                        *_set(t_ready[k_a], ready_ok[k_a], cfg.t_rcd),
                         a_left.eq(a_left - 1),
                         a_more.eq(a_left != 1),
                     ]
@@ -308,13 +322,13 @@ class PimEngine(wiring.Component):
                         self.b_first.eq((c_s == 0) & (c_col == 0)),
                         self.b_last_job.eq(last_seg & last_col),
                         self.b_slot.eq(f["y_base"] + c_p),
-                        t_col.eq(now + cfg.t_ccd),
+                        *_set(t_col, col_ok, cfg.t_ccd),
                         c_col.eq(c_col + 1),
                     ]
                     with m.If(last_col):
                         m.d.sync += [
                             is_open[k_c].eq(0),
-                            t_free[k_c].eq(now + cfg.burst + cfg.t_rp),
+                            *_set(t_free[k_c], free_ok[k_c], cfg.burst + cfg.t_rp),
                             t_end.eq(now + cfg.burst + cfg.t_rp),
                             c_col.eq(0),
                             c_row.eq(c_row + 1),
