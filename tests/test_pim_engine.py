@@ -219,7 +219,8 @@ def test_bad_opcode():
         return await bus.execute([0x41, 0, 0, 0])
 
     cycles, err, acts, cols = run_sim(cfg, body)
-    assert (cycles, err, acts, cols) == (2, ErrorCode.BAD_OPCODE, [], [])
+    # accept 0, field checks 1, product copied 2, row range 3, done 4 (cycles.py)
+    assert (cycles, err, acts, cols) == (4, ErrorCode.BAD_OPCODE, [], [])
 
 
 def test_host_window_errors():

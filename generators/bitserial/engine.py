@@ -17,8 +17,8 @@ Pipeline (one pass enters per pass time; every stage keeps up with one-cycle pas
    walks 4 planes), activations -> integers (masked past K); registered.
 2. planes: per PE, per cycle, ``sum_b sum_l bit_(j*bpc+b)(|w_l|) * (+/-a_l) << b`` (an AND-mux
    and an adder tree, no multiplier; negative terms as inverted activations plus a count of
-   them), in two registered levels (sums of 4 terms with their +1s, then theirs); 2b shifts the
-   plane sum by ``j*bpc`` into the group's exact partial sum.
+   them), in three registered levels (sums of 4 terms with their +1s, sums of 4 of those, then
+   theirs); 2b shifts the plane sum by ``j*bpc`` into the group's exact partial sum.
 3. dequantisation: the group's partial sum times its 16-bit scale, split in two 18x18 DSP
    multiplies per PE (input and output registers), their sum registered (3 cycles).
 4. accumulate: adds the groups of a result (``acc_width`` bits, wrapping) and writes the tile's
@@ -191,6 +191,7 @@ class BitserialEngine(wiring.Component):
         w_row, a_row, g_row, r_addr = Signal(32), Signal(32), Signal(32), Signal(32)
         krem, nrem = Signal(17), Signal(15)
         running = Signal()
+        reject, code = Signal(), Signal(8)  # START's verdict, registered in VERDICT
         # the counters' last values, registered in RANGE (each test is one compare)
         steps_m1, kc_m1, m_m1, nt_m1 = Signal(4), Signal(17), Signal(14), Signal(15)
         last_j = j == steps_m1
@@ -271,22 +272,19 @@ class BitserialEngine(wiring.Component):
                 m.d.sync += [ends[k].eq(ins[f"{k}_base"] + prods[k]) for k in ends]
                 m.d.sync += [steps_m1.eq(steps - 1), kc_m1.eq(kc - 1), m_m1.eq(ins["m"] - 1),
                              nt_m1.eq(nt - 1)]  # fmt: skip
-                m.next = "START"
-            with m.State("START"):
+                m.next = "VERDICT"
+            with m.State("VERDICT"):  # the range compares (34 bits) and the error registered
                 m.d.comb += self.busy.eq(1)
-                with m.If(err != 0):
-                    m.d.sync += [self.done.eq(1), self.error.eq(err)]
-                    m.next = "IDLE"
-                with m.Elif(out_of_range):
-                    m.d.sync += [self.done.eq(1), self.error.eq(ErrorCode.OUT_OF_RANGE)]
+                m.d.sync += [reject.eq((err != 0) | out_of_range),
+                             code.eq(Mux(err != 0, err, ErrorCode.OUT_OF_RANGE))]  # fmt: skip
+                m.next = "START"
+            with m.State("START"):  # one flip-flop decides; the counters are already loaded
+                m.d.comb += self.busy.eq(1)
+                with m.If(reject):
+                    m.d.sync += [self.done.eq(1), self.error.eq(code)]
                     m.next = "IDLE"
                 with m.Else():
-                    m.d.sync += [
-                        running.eq(1), t.eq(0), mi.eq(0), c.eq(0), j.eq(0),
-                        w_row.eq(ins["w_base"]), a_row.eq(ins["a_base"]),
-                        g_row.eq(ins["g_base"]), r_addr.eq(ins["r_base"]),
-                        krem.eq(ins["k"]), nrem.eq(ins["n"]),
-                    ]
+                    m.d.sync += running.eq(1)
                     m.next = "RUN"
             with m.State("RUN"):
                 m.d.comb += self.busy.eq(1)
@@ -295,7 +293,16 @@ class BitserialEngine(wiring.Component):
                     m.d.sync += self.error.eq(Mux(self._dt_err, ErrorCode.BAD_FIELD, 0))
                     m.next = "IDLE"
 
-        with m.If(running):
+        # outside a run the counters hold the instruction's first values (its fields are set
+        # when it is accepted, cycles before START), so no state decides their loads
+        with m.If(~running):
+            m.d.sync += [
+                t.eq(0), mi.eq(0), c.eq(0), j.eq(0),
+                w_row.eq(ins["w_base"]), a_row.eq(ins["a_base"]),
+                g_row.eq(ins["g_base"]), r_addr.eq(ins["r_base"]),
+                krem.eq(ins["k"]), nrem.eq(ins["n"]),
+            ]
+        with m.Else():
             m.d.sync += j.eq(j + 1)
             with m.If(last_j):
                 m.d.sync += [j.eq(0), c.eq(c + 1), krem.eq(krem - cfg.lanes)]
@@ -402,9 +409,10 @@ class BitserialEngine(wiring.Component):
         for k, v in dec["s1"].items():
             m.d.sync += s2[k].eq(v)
         s2a = {k: Signal(v.shape(), name=f"s2a_{k}") for k, v in s2.items()}
+        s2m = {k: Signal(v.shape(), name=f"s2m_{k}") for k, v in s2.items()}
         s2b = {k: Signal(v.shape(), name=f"s2b_{k}") for k, v in s2.items()}
         for k, v in s2.items():
-            m.d.sync += [s2a[k].eq(v), s2b[k].eq(s2a[k])]
+            m.d.sync += [s2a[k].eq(v), s2m[k].eq(s2a[k]), s2b[k].eq(s2m[k])]
         pw = psum_width(cfg)
         a_w = cfg.a_max_bits + 1
         out_valid = Signal()
@@ -412,6 +420,7 @@ class BitserialEngine(wiring.Component):
         gscale = [Signal(SCALE_BITS + 1, name=f"gscale_{p}") for p in range(cfg.pes)]
         scale_b = [Signal(SCALE_BITS + 1, name=f"scale_b_{p}") for p in range(cfg.pes)]
         scale_c = [Signal(SCALE_BITS + 1, name=f"scale_c_{p}") for p in range(cfg.pes)]
+        scale_d = [Signal(SCALE_BITS + 1, name=f"scale_d_{p}") for p in range(cfg.pes)]
         flags = {k: Signal(s2[k].shape(), name=f"s3_{k}")
                  for k in ("last_row", "last_all", "r_addr")}
         computing = s2["valid"]
@@ -429,15 +438,21 @@ class BitserialEngine(wiring.Component):
                     ones.append((mag[b] & neg) << b if b else (mag[b] & neg))
             psw = cfg.a_max_bits + 3 + bpc + _log2(cfg.lanes)
             plane_sum = Signal(signed(psw), name=f"plane_{p}")
-            # two pipelined levels: sums of _TREE_CUT terms and their negative terms' +1s, then
-            # their sum
+            # three pipelined levels: sums of _TREE_CUT terms and their negative terms' +1s,
+            # sums of _TREE_CUT of those, then theirs (every configuration has the three, so
+            # the latency is one constant)
             parts = []
             for i in range(0, len(terms), _TREE_CUT):
                 part = Signal(signed(psw), name=f"part_{p}_{i // _TREE_CUT}")
                 cut = slice(i, i + _TREE_CUT)
                 m.d.sync += part.eq(adder_tree([*terms[cut], adder_tree(ones[cut])]))
                 parts.append(part)
-            m.d.sync += plane_sum.eq(adder_tree(parts))
+            mids = []
+            for i in range(0, len(parts), _TREE_CUT):
+                mid = Signal(signed(psw), name=f"mid_{p}_{i // _TREE_CUT}")
+                m.d.sync += mid.eq(adder_tree(parts[i : i + _TREE_CUT]))
+                mids.append(mid)
+            m.d.sync += plane_sum.eq(adder_tree(mids))
             psum = Signal(signed(pw), name=f"psum_{p}")
             nxt = Signal(signed(pw), name=f"psum_next_{p}")
             first = s2b["first_j"] & s2b["first_g"]
@@ -450,9 +465,9 @@ class BitserialEngine(wiring.Component):
                     m.d.sync += dec["mag"][p][lane].eq(dec["mag"][p][lane] >> bpc)
             with m.If(computing):
                 m.d.sync += scale_b[p].eq(dec["scale"][p])
-            m.d.sync += scale_c[p].eq(scale_b[p])
+            m.d.sync += [scale_c[p].eq(scale_b[p]), scale_d[p].eq(scale_c[p])]
             with m.If(group_end):
-                m.d.sync += [gsum[p].eq(nxt), gscale[p].eq(scale_c[p])]
+                m.d.sync += [gsum[p].eq(nxt), gscale[p].eq(scale_d[p])]
         m.d.sync += out_valid.eq(group_end)
         with m.If(group_end):
             m.d.sync += [flags[k].eq(s2b[k]) for k in flags]

@@ -65,9 +65,10 @@ __all__ = [
 ]
 
 OPCODES = {"matmul": 0x30}
-OVERHEAD = 16  # check, 2 multiplier cycles, range, start, read, read register, 2 decode steps,
-# 2 plane-sum levels, 3 dequantisation cycles (two multiplier registers, their sum), acc+write, done
-REJECT_CYCLES = 6
+OVERHEAD = 18  # check, 2 multiplier cycles, range, verdict, start, read, read register, 2 decode
+# steps, 3 plane-sum levels, 3 dequantisation cycles (two multiplier registers, their sum),
+# acc+write, done
+REJECT_CYCLES = 7
 
 DT_INT = 0
 # id -> (name, code bits, magnitude grid indexed by the code's low bits, extra value)

@@ -12,8 +12,9 @@ int16 f=8 and f=12, rows of 2..768; ``tests/test_nonlinear_models.py`` holds it)
 output's own rounding is 2.4e-4; the mean's ``2**-mean_frac`` LSB resolution is the rest).
 
 Timing (``cycles()``, held by a test): ``3 * (ceil(n / L) + 2)`` cycles of passes, plus the
-divisions: ``W + G + 2`` (mean), ``2 (W + G) + 2`` (variance), ``hb + 3`` per Newton step (``hb =
-ceil(bitlen(v) / 2)``, at most 7 steps) and ``K + a + 3`` (reciprocal), plus a constant.
+divisions with their set-up states: ``W + G + 3`` (mean), ``2 (W + G) + 3`` (variance), ``hb + 5``
+per Newton step (``hb = ceil(bitlen(v) / 2)``, at most 7 steps; the division, then a cycle for
+the registered verdict) and ``K + a + 5`` (reciprocal), plus a constant.
 """
 
 from __future__ import annotations
@@ -129,7 +130,7 @@ class LayerNormEngine(RowEngine):
             tree = 2 * (cfg.lanes - 1).bit_length()  # the two adder trees
             total += 3 * (w + 2) + 3 + self.sq_latency + self.out_latency + 3 + tree  # passes
             total += FSM_SPLIT
-            total += (W + G + 3) + (2 * (W + G) + 3) + steps * (hb + 4) + (k_shift(cfg) + a + 5)
+            total += (W + G + 3) + (2 * (W + G) + 3) + steps * (hb + 5) + (k_shift(cfg) + a + 5)
         return total
 
     def elaborate_row(self, m, ctx):
@@ -308,15 +309,22 @@ class LayerNormEngine(RowEngine):
                 m.d.sync += [num.eq(vs), den.eq(k), qb.eq(hb + 1)]
                 m.next = "NEWTON"
 
+            # the Newton step's verdict (k1 >= k is quotient >= k, without the add in series),
+            # registered every cycle: the quotient is held after done, k during the division, so
+            # the cycle after done (NEWTON_STEP) has it for the quotient of this step
+            stop = Signal()
+            m.d.sync += stop.eq(div.quotient >= k)
+
             def newton_done():
-                k1 = (k + div.quotient) >> 1
-                with m.If(div.quotient >= k):  # k1 >= k, without the add in series
-                    m.next = "RECIP_SET"
-                with m.Else():
-                    m.d.sync += k.eq(k1)
-                    m.next = "NEWTON_SET"
+                m.next = "NEWTON_STEP"
 
             divide("NEWTON", newton_done)
+            with m.State("NEWTON_STEP"):
+                with m.If(stop):
+                    m.next = "RECIP_SET"
+                with m.Else():
+                    m.d.sync += k.eq((k + div.quotient) >> 1)
+                    m.next = "NEWTON_SET"
             with m.State("RECIP_SET"):
                 m.d.sync += [
                     num.eq(Const(1, nw) << (a + K)),

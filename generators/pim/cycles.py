@@ -1,10 +1,11 @@
 """Exact cycle model of the PIM engine (equals the RTL's cycle count, checked by tests).
 
 Time 0 is the cycle the engine accepts the GEMV instruction (``cmd.valid & cmd.ready``); the
-engine checks the fields at cycles 1 and 2 (a rejected instruction retires at 2) and the channel
-controller can issue the first activate at cycle 3. Every bank receives the same commands
-(all-bank mode), so one bank's schedule is the engine's. Rules, for row jobs ``j = 0..J-1``
-(``J = rounds * segments``, job ``j`` uses row buffer ``k = j mod nb``, ``nb`` = 1 or 2):
+engine checks the fields at cycle 1, copies rounds * segments out of its DSP block at 2, checks
+the weight-row range at 3 (registered), and the channel controller can issue the first activate
+at cycle 4, when a rejected instruction retires instead. Every bank receives the same commands (all-bank mode), so one bank's
+schedule is the engine's. Rules, for row jobs ``j = 0..J-1`` (``J = rounds * segments``, job
+``j`` uses row buffer ``k = j mod nb``, ``nb`` = 1 or 2):
 
 * ``ACT_j = max(free[k], ACT_{j-1} + 1)``: a row buffer is free ``t_rp`` cycles after its
   precharge (a single row buffer: after the previous row's precharge, so nothing overlaps; two:
@@ -13,10 +14,10 @@ controller can issue the first activate at cycle 3. Every bank receives the same
 * A column command at cycle ``c`` streams ``burst`` beats at ``c+1 .. c+burst``, each beat
   ``lanes`` MACs in every bank; the row's precharge follows its last beat, so
   ``free[k] = COL_{j,last} + burst + t_rp``.
-* The result of a dot product is written 6 cycles after its last beat (memory read, operand,
-  the multiplier's two registers, two adder-tree registers, then the accumulator); the
-  instruction retires (``done``) at ``max(last beat + 7, last beat + t_rp)``: results written and
-  every row buffer precharged.
+* The result of a dot product is written 7 cycles after its last beat (memory read, operand,
+  the multiplier's two registers, a product register, two adder-tree registers, then the
+  accumulator); the instruction retires (``done``) at ``max(last beat + 8, last beat + t_rp)``:
+  results written and every row buffer precharged.
 """
 
 from __future__ import annotations
@@ -28,15 +29,15 @@ from .isa import GemvInstr, check_instr
 
 __all__ = ["Schedule", "schedule", "gemv_cycles", "bandwidth_bound", "activation_bound"]
 
-FIRST_ACT = 3  # accept at 0, field checks at 1 and 2
-PIPE = 7  # last beat -> pipeline empty (result written 6 cycles after the beat)
+FIRST_ACT = 4  # accept at 0, field checks at 1, the product copied at 2, the row range at 3
+PIPE = 8  # last beat -> pipeline empty (result written 7 cycles after the beat)
 
 
 @dataclass
 class Schedule:
     acts: list[int] = field(default_factory=list)  # cycle of each activate
     cols: list[int] = field(default_factory=list)  # cycle of each column command
-    done: int = 2  # cycle of the done pulse (== cycles, since accept is cycle 0)
+    done: int = 4  # cycle of the done pulse (== cycles, since accept is cycle 0)
     beats: int = 0  # beats per bank (each lanes MACs)
     error: ErrorCode = ErrorCode.NONE
 

@@ -12,10 +12,10 @@ Structure (all banks in lockstep, AiM's all-bank mode):
 
 Timing: a GEMV takes :func:`~gatesmith.generators.pim.cycles.gemv_cycles` cycles from acceptance
 to ``done``; during every beat each bank does ``lanes`` MACs (``perf_macs = banks * lanes``).
-Datapath latency: a beat's products reach the accumulator 6 cycles after the beat (memory read,
-operand register, the multiplier's input and output registers inside its DSP block, two
-adder-tree registers), so no memory output, multiplier or adder tree shares a stage with other
-logic.
+Datapath latency: a beat's products reach the accumulator 7 cycles after the beat (memory read,
+operand register, the multiplier's input and output registers inside its DSP block, a product
+register in the fabric, two adder-tree registers), so no memory output, multiplier or adder tree
+shares a stage with other logic, and the route from a DSP block to the tree is a stage alone.
 
 Host window (see ``isa.window_layout``): weight writes are refused (``err``) while a GEMV runs
 unless ``dual_row_buffer`` is set (the second row buffer serves the host, as NeuPIMs proposes).
@@ -34,7 +34,7 @@ from .isa import FIELDS, OPCODE_GEMV, region_size
 
 __all__ = ["PimEngine"]
 
-PIPE_LATENCY = 6  # beat -> accumulator update (memory read, operands, 2 product, 2 tree stages)
+PIPE_LATENCY = 7  # beat -> accumulator (memory read, operands, 2 in the DSP, product, 2 tree)
 _TREE_CUT = 4  # products summed before the adder tree's first register
 
 
@@ -159,6 +159,17 @@ class PimEngine(wiring.Component):
         def reached(t):
             return ~(now - t)[tw - 1]
 
+        def reached_reg(t, name):
+            """``reached(t)``, registered: computed a cycle ahead for an unchanged ``t``; where
+            ``t`` is set to ``now + d`` the flag is set with it to ``d <= 1`` (``_set``), so the
+            command decisions read flip-flops, not the subtraction (the same cycle counts)."""
+            flag = Signal(init=1, name=f"{name}_ok")
+            m.d.sync += flag.eq(~(now + 1 - t)[tw - 1])
+            return flag
+
+        def _set(t, flag, d):
+            return [t.eq(now + d), flag.eq(int(d <= 1))]
+
         f = {k: Signal(w, name=f"f_{k}") for k, (_, w) in FIELDS.items()}
         # x_seg + segments and y_base + rounds, registered with the instruction
         self._x_end, self._y_end = Signal(17), Signal(17)
@@ -166,7 +177,7 @@ class PimEngine(wiring.Component):
         opcode = Signal(8)
         code_r = Signal(8)
         # rounds * segments in a DSP block: its input registers take the fields with the
-        # instruction (IDLE), its output register the product in CHECK; START reads it
+        # instruction (IDLE), its output register the product in CHECK; RANGE copies it
         fo = {k: FIELDS[k][0] for k in ("rounds", "segments")}
         jobs_r = multiply(m, platform, self.cmd.payload[fo["rounds"] : fo["rounds"] + 16],
                           self.cmd.payload[fo["segments"] : fo["segments"] + 16], latency=2,
@@ -187,6 +198,9 @@ class PimEngine(wiring.Component):
         c_row = Signal(16)
         t_col = Signal(tw)
         t_end = Signal(tw)
+        free_ok = Array(reached_reg(t_free[k], f"t_free{k}") for k in range(nb))
+        ready_ok = Array(reached_reg(t_ready[k], f"t_ready{k}") for k in range(nb))
+        col_ok = reached_reg(t_col, "t_col")
 
         # beat generator (registered; a column command at cycle c gives beats c+1 .. c+burst)
         self.b_cnt = b_cnt = Signal(range(cfg.burst + 1))
@@ -244,47 +258,55 @@ class PimEngine(wiring.Component):
                 m.d.comb += busy.eq(1)
                 m.d.sync += [code_r.eq(self._check(m, f, opcode)),
                              seg_m1.eq(f["segments"] - 1), cl_m1.eq(f["cols_last"] - 1)]
+                m.next = "RANGE"
+            # the job counters take rounds * segments from the DSP block (its output changes
+            # after RANGE); START compares it with the rows left, from those fabric registers,
+            # into the verdict (`reject`, and `a_more`: no activate for a rejected instruction),
+            # which RUN's first cycle acts on: no compare goes into the state register
+            code = Signal(8)
+            reject = Signal()
+            with m.State("RANGE"):
+                m.d.comb += busy.eq(1)
+                m.d.sync += [a_left.eq(jobs_r), c_left.eq(jobs_r)]
                 m.next = "START"
             with m.State("START"):
                 m.d.comb += busy.eq(1)
-                code = Signal(8)
-                rows_oor = jobs_r > self._room
+                rows_oor = c_left > self._room
+                bad = (code_r != 0) | rows_oor
                 oor_code = Mux(rows_oor, ErrorCode.OUT_OF_RANGE, 0)
-                m.d.comb += code.eq(Mux(code_r != 0, code_r, oor_code))
                 # the run's state is set either way (a rejected instruction leaves it unused)
                 m.d.sync += [
-                    a_left.eq(jobs_r),
-                    a_more.eq(1),  # a run has one job at least
-                    c_left.eq(jobs_r),
+                    code.eq(Mux(code_r != 0, code_r, oor_code)),
+                    reject.eq(bad),
+                    a_more.eq(~bad),  # a run has one job at least
                     a_buf.eq(0),
                     c_buf.eq(0),
                     c_s.eq(0),
                     c_p.eq(0),
                     c_col.eq(0),
                     c_row.eq(f["w_row"]),
-                    t_col.eq(now + 1),
+                    *_set(t_col, col_ok, 1),
                     last_seg.eq(seg_m1 == 0),
                 ]
                 for k in range(nb):
-                    m.d.sync += [is_open[k].eq(0), t_free[k].eq(now + 1)]
-                with m.If(code != 0):
-                    m.d.comb += [self.done.eq(1), self.error.eq(code)]
-                    m.next = "IDLE"
-                with m.Else():
-                    m.next = "RUN"
+                    m.d.sync += [is_open[k].eq(0), *_set(t_free[k], free_ok[k], 1)]
+                m.next = "RUN"
             with m.State("RUN"):
                 m.d.comb += busy.eq(1)
+                with m.If(reject):  # nothing was issued (a_more is 0): retire with the error
+                    m.d.comb += [self.done.eq(1), self.error.eq(code)]
+                    m.next = "IDLE"
                 k_a = a_buf if nb == 2 else 0
                 k_c = c_buf if nb == 2 else 0
                 m.d.comb += [
-                    act_fire.eq(a_more & ~is_open[k_a] & reached(t_free[k_a])),
+                    act_fire.eq(a_more & ~is_open[k_a] & free_ok[k_a]),
                     # c_left != 0 throughout RUN: its last column command moves to DRAIN
-                    col_fire.eq(is_open[k_c] & reached(t_ready[k_c]) & reached(t_col)),
+                    col_fire.eq(is_open[k_c] & ready_ok[k_c] & col_ok),
                 ]
                 with m.If(act_fire):
                     m.d.sync += [
                         is_open[k_a].eq(1),
-                        t_ready[k_a].eq(now + cfg.t_rcd),
+                        *_set(t_ready[k_a], ready_ok[k_a], cfg.t_rcd),
                         a_left.eq(a_left - 1),
                         a_more.eq(a_left != 1),
                     ]
@@ -300,13 +322,13 @@ class PimEngine(wiring.Component):
                         self.b_first.eq((c_s == 0) & (c_col == 0)),
                         self.b_last_job.eq(last_seg & last_col),
                         self.b_slot.eq(f["y_base"] + c_p),
-                        t_col.eq(now + cfg.t_ccd),
+                        *_set(t_col, col_ok, cfg.t_ccd),
                         c_col.eq(c_col + 1),
                     ]
                     with m.If(last_col):
                         m.d.sync += [
                             is_open[k_c].eq(0),
-                            t_free[k_c].eq(now + cfg.burst + cfg.t_rp),
+                            *_set(t_free[k_c], free_ok[k_c], cfg.burst + cfg.t_rp),
                             t_end.eq(now + cfg.burst + cfg.t_rp),
                             c_col.eq(0),
                             c_row.eq(c_row + 1),
@@ -356,8 +378,9 @@ class PimEngine(wiring.Component):
         w = cfg.fmt.width
         wpr_bits = _log2(cfg.words_per_row)
         # shared pipeline flags, one set per stage: 1 memory data, 2 operands registered,
-        # 3 operands in the DSP blocks, 4 products registered, 5 sums of _TREE_CUT products,
-        # 6 dot product registered (the accumulator adds it)
+        # 3 operands in the DSP blocks, 4 products registered in them, 5 products registered
+        # again in the fabric (the DSP blocks sit apart from the tree), 6 sums of _TREE_CUT
+        # products, 7 dot product registered (the accumulator adds it)
         flags = [(self.b_valid, self.b_first, self.b_is_last, self.b_slot)]
         for k in range(1, PIPE_LATENCY + 1):
             st = (Signal(name=f"v{k}"), Signal(name=f"first{k}"), Signal(name=f"last{k}"),
@@ -393,15 +416,19 @@ class PimEngine(wiring.Component):
             xo = Mux(self.col_mode, self.xoff[b], 0)
             m.d.comb += [wr.addr.eq(self.b_waddr), vr.addr.eq(self.b_vaddr + (xo << wpr_bits))]
             # stage 1 -> 2: operands registered; 2 -> 4: lane products (DSP input and output
-            # registers); 4 -> 5: sums of _TREE_CUT products; 5 -> 6: their sum
+            # registers); 4 -> 5: the products in fabric registers; 5 -> 6: sums of _TREE_CUT
+            # products; 6 -> 7: their sum
             ow = Signal(cfg.word_bits, name=f"opw{b}")
             ox = Signal(cfg.word_bits, name=f"opx{b}")
             m.d.sync += [ow.eq(wr.data), ox.eq(vr.data)]
             prods = []
             for i in range(cfg.lanes):
                 a, x = ow[i * w : (i + 1) * w], ox[i * w : (i + 1) * w]
-                prods.append(multiply(m, platform, a.as_signed(), x.as_signed(), latency=2,
-                                      name=f"mul{b}_{i}"))  # fmt: skip
+                p = multiply(m, platform, a.as_signed(), x.as_signed(), latency=2,
+                             name=f"mul{b}_{i}")  # fmt: skip
+                pr = Signal(p.shape(), name=f"prod{b}_{i}")
+                m.d.sync += pr.eq(p)
+                prods.append(pr)
             dw = 2 * w + _log2(cfg.lanes) + 1
             parts = []
             for i in range(0, len(prods), _TREE_CUT):
@@ -410,7 +437,7 @@ class PimEngine(wiring.Component):
                 parts.append(part)
             dot = Signal(signed(dw), name=f"dot{b}")
             m.d.sync += dot.eq(adder_tree(parts))
-            # stage 4: accumulate, write the result of the dot product's last beat
+            # stage 7: accumulate, write the result of the dot product's last beat
             acc = Signal(signed(cfg.acc_width), name=f"acc{b}")
             acc_next = Signal(signed(cfg.acc_width), name=f"acc_next{b}")
             m.d.comb += acc_next.eq(Mux(first_acc, 0, acc) + dot)
