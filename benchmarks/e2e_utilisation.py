@@ -113,7 +113,7 @@ def measure(shapes, dataflows, seed: int, array: str = "8x8", scalesim: bool = T
                     "timing_model": timing,
                     "scalesim_cycles": ss,
                     "scalesim_utilisation": None if ss is None else ideal / ss,
-                    "plan": [plan.mt, plan.nt, plan.kc, plan.split],
+                    "plan": [plan.mt, plan.nt, plan.kc, plan.split, plan.head],
                     "wall_s": round(wall, 2),
                     "sim_cycles_per_s": p["cycles"] / max(wall, 1e-9),
                 }  # fmt: skip
@@ -143,14 +143,15 @@ def markdown(res: dict) -> str:
         "- One program per GEMM: loads of the next K chunk and stores of the previous tile overlap "
         "the current chunk's GEMM (dependency tokens); tiles from `plan_dma` (cycle model + DMA "
         "traffic model, `predicted` column); split: the program's last chunk runs as that many "
-        "GEMMs over its column blocks, each stored while the next computes (`Plan.split`).",
+        "GEMMs over its column blocks, each stored while the next computes (`Plan.split`); head: "
+        "the first chunk is cut after that many K (`Plan.head`).",
         "",
         "- SCALE-Sim: its compute cycles (\"Total Cycles\") for the same array, dataflow and GEMM "
         "(1 MiB SRAMs, so no stalls: an upper bound on what it credits), utilisation = ideal / that."
         " Timing model: `host/timing.py`'s prediction of PERF_PROGRAM for the program that ran.",
         "",
         "| M x K x N | dataflow | exact | program cycles | ideal | utilisation | SCALE-Sim util "
-        "| roofline bound | DMA words/cycle | plan model | timing model | tiles mt,nt,kc,split "
+        "| roofline bound | DMA words/cycle | plan model | timing model | tiles mt,nt,kc,split,head "
         "| wall s "
         "| sim cycles/s |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
