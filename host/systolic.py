@@ -281,7 +281,8 @@ def _candidates(limit: int, grain: int) -> list[int]:
     return sorted(x for x in out if x >= 1)
 
 
-REFINE_BUDGET = 250_000  # simulated cycles plan_dma may spend timing candidates exactly
+REFINE_BUDGET = 100_000  # simulated cycles plan_dma may spend timing plain tilings exactly
+VARIANT_BUDGET = 150_000  # and the splits and heads of the fastest of them
 REFINE_MAX = 16  # candidates it times at most
 
 
@@ -294,11 +295,12 @@ def plan_dma(m: int, k: int, n: int, dataflow: str, cfg: SystolicConfig, acfg=No
     words over the window port at ``DMA_EFFICIENCY`` words per cycle, ``mem_cycles_per_beat``
     per word in device memory); the first chunk's loads and the last tile's stores are not
     overlapped. With the device's config ``acfg`` and a best estimate under ``REFINE_BUDGET``
-    cycles, the best ``REFINE_MAX`` candidates (as many as the budget covers) are then timed
-    by the cycle-level program model (:func:`gatesmith.host.timing.gemm_program_cycles`,
-    exact on the board) and the fastest wins: on small GEMMs the closed form's pick is up to
-    ~30% slower than the best (8x8, 64^3: 10,485 -> 8,130 cycles). The cycles returned are
-    then the exact model's.
+    cycles, the best ``REFINE_MAX`` plain tilings (as many as the budget covers) are then
+    timed by the cycle-level program model (:func:`gatesmith.host.timing.gemm_program_cycles`,
+    exact on the board), then the ``split``/``head`` variants of the fastest (within
+    ``VARIANT_BUDGET``), and the fastest of all wins: on small GEMMs the closed form's pick is
+    up to ~30% slower than the best (8x8, 64^3: 10,485 -> 8,130 cycles). The cycles returned
+    are then the exact model's.
     """
     R, C = cfg.rows, cfg.cols
     lay = window_layout(cfg)
@@ -339,16 +341,8 @@ def plan_dma(m: int, k: int, n: int, dataflow: str, cfg: SystolicConfig, acfg=No
     if acfg is not None and best[1] <= REFINE_BUDGET:
         from .timing import gemm_program_cycles
 
-        # per tiling (the best ones first): every split and head of the best, then the closed
-        # form's best variant and the plain plan (it ranks tilings well, variants less so)
-        tilings: dict = {}
-        for p, cost in order:
-            tilings.setdefault(dataclasses.replace(p, split=1, head=0), []).append((p, cost))
-        budget, timed = REFINE_BUDGET, []
-        for t, (base, variants) in enumerate(list(tilings.items())[:REFINE_MAX]):
-            pick = variants if t < 1 else [variants[0]] + [(base, ranked[base])] * (
-                variants[0][0] != base)
-            for p, cost in pick:
+        def time_all(cands, budget, timed):
+            for p, cost in cands:
                 if timed and cost > budget:
                     break
                 exact = gemm_program_cycles(m, k, n, hw, p, cfg, acfg)
@@ -356,6 +350,22 @@ def plan_dma(m: int, k: int, n: int, dataflow: str, cfg: SystolicConfig, acfg=No
                     break
                 timed.append((exact, p))
                 budget -= exact
+
+        def tiling(p):
+            return dataclasses.replace(p, split=1, head=0)
+
+        # the plain tilings in the closed form's order (it ranks tilings well), then every split
+        # and head of the fastest of them and of the closed form's best (it ranks those less well)
+        timed: list = []
+        time_all([pc for pc in order if pc[0] == tiling(pc[0])][:REFINE_MAX], REFINE_BUDGET,
+                 timed)  # fmt: skip
+        if timed:
+            bases = {tiling(order[0][0]), min(timed, key=lambda t: t[0])[1]}
+            done = {p for _, p in timed}
+            found: list = []
+            time_all([pc for pc in order if tiling(pc[0]) in bases and pc[0] not in done],
+                     VARIANT_BUDGET, found)  # fmt: skip
+            timed += found
         if timed:
             exact, p = min(timed, key=lambda t: t[0])
             best = (p, exact)
