@@ -73,14 +73,11 @@ def shape_name(s) -> str:
 
 def instructions(m: int, k: int, n: int, df: str, cfg: SystolicConfig) -> list[tuple[int, int, int]]:
     """The (m, k, n) of each GEMM instruction host/systolic.matmul issues, in the user's roles
-    (the roles ``model.cycles`` takes): a copy of its chunk loop."""
+    (the roles ``model.cycles`` takes), from the plan's own list (``Plan.gemms``)."""
     hm, hk, hn = (n, k, m) if df == "is" else (m, k, n)  # IS runs b.T @ a.T
     p = plan(hm, hk, hn, df, cfg)
-    out = []
-    for m0, n0, _k0, _tile, _first, _last, kc in p.chunks(hm, hk, hn):
-        mt, nt = min(p.mt, hm - m0), min(p.nt, hn - n0)
-        out.append((nt, kc, mt) if df == "is" else (mt, kc, nt))
-    return out
+    return [(nt, kc, mt) if df == "is" else (mt, kc, nt)
+            for mt, kc, nt in p.gemms(hm, hk, hn, cfg.cols)]  # fmt: skip
 
 
 def predicted(m, k, n, df, cfg) -> tuple[int, int]:

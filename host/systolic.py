@@ -28,7 +28,8 @@ import numpy as np
 import torch
 
 from ..errors import UsageError
-from ..hdl.fields import pack_struct
+from ..generators.accel.isa import DmaInstr
+from ..hdl.fields import pack_struct, struct_fields
 from ..generators.systolic import OPCODES
 from ..generators.systolic.config import SystolicConfig
 from ..generators.systolic.engine import DATAFLOW_CODES, GemmInstr, window_layout
@@ -56,7 +57,7 @@ _MAX_DIM = 65535  # an instruction's M, N, K fields are 16 bits; the host tiles 
 # Words per cycle the DMA achieves on an engine's window port when loads and stores share it
 # (measured on the simulated board: 2,048 words per chunk took 2,365 cycles, 0.87 words/cycle).
 DMA_EFFICIENCY = 0.85
-_ROW_WORDS_MAX = (1 << 12) - 1  # a DMA instruction's row_words field (generators/accel/isa.py)
+_ROW_WORDS_MAX = (1 << struct_fields(DmaInstr)["row_words"][1]) - 1  # a DMA transfer's row
 
 
 def _ceil(a: int, b: int) -> int:
