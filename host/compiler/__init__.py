@@ -24,7 +24,7 @@ from ...errors import CompileError, UsageError
 from .golden import Backend, DeviceBackend, GoldenBackend, check_run_inputs, execute, run_float
 from .graph import Graph, Op, capture
 from .quant import GRANULARITIES, Calibration, calibrate, prepare
-from .fuse import fuse_attention, prepare_fused
+from .fuse import fuse_attention, on_chip, prepare_fused
 from .pim import route_gemv
 from .report import Report, place
 
@@ -174,13 +174,14 @@ def compile(model: torch.nn.Module, example_inputs: tuple, config, calibration=N
     say(f"place: {sum(o.kind != 'input' for o in graph.ops)} ops on {cfg.name}")
     placement = place(graph, cfg)
     route_gemv(graph, placement, cfg, gemv)
-    fusions = fuse_attention(graph, placement, cfg) if mode == "auto" else {}
+    fusions = fuse_attention(graph, placement, cfg, on_chip=mode != "sequential")
     if decode_attention:
         from .decode_attention import fuse_decode_attention
 
         fusions.update(fuse_decode_attention(graph, placement, cfg))
     if fusions:
-        say(f"fuse: {len(fusions)} attention chain(s) on chip")
+        n = sum(map(on_chip, fusions.values()))
+        say(f"fuse: {len(fusions)} attention chain(s), {n} on chip, {len(fusions) - n} op by op")
     samples = [tuple(example_inputs)] if calibration is None else calibration
     say(f"calibrate: {len(samples) if isinstance(samples, (list, tuple)) else '?'} samples")
     calib: Calibration = calibrate(graph, samples, granularity=granularity)

@@ -11,10 +11,17 @@ the softmax rows, softmax, COPY into the next GEMM's scratchpad, P V), so device
 Q, K, V and the context only: ``3 S D + S D`` elements per head against the unfused path's
 extra ``2 S^2`` (the scores out and the probabilities back in, as int32 and int8).
 
+The chain's quantisation does not depend on where it runs. A chain that cannot run on chip
+(``host.attention.fits`` says why, or the sequential mode asked for every op on its own) is
+still recognised and quantised the same way, and runs op by op through device memory
+(:func:`attention_ops`: ``S`` out as int32, requantised on the host with the same dyadic
+``mult, shift`` the COPY applies, the softmax, ``P`` as int8 with ``P_SHIFT``, ``P V``), so the
+sequential, mixed and dataflow schedules of one model give bit-identical outputs.
+
 Traffic against the FlashAttention I/O bound (Theta(N^2 d^2 / M) for on-chip memory M): with
 the whole ``S x S`` score tile on chip (S <= the softmax engine's max_len), one pass suffices
 and the traffic is the compulsory ``Q, K, V, O`` term, the bound's floor; longer sequences
-need the tiled online-softmax form, which is not built (such chains stay unfused).
+need the tiled online-softmax form, which is not built (such chains run op by op).
 """
 
 from __future__ import annotations
@@ -27,7 +34,8 @@ from ...hdl.requant import dyadic
 from .graph import MASK_FILL_MAX, Graph
 from .quant import act_scale
 
-__all__ = ["fuse_attention", "prepare_fused", "FUSED"]
+__all__ = ["fuse_attention", "prepare_fused", "FUSED", "on_chip", "attention_ops",
+           "ops_calls"]
 
 FUSED = "attention"
 
@@ -40,9 +48,12 @@ def _consumers(graph: Graph) -> dict[str, list[str]]:
     return out
 
 
-def fuse_attention(graph: Graph, placement: dict, cfg) -> dict[str, dict]:
-    """Mark the fusable attention chains in ``placement`` (in place); returns
-    ``{last op: {"members": [...], "q": name, "kt": name, "v": name, "factor": f}}``."""
+def fuse_attention(graph: Graph, placement: dict, cfg, *, on_chip: bool = True) -> dict:
+    """Mark the attention chains in ``placement`` (in place); returns ``{last op: {"members":
+    [...], "q": name, "kt": name, "v": name, "factor": f, "on_chip": bool, ...}}``.
+
+    A chain runs as one on-chip program when ``on_chip`` and it fits the accelerator; otherwise
+    (``on_chip=False``: the sequential mode) op by op, with the same quantisation."""
     from ..attention import fits
 
     users = _consumers(graph)
@@ -85,14 +96,53 @@ def fuse_attention(graph: Graph, placement: dict, cfg) -> dict[str, dict]:
         if q.shape[:-2] != kt.shape[:-2]:
             continue
         seq, dim = q.shape[-2], q.shape[-1]
-        why = fits(cfg, seq, dim)
-        if why:
-            continue
+        why = fits(cfg, seq, dim) if on_chip else "the sequential mode"
         members = [*chain, last.name]
-        mark_fused(graph, placement, members, "fused attention")
+        what = f"attention chain, op by op ({why})" if why else "fused attention"
+        mark_fused(graph, placement, members, what)
         out[last.name] = {"members": members, "q": q.name, "kt": kt.name, "v": v.name,
                           "factor": factor, "heads": math.prod(q.shape[:-2]), "seq": seq,
-                          "dim": dim, "causal": diag is not None, "diag": diag or 0}  # fmt: skip
+                          "dim": dim, "causal": diag is not None, "diag": diag or 0,
+                          "on_chip": not why}  # fmt: skip
+    return out
+
+
+def on_chip(fusion: dict) -> bool:
+    """Whether a chain (``fuse_attention``'s or ``decode_attention``'s) runs as one on-chip
+    program."""
+    return fusion.get("on_chip", True)
+
+
+def ops_calls(heads: int, seq: int, keys: int, dim: int, x=None) -> list:
+    """The engine calls of a chain run op by op (``report.predict``'s ``("ops", engine, call)``
+    entries): per head Q K^T and P V on the systolic engine, the scores' rows on softmax
+    (``x``: the requantised scores, for the masked rows; default none masked)."""
+    rows = torch.zeros(heads * seq, keys, dtype=torch.long) if x is None else x
+    return ([("ops", "systolic", (seq, dim, keys, None))] * heads
+            + [("ops", "softmax", rows.reshape(-1, keys))]
+            + [("ops", "systolic", (seq, keys, dim, None))] * heads)  # fmt: skip
+
+
+def attention_ops(backend, qq, kq, vq, mult: int, shift: int, *, causal=False, diag=0,
+                  calls: list | None = None) -> torch.Tensor:  # fmt: skip
+    """The chain's integer ``P V`` ([H, Sq, D], int64) op by op through ``backend``: equal to
+    ``host.attention.attention_int_golden`` bit for bit (the fused program's result)."""
+    from ...hdl.formats import IntFormat
+    from ...hdl.requant import requant
+    from ..attention import P_SHIFT
+
+    sm = backend.config.engine("softmax")
+    H, S, D = qq.shape
+    K = kq.shape[1]
+    acc = torch.stack([backend.matmul(qq[h], kq[h].t().contiguous(), None).long()
+                       for h in range(H)])  # fmt: skip
+    x = requant(acc, int(mult), int(shift), sm.in_fmt)
+    if causal:
+        x = x.masked_fill(torch.ones(S, K, dtype=torch.bool).triu(diag + 1), sm.in_fmt.min)
+    p = requant(backend.softmax_int(x), 1, P_SHIFT, IntFormat(8)).to(torch.int8)
+    out = torch.stack([backend.matmul(p[h], vq[h], None).long() for h in range(H)])
+    if calls is not None:
+        calls.extend(ops_calls(H, S, K, D, x))
     return out
 
 
@@ -113,8 +163,9 @@ def _causal_diag(mask: torch.Tensor, shape) -> int | None:
 def mark_fused(graph, placement: dict, members: list, what: str) -> None:
     """Place ``members`` (the last one carries the chain) on the fused engine, with reasons."""
     last = members[-1]
+    into = "fused into" if what.startswith("fused") else "in the attention chain of"
     for n in members:
-        placement[n] = (FUSED, f"fused into {last}")
+        placement[n] = (FUSED, f"{into} {last}")
     placement[last] = (FUSED, f"{what}: " + " -> ".join(graph.op(n).kind for n in members))
 
 
@@ -152,9 +203,14 @@ def run_fused(op, env: dict, c: dict, backend, calls: list):
     kq = to_int(kt, c["k_scale"], i8).reshape(-1, D, S).transpose(1, 2)
     sv = c["v_scale"]
     vq = to_int(v, sv[..., None, :] if sv.dim() else sv, i8).reshape(-1, S, D)
-    calls.append((qq.shape[0], S, D))
-    ints = backend.attention_int(qq, kq.contiguous(), vq, c["mult"], c["shift"],
-                                 causal=f.get("causal", False), diag=f.get("diag", 0))
+    causal, diag = f.get("causal", False), f.get("diag", 0)
+    if on_chip(f):
+        calls.append((qq.shape[0], S, D))
+        ints = backend.attention_int(qq, kq.contiguous(), vq, c["mult"], c["shift"],
+                                     causal=causal, diag=diag)  # fmt: skip
+    else:
+        ints = attention_ops(backend, qq, kq.contiguous(), vq, c["mult"], c["shift"],
+                             causal=causal, diag=diag, calls=calls)  # fmt: skip
     scale = torch.as_tensor(sv, dtype=torch.float64) * 2.0 ** -(15 - P_SHIFT)
     out_scale = scale[..., None, :].expand(*lead, S, D) if scale.dim() else scale
     return QT(ints.reshape(*lead, S, D), out_scale)

@@ -122,6 +122,14 @@ def predict(engine: str, calls: list, acfg) -> dict:
         out = [predict_resident(engine, c, acfg) for c in calls]
         return {"cycles": sum(o["cycles"] for o in out), "program": None,
                 "words": sum(o["words"] for o in out)}  # fmt: skip
+    if engine == "attention" and calls and calls[0][0] == "ops":  # a chain run op by op
+        parts = {}
+        for _, eng, call in calls:
+            parts.setdefault(eng, []).append(call)
+        out = [predict(eng, cs, acfg) for eng, cs in parts.items()]
+        return {"cycles": sum(o["cycles"] for o in out), "words": sum(o["words"] for o in out),
+                "program": None if None in [o["program"] for o in out]
+                else sum(o["program"] for o in out)}  # fmt: skip
     if engine == "attention":  # per head: Q K^T (OS), softmax rows, P V (WS)
         from ...generators.systolic.model import cycles
 
@@ -306,8 +314,10 @@ class Report:
             m = r["measured"] or {}
             sc = r.get("schedule") or {}
             tiles = f"{sc['mt']}x{sc['kc']}x{sc['nt']}" if sc else ""
-            mode = {"attention": "dataflow", "fused": "", "host": "", "input": ""}.get(
+            mode = {"fused": "", "host": "", "input": ""}.get(
                 r["engine"], "chained" if r.get("chained") else "sequential")
+            if r["engine"] == "attention" and r["reason"].startswith("fused"):
+                mode = "dataflow"  # an attention chain on chip (else op by op: sequential)
             cells = [r["op"], r["kind"], r["engine"], mode, sc.get("dataflow", ""), tiles,
                      " ".join("x".join(map(str, s)) or "()" for s in r["in_shapes"]),
                      "x".join(map(str, r["shape"])) or "()", _n(r["macs"] or None),

@@ -92,8 +92,12 @@ def op_words(graph, op, engine, acfg, consts, *, resident=None, store=True) -> i
     from .report import predict
 
     if engine == "attention":
+        from .fuse import on_chip, ops_calls
+
         f = consts[op.name]["fusion"]
-        return predict("attention", [(f["heads"], f["seq"], f["dim"])], acfg)["words"]
+        h, s, d = f["heads"], f["seq"], f["dim"]
+        calls = [(h, s, d)] if on_chip(f) else ops_calls(h, s, s, d)
+        return predict("attention", calls, acfg)["words"]
     if engine == "systolic":
         if resident == "operand":
             m, k, n = _gemm_calls(graph, op)[0]
