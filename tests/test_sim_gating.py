@@ -2,10 +2,11 @@
 
 That is a simulation speed-up only, so it must not change what the board does: one board built
 with the gates and one without run the same work on all six engine kinds (device methods,
-chained programs, window accesses, a rejected instruction), and every result, error message and
-deterministic counter must be equal. ``cycles`` is left out: it counts the clocks the board ran
-while the host polled, which depends on wall time; ``program`` (cycles with a program running)
-and each engine's busy cycles are the cycle-exact figures.
+chained programs, fused attention through the COPY unit, window accesses, a rejected
+instruction), and every result, error message and deterministic counter must be equal.
+``cycles`` is left out: it counts the clocks the board ran while the host polled, which depends
+on wall time; ``program`` (cycles with a program running) and each engine's busy cycles are the
+cycle-exact figures.
 """
 
 import re
@@ -22,6 +23,7 @@ from gatesmith.generators.layernorm.config import LayerNormConfig
 from gatesmith.generators.pim.config import PimConfig
 from gatesmith.generators.softmax.config import SoftmaxConfig
 from gatesmith.generators.systolic.config import SystolicConfig
+from gatesmith.host.attention import attention_int
 from gatesmith.host.systolic import gemm_instr
 
 CFG = AccelConfig(
@@ -74,6 +76,9 @@ def _workload(dev) -> list:
     step("layer_norm", lambda: dev.layer_norm(s, (37,)))
     # a resident chain: the systolic result stays in a device buffer, then GELU reads it
     step("gelu after matmul", lambda: dev.gelu(dev.matmul(a, b).float() / 20000))
+    # on-chip chaining: fused attention COPYs the scores into softmax and P into the scratchpad
+    q, k, vv = (torch.randint(-128, 128, (2, 8, 4), generator=g, dtype=torch.int8) for _ in "qkv")
+    step("attention", lambda: attention_int(dev, q, k, vv, 1 << 14, 16, causal=True))
     # single instructions on the register queue: a legal GEMM, then one the engine rejects
     step("gemm instr", lambda: (dev.execute([gemm_instr("os", 4, 8, 4)] * 3), dev.wait()))
     step("rejected", lambda: (dev.execute([gemm_instr("os", 0, 8, 4)]), dev.wait()))
@@ -100,3 +105,4 @@ def test_gated_board_equals_ungated(monkeypatch):
     busy = np.sum([c["engine_busy"] for _, _, c in gated], axis=0)
     assert (busy > 0).all(), busy
     assert dict((n, r) for n, r, _ in gated)["rejected"].startswith("DeviceError")
+    assert dict((n, c) for n, _, c in gated)["attention"]["copy"] > 0
