@@ -127,10 +127,9 @@ def markdown(res: dict) -> str:
 
 
 NOTES = [
-    "The machine has 2 cores shared with 4-5 other engineers' jobs (load average often 5-9): "
-    "every time here is longer than on an idle machine (TOOLCHAIN.md, idle: Amaranth -> "
-    "Verilog 0.27 s 4x4, 0.52 s 8x8, 1.7 s 16x16 for the bare array; Verilator -j1 builds 7.6 s, "
-    "9.5 s, 35-38 s).",
+    "Times depend on the machine's load (the load average is printed above). On an idle "
+    "2-core machine, for the bare array: Amaranth -> Verilog 0.27 s 4x4, 0.52 s 8x8, 1.7 s "
+    "16x16; Verilator -j1 builds 7.6 s, 9.5 s, 35-38 s.",
     "`build cold` = elaboration + Verilator compile (`-j 2`) into a fresh GATESMITH_CACHE; "
     "`build cached` = elaboration + content hash only (the cache key is the Verilog text, so "
     "every open pays the elaboration); `open cached` adds starting the board process and "

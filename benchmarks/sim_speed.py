@@ -188,9 +188,10 @@ def markdown(res: dict) -> str:
 
 
 NOTES = [
-    "The machine has 2 cores shared with 4-5 other engineers' jobs (load average often 5-9): "
-    "every per-second figure here is lower than on an idle machine (TOOLCHAIN.md measured "
-    "1.1-1.4 M cycles/s for a bare 8x8 array harness on an idle core).",
+    "Per-second figures depend on the machine's load (the load average is printed above) and "
+    "on the host's noise: on the 2-core machine these were measured on, the same binary's "
+    "engine-alone rate varied by up to +-20% between runs. For scale, a bare 8x8 PE-array "
+    "harness (no controller, DMA or memories) ran 1.1-1.4 M cycles/s on an idle core.",
     "`dev.matmul` cycles/s: PERF_CYCLES (every clock of the board, link transfers included) over "
     "the wall time of the call (tiling, operand packing, socket, Verilator). The board blocks "
     "on the socket while idle, so host-side Python time does not add cycles.",

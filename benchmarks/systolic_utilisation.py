@@ -259,8 +259,8 @@ def markdown(res: dict) -> str:
 
 
 NOTES = [
-    "The machine has 2 cores shared with 4-5 other engineers' jobs (load average often 5-9): "
-    "wall times and simulated cycles/s are lower than on an idle machine; cycle counts, "
+    "Wall times and simulated cycles/s depend on the machine's load (the load average is "
+    "printed above); cycle counts, "
     "utilisation and exactness do not depend on load.",
     "`busy` is the PERF_BUSY counter read after each `dev.matmul` (reset before it); `sim "
     "cycles/s` is PERF_CYCLES (every clock the board ran, link transfers included) over the wall "
