@@ -29,13 +29,16 @@ CELLS = {"LUT4": "LUT4", "TRELLIS_FF": "FF", "CCU2C": "CCU2C", "MULT18X18D": "DS
 
 
 def ooc_build(component, *, device: str = "85k", freq_mhz: float = 150, seed: int = 1,
-              pnr: bool = True, timeout_s: float = 3600, keep: Path | None = None) -> dict:
+              pnr: bool = True, timeout_s: float = 3600, keep: Path | None = None,
+              outreg: bool = False) -> dict:  # fmt: skip
     """Synthesise (and unless ``pnr=False`` place and route) ``component`` out of context.
 
     Returns the yosys cell counts (the :data:`CELLS` columns), ``synth_s``, and with ``pnr``:
     ``fmax_mhz`` (None when nextpnr timed out), ``pnr_s`` and ``critical`` (the slowest
     register-to-register path: first and last cell, total/logic/routing ns). ``keep`` is a
     directory that receives the Verilog, the netlist, the stat and nextpnr's log and report.
+    ``outreg``: move the registers after the block RAMs into them (:mod:`.outreg`; the count
+    moved is ``outreg_ffs``).
     """
     from amaranth.back import verilog
 
@@ -59,6 +62,10 @@ def ooc_build(component, *, device: str = "85k", freq_mhz: float = 150, seed: in
         out = {name: cells.get(cell, 0) for cell, name in CELLS.items()}
         out["lut_estimate"] = estimate_from_yosys(stat, "ecp5")["lut"]
         out["synth_s"] = round(time.monotonic() - t, 1)
+        if outreg:
+            from .outreg import absorb_file
+
+            out["outreg_ffs"] = absorb_file(work / "top.json")
         if not pnr:
             return out
         t = time.monotonic()
