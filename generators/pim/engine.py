@@ -392,17 +392,11 @@ class PimEngine(wiring.Component):
         rd_data = Array(Signal(cfg.acc_width, name=f"res_rd{b}") for b in range(cfg.banks))
         data_w = Cat(*([host.w_data] * self.sw))[: cfg.word_bits]
         gran = 32 if cfg.word_bits > 32 else None
-        # No read of a weight or vector word needs a defined result in the cycle that word is
-        # written: the host and the DMA write them only for later instructions (a program's
-        # tokens order that). Without the attribute yosys emulates read-old-data (ECP5's block
-        # RAM does not give it across its ports) with flip-flops and a multiplexer after the
-        # block RAM, on the operand registers' path.
-        attrs = {"no_rw_check": 1}
         for b in range(cfg.banks):
             wmem = Memory(shape=unsigned(cfg.word_bits), depth=cfg.rows_per_bank * cfg.words_per_row,
-                          init=[], attrs=attrs)  # fmt: skip
+                          init=[])  # fmt: skip
             vmem = Memory(shape=unsigned(cfg.word_bits), depth=cfg.vector_depth // cfg.lanes,
-                          init=[], attrs=attrs)  # fmt: skip
+                          init=[])  # fmt: skip
             rmem = Memory(shape=unsigned(cfg.acc_width), depth=cfg.result_depth, init=[])
             m.submodules[f"weights{b}"] = wmem
             m.submodules[f"vector{b}"] = vmem
