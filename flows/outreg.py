@@ -1,12 +1,18 @@
 """ECP5 block RAM output registers: move the fabric register after a DP16KD into the DP16KD.
 
 A DP16KD's read data leaves the block 5.6-5.8 ns after the clock (``REGMODE = "NOREG"``, the
-only mode yosys's ECP5 memory mapping emits), so even block RAM -> register takes 7-7.5 ns. The
-engines register every block RAM output and use nothing else of it (generators/systolic,
-hdl/nonlinear_common, the PIM banks), so that register can be the block RAM's own output
-register (``REGMODE = "OUTREG"``), whose clock-to-out is a fraction of that: the same cycles,
-a shorter path. yosys cannot do this itself, so :func:`absorb_output_registers` edits its JSON
-netlist between ``synth_ecp5`` and nextpnr.
+only mode yosys's ECP5 memory mapping emits), so even block RAM -> register takes 7-7.5 ns.
+Where a memory's read data goes straight into a register and nowhere else, that register can
+be the block RAM's own output register (``REGMODE = "OUTREG"``, 0.96 ns clock-to-out in
+nextpnr's model): the same cycles, a shorter path. yosys cannot do this itself, so
+:func:`absorb_output_registers` edits its JSON netlist between ``synth_ecp5`` and nextpnr.
+``ooc_build(..., outreg=True)`` applies it; the bitstream flow does not yet.
+
+Straight means no logic between: a memory without the ``no_rw_check`` attribute gets yosys's
+read-old-data emulation (flip-flops and a multiplexer after the block RAM), and then nothing
+moves. Measured on PIM b8l8 (memories with ``no_rw_check`` for the experiment): 93.1 MHz
+without the pass, 99.9 MHz with it (800 flip-flops moved), both below the 112.1 MHz of the
+engine as it is, whose critical path the attribute moves to the FSM -> block RAM control.
 
 A port's register moves only when, for every read-data bit in use, the only load is the ``DI``
 of one TRELLIS_FF, and all those flip-flops share the block RAM port's clock (not inverted),
