@@ -37,9 +37,6 @@ from pathlib import Path
 
 __all__ = ["absorb_output_registers", "absorb_file"]
 
-_CONST_ONE = ("1", "1 ")
-
-
 def _loads(mod: dict) -> dict:
     """net bit -> [(cell, pin)] of the cells' inputs; module output ports as ("<port>", name)."""
     out = defaultdict(list)
@@ -93,8 +90,8 @@ def _control(mod, ffs):
     ces, lsrs = set(), set()
     for f in ffs.values():
         p, cn = mod["cells"][f]["parameters"], mod["cells"][f]["connections"]
-        ce = ("1",) if p.get("CEMUX", "CE").strip() == "1" else tuple(map(str, cn.get("CE", ["1"])))
-        lsr = ("0",) if p.get("LSRMUX", "LSR") != "LSR" else tuple(map(str, cn.get("LSR", ["0"])))
+        ce = ("1",) if p.get("CEMUX", "CE").strip() == "1" else tuple(cn.get("CE", ["1"]))
+        lsr = ("0",) if p.get("LSRMUX", "LSR") != "LSR" else tuple(cn.get("LSR", ["0"]))
         if lsr != ("0",) and p.get("SRMODE", "LSR_OVER_CE") != "LSR_OVER_CE":
             return None  # an asynchronous reset
         ces.add(ce)
@@ -107,22 +104,20 @@ def _control(mod, ffs):
     return ce, lsr
 
 
-def _bits(t):
-    return [int(b) if b.isdigit() and b not in ("0", "1") else b for b in t]
-
-
 def absorb_output_registers(netlist: dict) -> int:
     """Move the qualifying fabric registers after DP16KD read ports into the block RAMs
     (``REGMODE_x = "OUTREG"``), in place; returns how many flip-flops were removed."""
     removed = 0
     for mod in netlist["modules"].values():
         brams = [n for n, c in mod.get("cells", {}).items() if c["type"] == "DP16KD"]
+        # once per module: a move deletes only flip-flops loading its own port's DO nets and
+        # hands their Q nets (loads unchanged) to that port, so no other port's loads change
+        loads = _loads(mod)
         for bram in brams:
             c = mod["cells"][bram]
             for port in ("A", "B"):
                 if c["parameters"].get(f"REGMODE_{port}", "NOREG") != "NOREG":
                     continue
-                loads = _loads(mod)
                 ffs = _port_ffs(mod, loads, bram, port)
                 ctl = ffs and _control(mod, ffs)
                 if not ctl:
@@ -137,9 +132,9 @@ def absorb_output_registers(netlist: dict) -> int:
                     del mod["cells"][ff]
                     removed += 1
                 c["parameters"][f"REGMODE_{port}"] = "OUTREG"
-                c["connections"][f"OCE{port}"] = _bits(ce)
+                c["connections"][f"OCE{port}"] = list(ce)
                 if lsr != ("0",):
-                    c["connections"][f"RST{port}"] = _bits(lsr)
+                    c["connections"][f"RST{port}"] = list(lsr)
                     c["parameters"]["RESETMODE"] = "SYNC"
     return removed
 
