@@ -10,7 +10,10 @@ Requesters speak two small stream interfaces instead of raw AXI:
 waiting for ARREADY keeps its grant, so the address stays stable while VALID) and keeps
 a tag FIFO of who asked, so read bursts may be outstanding from several requesters at once and
 their data is routed back in order (all transactions use ID 0, so the subordinate answers in
-order). Writes are granted a burst at a time: the AW of the winner, then all its W beats.
+order). Writes are granted a burst at a time: the AW of the winner, then all its W beats; the
+next AW is granted in the cycle of the last W beat, so a writer with its next burst's words in
+hand (:class:`BurstWriter`) sends bursts back to back (writes are 16/16 of the port's beats, not
+16/17, on 16-beat bursts).
 
 :class:`BurstReader` and :class:`BurstWriter` cut a strided 2-D transfer (``rows`` rows of
 ``row_words`` 32-bit words, ``stride`` words apart) into INCR bursts of at most ``max_burst``
@@ -172,33 +175,38 @@ class AXI4Interconnect(wiring.Component):
         with m.If(bus.rvalid & bus.rready & bus.rlast):
             m.d.comb += rtag.r_en.eq(1)
 
-        # ---- writes: one burst at a time (AW, then its W beats), B routed by a tag FIFO -------
+        # ---- writes: one burst's W beats at a time; the next burst's AW is taken with the last
+        # beat of the one before (no idle cycle between bursts); B routed by a tag FIFO -------
         m.submodules.btag = btag = fifo.SyncFIFO(width=tbits, depth=self.tags)
         wsel = Signal(tbits)
+        can_aw = Signal()  # IDLE, or DATA with its last beat in this cycle
+        pick = Signal(tbits)
+        any_aw = Signal()
+        aw_locked, aw_lock_sel = Signal(), Signal(tbits)
+        with m.If(aw_locked):
+            m.d.comb += [pick.eq(aw_lock_sel), any_aw.eq(1)]
+        with m.Else():
+            for i in reversed(range(self.n_write)):
+                with m.If(wrs[i].aw.valid):
+                    m.d.comb += [pick.eq(i), any_aw.eq(1)]
+        m.d.sync += [aw_locked.eq(bus.awvalid & ~bus.awready), aw_lock_sel.eq(pick)]
+        with m.Switch(pick):
+            for i, wr in enumerate(wrs):
+                with m.Case(i):
+                    m.d.comb += [bus.awaddr.eq(wr.aw.payload.addr), bus.awlen.eq(wr.aw.payload.len)]
+        m.d.comb += [bus.awvalid.eq(any_aw & btag.w_rdy & can_aw), btag.w_data.eq(pick)]
+        aw_fire = Signal()
+        m.d.comb += aw_fire.eq(bus.awvalid & bus.awready)
+        with m.If(aw_fire):
+            m.d.comb += btag.w_en.eq(1)
+            for i, wr in enumerate(wrs):
+                with m.If(pick == i):
+                    m.d.comb += wr.aw.ready.eq(1)
+            m.d.sync += wsel.eq(pick)
         with m.FSM(name="wr"):
             with m.State("IDLE"):
-                pick = Signal(tbits)
-                any_aw = Signal()
-                aw_locked, aw_lock_sel = Signal(), Signal(tbits)
-                with m.If(aw_locked):
-                    m.d.comb += [pick.eq(aw_lock_sel), any_aw.eq(1)]
-                with m.Else():
-                    for i in reversed(range(self.n_write)):
-                        with m.If(wrs[i].aw.valid):
-                            m.d.comb += [pick.eq(i), any_aw.eq(1)]
-                m.d.sync += [aw_locked.eq(bus.awvalid & ~bus.awready), aw_lock_sel.eq(pick)]
-                with m.Switch(pick):
-                    for i, wr in enumerate(wrs):
-                        with m.Case(i):
-                            m.d.comb += [bus.awaddr.eq(wr.aw.payload.addr),
-                                         bus.awlen.eq(wr.aw.payload.len)]  # fmt: skip
-                m.d.comb += [bus.awvalid.eq(any_aw & btag.w_rdy), btag.w_data.eq(pick)]
-                with m.If(bus.awvalid & bus.awready):
-                    m.d.comb += btag.w_en.eq(1)
-                    for i, wr in enumerate(wrs):
-                        with m.If(pick == i):
-                            m.d.comb += wr.aw.ready.eq(1)
-                    m.d.sync += wsel.eq(pick)
+                m.d.comb += can_aw.eq(1)
+                with m.If(aw_fire):
                     m.next = "DATA"
             with m.State("DATA"):
                 with m.Switch(wsel):
@@ -211,7 +219,9 @@ class AXI4Interconnect(wiring.Component):
                                 wr.w.ready.eq(bus.wready),
                             ]
                 with m.If(bus.wvalid & bus.wready & bus.wlast):
-                    m.next = "IDLE"
+                    m.d.comb += can_aw.eq(1)
+                    with m.If(~aw_fire):
+                        m.next = "IDLE"
         for i, wr in enumerate(wrs):
             m.d.comb += [wr.b.payload.eq(bus.bresp),
                          wr.b.valid.eq(bus.bvalid & btag.r_rdy & (btag.r_data == i))]  # fmt: skip
@@ -391,7 +401,19 @@ class BurstWriter(wiring.Component):
                 with m.If(self.mem.w.valid & self.mem.w.ready):
                     m.d.sync += left.eq(left - 1)
                     with m.If(left == 1):
-                        m.next = "AW"
+                        # the next burst's request goes with this last beat when its words are
+                        # in (the beat leaving now not counted): no cycle between bursts
+                        m.d.comb += [
+                            self.mem.aw.payload.addr.eq(t.cur),
+                            self.mem.aw.payload.len.eq(t.beats - 1),
+                            self.mem.aw.valid.eq(t.active & (buf.level > t.beats)),
+                            aw_fire.eq(self.mem.aw.valid & self.mem.aw.ready),
+                        ]
+                        with m.If(aw_fire):
+                            t.advance(m)
+                            m.d.sync += left.eq(t.beats)
+                        with m.Else():
+                            m.next = "AW"
         m.d.comb += [self.mem.b.ready.eq(1), b_fire.eq(self.mem.b.valid)]
         m.d.sync += unacked.eq(unacked + aw_fire - b_fire)
         with m.If(self.start):

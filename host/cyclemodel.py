@@ -10,7 +10,7 @@ depends on outside the engines, each as its RTL does it:
   and the load, store and compute units' state machines with their token counters;
 * the load and store channels (``generators/accel/dma.py``) and their readers and writers;
 * the interconnect (reads: fixed priority, the fetcher before the load channel; writes: one
-  burst at a time) and the simulated board's memory (``sim/harness.cpp``: bursts in order,
+  burst at a time, the next burst's AW taken with the last W beat when the writer has its words) and the simulated board's memory (``sim/harness.cpp``: bursts in order,
   ``mem_latency`` from the request to the first beat, ``mem_cycles_per_beat`` between beats,
   at most 8 requests waiting, a write answered ``mem_latency`` after its last beat);
 * the on-chip COPY (``generators/accel/copy.py``): source words into its FIFO, one element a
@@ -135,6 +135,10 @@ class _Writer:
     def want_aw(self, t):
         return (self.left == 0 and self.active_from is not None and t >= self.active_from
                 and bool(self.bursts) and len(self.buf) >= self.bursts[0])  # fmt: skip
+
+    def want_next(self, t):  # in W, with the last beat: the next burst's words are in
+        return (self.active_from is not None and t >= self.active_from and bool(self.bursts)
+                and len(self.buf) > self.bursts[0])  # fmt: skip
 
     def busy(self):
         return bool(self.bursts) or self.unacked != 0 or self.left != 0
@@ -306,10 +310,12 @@ def simulate(items: list[Item], *, queue_depth: int, mem_latency: int, beat: int
         if cp.running and not cp_done:
             cp.step(t, 2 in granted, 3 in granted)  # (granted: set when cp.running)
         # ---- writes: AW, W beats, B -------------------------------------------------------------
-        aw_fire = False
-        if not ic_wr_data and wr.want_aw(t) and len(mem_aw) < _MEM_QUEUE:
-            aw_fire = True
         w_fire = ic_wr_data and wr.left > 0 and wr.buf.ready(t) and w_ready
+        # AW: in IDLE, or with the last W beat (the writer's next burst's words in hand, that
+        # beat not counted); the memory holds 8 requests, the B tag FIFO 8 bursts
+        aw_fire = (len(mem_aw) < _MEM_QUEUE and len(mem_aw) + len(mem_b) < _TAGS
+                   and (wr.want_aw(t) if not ic_wr_data
+                        else w_fire and wr.left == 1 and wr.want_next(t)))  # fmt: skip
         if w_fire:
             wr.buf.pop(t)
             wr.left -= 1

@@ -405,7 +405,9 @@ class BurstReaderHarness(Elaboratable):
 class BurstWriterHarness(Elaboratable):
     """``BurstWriter(max_burst=4)``: every AW burst has 1..max_burst beats inside one 4 KiB page,
     AW and W hold VALID and payload until READY, W carries exactly len + 1 beats per burst with
-    WLAST on the last one and never runs ahead of its AW, and B is always accepted."""
+    WLAST on the last one and never runs ahead of its AW, the next AW comes no earlier than with
+    the last beat of the burst before (and is reached there: back-to-back bursts), and B is
+    always accepted."""
 
     MAX_BURST = 4
 
@@ -422,16 +424,19 @@ class BurstWriterHarness(Elaboratable):
         _legal_burst(m, aw.valid, aw.payload, self.MAX_BURST, "AW")
         _holds(m, aw.valid, aw.ready, [aw.payload.addr, aw.payload.len], started, "AW")
         _holds(m, w.valid, w.ready, [w.payload.data, w.payload.last], started, "W")
-        # W beats still owed to accepted AWs (one burst at a time: AW, then its beats)
+        # W beats still owed to accepted AWs (one burst at a time: AW, then its beats; the next
+        # AW at the earliest with the last of them)
         beats_left = Signal(16)
         aw_fire, w_fire = aw.valid & aw.ready, w.valid & w.ready
         m.d.sync += beats_left.eq(beats_left + Mux(aw_fire, aw.payload.len + 1, 0) - w_fire)
         m.d.comb += [
             Assert(~w.valid | (beats_left != 0), "a W beat without its AW"),
             Assert(~w.valid | (w.payload.last == (beats_left == 1)), "WLAST not on the last beat"),
-            Assert(~aw.valid | (beats_left == 0), "an AW before the previous burst's beats"),
+            Assert(~aw.valid | (beats_left == 0) | ((beats_left == 1) & w_fire),
+                   "an AW before the previous burst's beats"),
             Assert(b.ready, "B not accepted"),
             Cover(aw_fire & (aw.payload.len == self.MAX_BURST - 1)),
             Cover(w_fire & w.payload.last),
+            Cover(w_fire & w.payload.last & aw_fire),
         ]
         return m
