@@ -332,15 +332,23 @@ def restoring_div(m, num, den, qbits: int, *, stage_bits: int = 4, name: str = "
 
 
 class SeqDivider(wiring.Component):
-    """Sequential restoring divider: ``quotient = floor(dividend / divisor)``.
+    """Sequential restoring divider: ``quotient = floor(dividend / divisor)``, ``digit_bits``
+    quotient bits a cycle (radix ``2**digit_bits``).
 
     Set ``dividend``, ``divisor`` and ``qbits`` (the quotient is known to be < 2**qbits, so
-    ``dividend >> qbits < divisor``) and pulse ``start``; ``done`` pulses ``qbits + 1`` cycles later
-    with ``quotient`` valid (held until the next start). One quotient bit per cycle.
+    ``dividend >> qbits < divisor``) and pulse ``start``; ``done`` pulses
+    :meth:`cycles` ``(qbits)`` cycles later with ``quotient`` valid (held until the next start).
+
+    Each cycle takes the next ``digit_bits`` dividend bits into the remainder and subtracts
+    every multiple ``j * divisor`` (j < radix, the multiples registered at ``start``) in
+    parallel; the largest that does not borrow is the digit. One carry chain and a multiplexer
+    a cycle, as the radix-2 step's, with ``radix - 1`` chains side by side.
     """
 
-    def __init__(self, *, dividend_width: int, divisor_width: int):
-        self.nw, self.dw = dividend_width, divisor_width
+    def __init__(self, *, dividend_width: int, divisor_width: int, digit_bits: int = 2):
+        if digit_bits not in (1, 2):
+            raise ValueError(f"digit_bits must be 1 or 2, not {digit_bits}")
+        self.nw, self.dw, self.b = dividend_width, divisor_width, digit_bits
         super().__init__(
             {
                 "start": wiring.In(1),
@@ -352,35 +360,55 @@ class SeqDivider(wiring.Component):
             }
         )
 
+    @staticmethod
+    def cycles(qbits: int, digit_bits: int = 2) -> int:
+        """Cycles from ``start`` to ``done`` for a quotient of ``qbits`` bits."""
+        return max(1, -(-qbits // digit_bits)) + 1
+
     def elaborate(self, platform):
         m = Module()
-        rem = Signal(self.dw + 1)
-        low = Signal(self.nw)
-        den = Signal(self.dw)
-        left = Signal(range(self.nw + 1))
+        b, nw, dw = self.b, self.nw, self.dw
+        radix = 1 << b
+        rem = Signal(dw)  # below the divisor
+        low = Signal(nw + b)  # the dividend's bits still to come, the next digit's on top
+        mult = [Signal(dw + b, name=f"den{j}") for j in range(1, radix)]  # j * divisor
+        left = Signal(range(nw // b + 2))
         busy = Signal()
+        # qbits rounded up to whole digits: the extra top bits of the quotient are zero
+        qb = Signal(range(nw + b + 1))
+        m.d.comb += qb.eq(Cat(Const(0, 1), (self.qbits + 1)[1:]) if b == 2 else self.qbits)
         m.d.sync += self.done.eq(0)
         with m.If(self.start):
             m.d.sync += [
-                rem.eq(self.dividend >> self.qbits),
-                low.eq(self.dividend << (self.nw - self.qbits).as_unsigned()[: len(self.qbits)]),
-                den.eq(self.divisor),
-                left.eq(self.qbits),
+                rem.eq(self.dividend >> qb),
+                low.eq(self.dividend << (nw + b - qb).as_unsigned()[: len(qb)]),
+                left.eq(qb >> (b - 1) if b > 1 else qb),
                 self.quotient.eq(0),
                 busy.eq(1),
             ]
+            # shifts and one add (a multiply by a constant could be given a DSP block)
+            multiples = [self.divisor, self.divisor << 1, self.divisor + (self.divisor << 1)]
+            m.d.sync += [mj.eq(v) for mj, v in zip(mult, multiples)]
         with m.Elif(busy):
-            trial = Cat(low[-1], rem[: self.dw])
-            ge = trial >= den
-            m.d.sync += [
-                rem.eq(Mux(ge, trial - den, trial)),
-                low.eq(low << 1),
-                self.quotient.eq(Cat(ge, self.quotient[:-1])),
-                left.eq(left - 1),
-            ]
-            with m.If(left == 1):
-                m.d.sync += [busy.eq(0), self.done.eq(1)]
-            with m.If(left == 0):
+            trial = Cat(low[-b:], rem)  # (rem << b) | the next digit's bits
+            diffs = []
+            for j, mj in enumerate(mult):
+                d = Signal(dw + b + 1, name=f"trial_minus{j + 1}")
+                m.d.comb += d.eq(trial - mj)
+                diffs.append(d)
+            digit, new_rem = Const(0, b), trial
+            for j, d in enumerate(diffs):  # the largest multiple that does not borrow
+                ok = ~d[-1]
+                digit = Mux(ok, j + 1, digit)
+                new_rem = Mux(ok, d[:dw], new_rem)
+            with m.If(left != 0):
+                m.d.sync += [
+                    rem.eq(new_rem),
+                    low.eq(low << b),
+                    self.quotient.eq(Cat(digit, self.quotient[:-b])),
+                    left.eq(left - 1),
+                ]
+            with m.If(left <= 1):
                 m.d.sync += [busy.eq(0), self.done.eq(1)]
         return m
 

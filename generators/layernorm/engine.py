@@ -12,9 +12,11 @@ int16 f=8 and f=12, rows of 2..768; ``tests/test_nonlinear_models.py`` holds it)
 output's own rounding is 2.4e-4; the mean's ``2**-mean_frac`` LSB resolution is the rest).
 
 Timing (``cycles()``, held by a test): ``3 * (ceil(n / L) + 2)`` cycles of passes, plus the
-divisions with their set-up states: ``W + G + 3`` (mean), ``2 (W + G) + 3`` (variance), ``hb + 5``
-per Newton step (``hb = ceil(bitlen(v) / 2)``, at most 7 steps; the division, then a cycle for
-the registered verdict) and ``K + a + 5`` (reciprocal), plus a constant.
+divisions (radix 4: ``SeqDivider.cycles(q) = ceil(q / 2) + 1`` for a ``q``-bit quotient) with
+their set-up states: ``c(W + G) + 2`` (mean), ``c(2 (W + G) + 1) + 1`` (variance),
+``c(hb + 1) + 3`` per Newton step (``hb = ceil(bitlen(v) / 2)``, at most 7 steps; the division,
+then a cycle for the registered verdict) and ``c(K + a + 1) + 3`` (reciprocal), plus a
+constant.
 """
 
 from __future__ import annotations
@@ -130,7 +132,10 @@ class LayerNormEngine(RowEngine):
             tree = 2 * (cfg.lanes - 1).bit_length()  # the two adder trees
             total += 3 * (w + 2) + 3 + self.sq_latency + self.out_latency + 3 + tree  # passes
             total += FSM_SPLIT
-            total += (W + G + 3) + (2 * (W + G) + 3) + steps * (hb + 5) + (k_shift(cfg) + a + 5)
+            # each division SeqDivider.cycles(qbits), with its set-up and verdict states
+            dc = SeqDivider.cycles
+            total += (dc(W + G) + 2) + (dc(2 * (W + G) + 1) + 1) + steps * (dc(hb + 1) + 3)
+            total += dc(k_shift(cfg) + a + 1) + 3
         return total
 
     def elaborate_row(self, m, ctx):

@@ -4,8 +4,8 @@ Method ``online`` (two passes over the row): pass 1 streams the row once; each l
 running states (even / odd vector words: each is updated every other cycle, so the rescaling
 multiply has a pipeline stage of its own), a running max ``m`` and a running sum ``l`` rescaled
 on every new maximum; the ``2 L`` states are combined (``2 L`` cycles through lane 0's exp
-pipeline), ``R = floor(2**46 / l)`` by a sequential divider
-(32 cycles), and pass 2 writes ``round(exp(x - M) * R / 2**31)``.
+pipeline), ``R = floor(2**46 / l)`` by a sequential radix-4 divider
+(``DIV_CYCLES`` = 17 cycles), and pass 2 writes ``round(exp(x - M) * R / 2**31)``.
 
 Method ``shiftmax`` (I-ViT, three passes): a max pass, a shift-exp sum pass, the divider, and the
 output pass. No multiplier in the exp (shifts and adds only).
@@ -22,9 +22,9 @@ Error bounds (max abs error of a probability against ``torch.softmax`` in float6
 Masked entries (the input format's minimum) give 0; a fully masked row gives all zeros.
 Output: uint16, 1.0 == 2**15.
 
-Timing (``cycles()``, held by a test): ``online`` row = ``2 ceil(n / L) + 2 L + 76 +
-2 ceil(log2(2 L))`` cycles; ``shiftmax`` row = ``3 ceil(n / L) + 76 + 2 ceil(log2(2 L)) +
-ceil(log2 L)`` (the comparator tree over the 2 L running maxima takes two cycles a level, the
+Timing (``cycles()``, held by a test): ``online`` row = ``2 ceil(n / L) + 2 L + 69 +
+2 ceil(log2(2 L))`` cycles; ``shiftmax`` row = ``3 ceil(n / L) + 62 + 2 ceil(log2(2 L)) +
+ceil(log2 L)``, the divider's 17 cycles included (the comparator tree over the 2 L running maxima takes two cycles a level, the
 adder tree one); plus 5
 cycles of instruction checks per instruction. Each pass streams one vector word per cycle.
 """
@@ -54,6 +54,8 @@ __all__ = ["SoftmaxEngine"]
 D_LAT = 3  # vector word -> the exp's input d
 L_WIDTH = 30  # running sums: <= 4096 * 2**16
 R_WIDTH = DIV_SHIFT - 16 + 1
+DIV_CYCLES = SeqDivider.cycles(R_WIDTH)  # the reciprocal: 2 bits a cycle, 17 cycles
+FIXED_CYCLES = 44  # a row's pipeline fills and state steps, the divider's cycles apart
 LO = 17  # a wide product is two multiplies: by the low LO bits and by the rest
 # the registers of a multiply (in its MULT18X18D on ECP5: generators/dsp.py); the online sum's
 # rescaling multiply, in a loop of two cycles, has one
@@ -151,14 +153,15 @@ class SoftmaxEngine(RowEngine):
     def cycles(self, length: int, rows: int, masked_rows: int = 0) -> int:
         """Cycles from the instruction's acceptance to its ``done`` pulse (the cycle model).
 
-        A fully masked row skips the divider (``R_WIDTH`` = 31 cycles fewer)."""
+        A fully masked row skips the divider (``DIV_CYCLES - 1`` = 16 cycles fewer)."""
         w, L = -(-length // self.config.lanes), self.config.lanes
         x = MUL_LAT - 1  # the multiplies' registers past one: three passes' exp, e R, the combine
+        fixed = FIXED_CYCLES + DIV_CYCLES
         if self.config.method == "online":  # + the comparator tree over the 2 L states
-            per_row = 2 * w + 2 * L + 76 + 8 * x + 2 * (2 * L - 1).bit_length()
+            per_row = 2 * w + 2 * L + fixed + 8 * x + 2 * (2 * L - 1).bit_length()
         else:  # + the comparator tree over the 2 L states, the adder tree over the L lanes
-            per_row = 3 * w + 76 + x + 2 * (2 * L - 1).bit_length() + (L - 1).bit_length()
-        return CHECK_CYCLES + rows * per_row - masked_rows * R_WIDTH
+            per_row = 3 * w + fixed + x + 2 * (2 * L - 1).bit_length() + (L - 1).bit_length()
+        return CHECK_CYCLES + rows * per_row - masked_rows * (DIV_CYCLES - 1)
 
     def elaborate_row(self, m, ctx):
         cfg = self.config
