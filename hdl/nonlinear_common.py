@@ -335,9 +335,11 @@ class SeqDivider(wiring.Component):
     """Sequential restoring divider: ``quotient = floor(dividend / divisor)``, ``digit_bits``
     quotient bits a cycle (radix ``2**digit_bits``).
 
-    Set ``dividend``, ``divisor`` and ``qbits`` (the quotient is known to be < 2**qbits, so
-    ``dividend >> qbits < divisor``) and pulse ``start``; ``done`` pulses
-    :meth:`cycles` ``(qbits)`` cycles later with ``quotient`` valid (held until the next start).
+    Set ``dividend``, ``divisor`` and ``qbits``, a multiple of ``digit_bits`` (the quotient is
+    known to be < 2**qbits, so ``dividend >> qbits < divisor``; round a bound up to whole digits)
+    and pulse ``start``; ``done`` pulses :meth:`cycles` ``(qbits)`` cycles later with
+    ``quotient`` valid (held until the next start). At ``start`` the dividend goes through one
+    right shift by ``qbits`` (the remainder's first value above, the bits still to come below).
 
     Each cycle takes the next ``digit_bits`` dividend bits into the remainder and subtracts
     every multiple ``j * divisor`` (j < radix, the multiples registered at ``start``) in
@@ -374,15 +376,14 @@ class SeqDivider(wiring.Component):
         mult = [Signal(dw + b, name=f"den{j}") for j in range(1, radix)]  # j * divisor
         left = Signal(range(nw // b + 2))
         busy = Signal()
-        # qbits rounded up to whole digits: the extra top bits of the quotient are zero
-        qb = Signal(range(nw + b + 1))
-        m.d.comb += qb.eq(Cat(Const(0, 1), (self.qbits + 1)[1:]) if b == 2 else self.qbits)
+        qb = self.qbits
         m.d.sync += self.done.eq(0)
         with m.If(self.start):
+            aligned = Cat(Const(0, nw + b), self.dividend) >> qb
             m.d.sync += [
-                rem.eq(self.dividend >> qb),
-                low.eq(self.dividend << (nw + b - qb).as_unsigned()[: len(qb)]),
-                left.eq(qb >> (b - 1) if b > 1 else qb),
+                rem.eq(aligned[nw + b :]),
+                low.eq(aligned[: nw + b]),
+                left.eq(qb >> (b - 1)),
                 self.quotient.eq(0),
                 busy.eq(1),
             ]

@@ -28,18 +28,19 @@ def edge_rows(fmt, n, gen):
 
 
 @pytest.mark.parametrize(
-    "dtype,f,G,lanes,n,odt,of",
+    "dtype,f,G,lanes,n,odt,of,bits",
     [
-        ("int8", 4, 8, 3, 11, "int16", 11),
-        ("int8", 4, 0, 1, 5, "int8", 5),
-        ("int16", 8, 8, 4, 16, "int16", 11),
-        ("int16", 12, 4, 2, 9, "int16", 12),
+        ("int8", 4, 8, 3, 11, "int16", 11, 2),
+        ("int8", 4, 0, 1, 5, "int8", 5, 2),
+        ("int16", 8, 8, 4, 16, "int16", 11, 2),
+        ("int16", 12, 4, 2, 9, "int16", 12, 2),
+        ("int16", 8, 8, 4, 16, "int16", 11, 1),  # the radix-2 divider
     ],
 )
-def test_layernorm_rtl_matches_model(dtype, f, G, lanes, n, odt, of):
+def test_layernorm_rtl_matches_model(dtype, f, G, lanes, n, odt, of, bits):
     cfg = LayerNormConfig(
         in_dtype=dtype, in_frac=f, mean_frac=G, lanes=lanes, depth=64, max_len=64,
-        out_dtype=odt, out_frac=of,
+        out_dtype=odt, out_frac=of, divider_bits=bits,
     )
     gen = torch.Generator().manual_seed(5)
     x = edge_rows(cfg.in_fmt, n, gen)
@@ -67,8 +68,11 @@ def test_layernorm_rtl_matches_model(dtype, f, G, lanes, n, odt, of):
     assert got[1].tolist() == cfg.out_fmt.saturate(bet).tolist()
 
 
-def test_layernorm_rtl_cycles_and_rejects():
-    cfg = LayerNormConfig(in_dtype="int8", in_frac=4, lanes=4, depth=32, max_len=16)
+@pytest.mark.parametrize("bits", [2, 1])
+def test_layernorm_rtl_cycles_and_rejects(bits):
+    """The cycle model with the radix-4 divider and the radix-2 one, and the rejects."""
+    cfg = LayerNormConfig(in_dtype="int8", in_frac=4, lanes=4, depth=32, max_len=16,
+                          divider_bits=bits)  # fmt: skip
     eng = LayerNormEngine(cfg)
     sim = EngineSim(eng)
     x = torch.randint(-128, 128, (3, 13), generator=torch.Generator().manual_seed(9))

@@ -61,9 +61,11 @@ def test_softmax_rtl_matches_model(method, dtype, f, lanes, n):
     assert (got[4] == 0).all()  # fully masked row
 
 
-@pytest.mark.parametrize("method", ["online", "shiftmax"])
-def test_softmax_rtl_length_one_and_cycles(method):
-    cfg = SoftmaxConfig(method=method, in_dtype="int8", in_frac=4, lanes=4, depth=64)
+@pytest.mark.parametrize("method,bits", [("online", 2), ("shiftmax", 2), ("online", 1)])
+def test_softmax_rtl_length_one_and_cycles(method, bits):
+    """Results and the cycle model, with the radix-4 divider and the radix-2 one."""
+    cfg = SoftmaxConfig(method=method, in_dtype="int8", in_frac=4, lanes=4, depth=64,
+                        divider_bits=bits)  # fmt: skip
     eng = SoftmaxEngine(cfg)
     x = torch.tensor([[7], [-128], [127]])
     sim = EngineSim(eng)
@@ -73,8 +75,10 @@ def test_softmax_rtl_length_one_and_cycles(method):
     assert res["out"][0].tolist() == [[1 << 15], [0], [1 << 15]]
     assert res["done"][0][0] == eng.cycles(1, 3, masked_rows=1)
     y = torch.randint(-100, 100, (2, 37), generator=torch.Generator().manual_seed(2))
-    res = sim.run([("in", y, 0)], [pack_row_instr(OP, src=0, dst=0, length=37, rows=2)], [])
+    res = sim.run([("in", y, 0)], [pack_row_instr(OP, src=0, dst=0, length=37, rows=2)],
+                  [("out", 0, 2, 37)])  # fmt: skip
     assert res["done"][0][0] == eng.cycles(37, 2)
+    assert torch.equal(torch.from_numpy(res["out"][0]), softmax_model(y, cfg))
 
 
 def test_softmax_rtl_rejects_and_continues():

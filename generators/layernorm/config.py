@@ -24,6 +24,9 @@ class LayerNormConfig:
     * ``eps``: added to the variance, as ``torch.nn.functional.layer_norm``'s ``eps``.
     * ``lanes`` (1..16), ``depth`` (vector words per data memory), ``max_len`` (longest row;
       the gamma and beta memories hold ``ceil(max_len / lanes)`` vector words).
+    * ``divider_bits``: quotient bits the shared divider (mean, variance, Newton steps,
+      reciprocal) takes a cycle: 2 (radix 4, about half the division cycles) or 1 (radix 2,
+      one carry chain in its step instead of three side by side: a shorter path for timing).
     """
 
     kind: ClassVar[str] = "layernorm"
@@ -38,9 +41,11 @@ class LayerNormConfig:
     lanes: int = 4
     depth: int = 1024
     max_len: int = 4096
+    divider_bits: int = 2
 
     def __post_init__(self):
         check_common(self)
+        check_int("divider_bits", self.divider_bits, 1, 2)
         w = self.in_fmt.width
         check_int("mean_frac", self.mean_frac, 0, 24 - w)
         check_int("gamma_frac", self.gamma_frac, 0, 15)

@@ -12,7 +12,8 @@ int16 f=8 and f=12, rows of 2..768; ``tests/test_nonlinear_models.py`` holds it)
 output's own rounding is 2.4e-4; the mean's ``2**-mean_frac`` LSB resolution is the rest).
 
 Timing (``cycles()``, held by a test): ``3 * (ceil(n / L) + 2)`` cycles of passes, plus the
-divisions (radix 4: ``SeqDivider.cycles(q) = ceil(q / 2) + 1`` for a ``q``-bit quotient) with
+divisions (``c(q)`` = ``SeqDivider.cycles``: ``ceil(q / 2) + 1`` for a ``q``-bit quotient in
+radix 4, ``q + 1`` with ``divider_bits=1``) with
 their set-up states: ``c(W + G) + 2`` (mean), ``c(2 (W + G) + 1) + 1`` (variance),
 ``c(hb + 1) + 3`` per Newton step (``hb = ceil(bitlen(v) / 2)``, at most 7 steps; the division,
 then a cycle for the registered verdict) and ``c(K + a + 1) + 3`` (reciprocal), plus a
@@ -21,7 +22,7 @@ constant.
 
 from __future__ import annotations
 
-from amaranth.hdl import Const, Mux, Signal, signed, unsigned
+from amaranth.hdl import Cat, Const, Mux, Signal, signed, unsigned
 
 from ...hdl.nonlinear_common import (
     CHECK_CYCLES,
@@ -52,6 +53,15 @@ def _reg(m, value, shape, name):
 
 def _rsr(v, s: int):
     return (v + (1 << (s - 1))) >> s if s > 0 else v << (-s)
+
+
+def _whole(q, bits: int):
+    """A quotient-bit bound rounded up to whole digits of ``bits`` (SeqDivider's ``qbits``)."""
+    if bits == 1:
+        return q
+    if isinstance(q, int):
+        return q + (q & 1)
+    return Cat(Const(0, 1), (q + 1)[1:])
 
 
 def _bitlen(v):
@@ -117,6 +127,10 @@ class LayerNormEngine(RowEngine):
         cfg = self.config
         W, G = cfg.in_fmt.width, cfg.mean_frac
         total = CHECK_CYCLES
+
+        def dc(q):
+            return SeqDivider.cycles(q, cfg.divider_bits)
+
         for row in x_rows:
             row = [int(v) for v in row]
             n = len(row)
@@ -133,7 +147,6 @@ class LayerNormEngine(RowEngine):
             total += 3 * (w + 2) + 3 + self.sq_latency + self.out_latency + 3 + tree  # passes
             total += FSM_SPLIT
             # each division SeqDivider.cycles(qbits), with its set-up and verdict states
-            dc = SeqDivider.cycles
             total += (dc(W + G) + 2) + (dc(2 * (W + G) + 1) + 1) + steps * (dc(hb + 1) + 3)
             total += dc(k_shift(cfg) + a + 1) + 3
         return total
@@ -209,7 +222,8 @@ class LayerNormEngine(RowEngine):
         wait = Signal(range(max(s_lat, v_lat) + 2))
 
         kw = max(W + G + 3, 20)  # the root of a variance scaled to >= 2**32
-        div = SeqDivider(dividend_width=nw, divisor_width=kw)
+        bits = cfg.divider_bits
+        div = SeqDivider(dividend_width=nw, divisor_width=kw, digit_bits=bits)
         m.submodules.div = div
         num = Signal(nw)
         den = Signal(len(div.divisor))
@@ -258,7 +272,8 @@ class LayerNormEngine(RowEngine):
                 m.d.sync += s_mag.eq(Mux(s_tot < 0, -s_tot, s_tot).as_unsigned())
                 m.next = "MEAN_SET"
             with m.State("MEAN_SET"):
-                m.d.sync += [num.eq((s_mag << (G + 1)) + n), den.eq(n << 1), qb.eq(W + G)]
+                m.d.sync += [num.eq((s_mag << (G + 1)) + n), den.eq(n << 1),
+                             qb.eq(_whole(W + G, bits))]
                 m.next = "MEAN"
 
             def mean_done():
@@ -279,7 +294,7 @@ class LayerNormEngine(RowEngine):
                     m.d.sync += v_tot.eq(v_tree)
                     m.next = "VAR_SET"
             with m.State("VAR_SET"):
-                m.d.sync += [num.eq(v_tot), den.eq(n), qb.eq(2 * (W + G) + 1)]
+                m.d.sync += [num.eq(v_tot), den.eq(n), qb.eq(_whole(2 * (W + G) + 1, bits))]
                 m.next = "VAR"
 
             def var_done():
@@ -311,7 +326,7 @@ class LayerNormEngine(RowEngine):
                 with m.Else():
                     m.next = "NEWTON_SET"
             with m.State("NEWTON_SET"):
-                m.d.sync += [num.eq(vs), den.eq(k), qb.eq(hb + 1)]
+                m.d.sync += [num.eq(vs), den.eq(k), qb.eq(_whole(hb + 1, bits))]
                 m.next = "NEWTON"
 
             # the Newton step's verdict (k1 >= k is quotient >= k, without the add in series),
@@ -334,7 +349,7 @@ class LayerNormEngine(RowEngine):
                 m.d.sync += [
                     num.eq(Const(1, nw) << (a + K)),
                     den.eq(Mux(k == 0, 1, k)),
-                    qb.eq(K + a + 1),
+                    qb.eq(_whole(K + a + 1, bits)),
                 ]
                 m.next = "RECIP"
 

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 from ...hdl.formats import IntFormat, parse_int_format
-from ...hdl.nonlinear_common import check_common
+from ...hdl.nonlinear_common import check_common, check_int
 
 __all__ = ["SoftmaxConfig", "SOFTMAX_METHODS", "PROB_FRAC"]
 
@@ -26,6 +26,9 @@ class SoftmaxConfig:
     * ``lanes``: elements per cycle (1..16). Memories hold vector words of ``lanes`` elements.
     * ``depth``: vector words in the input memory and in the output memory.
     * ``max_len``: the longest row an instruction may name (1..4096).
+    * ``divider_bits``: quotient bits the row's reciprocal divider takes a cycle: 2 (radix 4,
+      17 cycles a row) or 1 (radix 2, 32 cycles, one carry chain in its step instead of three
+      side by side: a shorter path for timing closure).
 
     Output: uint16 probabilities, 1.0 == 2**15, round-half-up.
     """
@@ -38,11 +41,13 @@ class SoftmaxConfig:
     lanes: int = 4
     depth: int = 1024
     max_len: int = 4096
+    divider_bits: int = 2
 
     def __post_init__(self):
         if self.method not in SOFTMAX_METHODS:
             raise ValueError(f"method must be online or shiftmax, not {self.method!r}")
         check_common(self)
+        check_int("divider_bits", self.divider_bits, 1, 2)
 
     @property
     def in_fmt(self) -> IntFormat:

@@ -5,7 +5,7 @@ running states (even / odd vector words: each is updated every other cycle, so t
 multiply has a pipeline stage of its own), a running max ``m`` and a running sum ``l`` rescaled
 on every new maximum; the ``2 L`` states are combined (``2 L`` cycles through lane 0's exp
 pipeline), ``R = floor(2**46 / l)`` by a sequential radix-4 divider
-(``DIV_CYCLES`` = 17 cycles), and pass 2 writes ``round(exp(x - M) * R / 2**31)``.
+(17 cycles; radix 2 with ``divider_bits=1``: 32), and pass 2 writes ``round(exp(x - M) * R / 2**31)``.
 
 Method ``shiftmax`` (I-ViT, three passes): a max pass, a shift-exp sum pass, the divider, and the
 output pass. No multiplier in the exp (shifts and adds only).
@@ -24,7 +24,7 @@ Output: uint16, 1.0 == 2**15.
 
 Timing (``cycles()``, held by a test): ``online`` row = ``2 ceil(n / L) + 2 L + 69 +
 2 ceil(log2(2 L))`` cycles; ``shiftmax`` row = ``3 ceil(n / L) + 62 + 2 ceil(log2(2 L)) +
-ceil(log2 L)``, the divider's 17 cycles included (the comparator tree over the 2 L running maxima takes two cycles a level, the
+ceil(log2 L)``, the divider's 17 cycles included (radix 2: 15 more; the comparator tree over the 2 L running maxima takes two cycles a level, the
 adder tree one); plus 5
 cycles of instruction checks per instruction. Each pass streams one vector word per cycle.
 """
@@ -54,8 +54,12 @@ __all__ = ["SoftmaxEngine"]
 D_LAT = 3  # vector word -> the exp's input d
 L_WIDTH = 30  # running sums: <= 4096 * 2**16
 R_WIDTH = DIV_SHIFT - 16 + 1
-DIV_CYCLES = SeqDivider.cycles(R_WIDTH)  # the reciprocal: 2 bits a cycle, 17 cycles
 FIXED_CYCLES = 44  # a row's pipeline fills and state steps, the divider's cycles apart
+
+
+def div_qbits(bits: int) -> int:
+    """The reciprocal's quotient bits, in whole digits of ``bits`` (SeqDivider's qbits)."""
+    return -(-R_WIDTH // bits) * bits
 LO = 17  # a wide product is two multiplies: by the low LO bits and by the rest
 # the registers of a multiply (in its MULT18X18D on ECP5: generators/dsp.py); the online sum's
 # rescaling multiply, in a loop of two cycles, has one
@@ -153,15 +157,17 @@ class SoftmaxEngine(RowEngine):
     def cycles(self, length: int, rows: int, masked_rows: int = 0) -> int:
         """Cycles from the instruction's acceptance to its ``done`` pulse (the cycle model).
 
-        A fully masked row skips the divider (``DIV_CYCLES - 1`` = 16 cycles fewer)."""
+        A fully masked row skips the divider (17 - 1 cycles fewer; radix 2: 32 - 1)."""
         w, L = -(-length // self.config.lanes), self.config.lanes
         x = MUL_LAT - 1  # the multiplies' registers past one: three passes' exp, e R, the combine
-        fixed = FIXED_CYCLES + DIV_CYCLES
+        bits = self.config.divider_bits
+        div = SeqDivider.cycles(div_qbits(bits), bits)
+        fixed = FIXED_CYCLES + div
         if self.config.method == "online":  # + the comparator tree over the 2 L states
             per_row = 2 * w + 2 * L + fixed + 8 * x + 2 * (2 * L - 1).bit_length()
         else:  # + the comparator tree over the 2 L states, the adder tree over the L lanes
             per_row = 3 * w + fixed + x + 2 * (2 * L - 1).bit_length() + (L - 1).bit_length()
-        return CHECK_CYCLES + rows * per_row - masked_rows * (DIV_CYCLES - 1)
+        return CHECK_CYCLES + rows * per_row - masked_rows * (div - 1)
 
     def elaborate_row(self, m, ctx):
         cfg = self.config
@@ -277,12 +283,13 @@ class SoftmaxEngine(RowEngine):
         for i, o in enumerate(outs):
             m.d.comb += ctx.wr_data[i].eq(o)
 
-        div = SeqDivider(dividend_width=DIV_SHIFT + 1, divisor_width=L_WIDTH)
+        div = SeqDivider(dividend_width=DIV_SHIFT + 1, divisor_width=L_WIDTH,
+                         digit_bits=cfg.divider_bits)
         m.submodules.div = div
         m.d.comb += [
             div.dividend.eq(1 << DIV_SHIFT),
             div.divisor.eq(l_tot),
-            div.qbits.eq(R_WIDTH),
+            div.qbits.eq(div_qbits(cfg.divider_bits)),
         ]
         # a state that saw no valid element holds the format's minimum, below every valid one
         anyv, mx, max_lat = max_tree(m, [(h, mm) for h, mm, _ in states], "smax",
