@@ -10,7 +10,8 @@ depends on outside the engines, each as its RTL does it:
   and the load, store and compute units' state machines with their token counters;
 * the load and store channels (``generators/accel/dma.py``) and their readers and writers;
 * the interconnect (reads: fixed priority, the fetcher before the load channel; writes: one
-  burst at a time, the next burst's AW taken with the last W beat when the writer has its words) and the simulated board's memory (``sim/harness.cpp``: bursts in order,
+  burst at a time, the next burst's AW taken with the last W beat when the writer has its
+  words) and the simulated board's memory (``sim/harness.cpp``: bursts in order,
   ``mem_latency`` from the request to the first beat, ``mem_cycles_per_beat`` between beats,
   at most 8 requests waiting, a write answered ``mem_latency`` after its last beat);
 * the on-chip COPY (``generators/accel/copy.py``): source words into its FIFO, one element a

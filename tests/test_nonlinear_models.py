@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from gatesmith.generators.gelu.config import GeluConfig
 from gatesmith.generators.gelu.model import gelu_model
 from gatesmith.generators.layernorm.config import LayerNormConfig
-from gatesmith.generators.layernorm.model import isqrt_newton, layernorm_model
+from gatesmith.generators.layernorm.model import isqrt_newton, layernorm_model, root_guess
 from gatesmith.generators.softmax.config import SoftmaxConfig
 from gatesmith.generators.softmax.model import exp_online, softmax_model
 from gatesmith.hdl.formats import IntFormat
@@ -174,6 +174,11 @@ def test_isqrt_newton_exact():
     for v in vals:
         assert isqrt_newton(v)[0] == math.isqrt(v), v
     assert max(isqrt_newton(v)[1] for v in vals) <= 7
+    # the engine's values (>= 2**32, the variance's scaling): the table guess is above the root
+    # and leaves at most 5 steps
+    big = [v for v in vals if v >= 2**32] + [2**32, 2**62 - 1, (2**31 + 1) ** 2, 2**33 - 1]
+    assert all(root_guess(v) > math.isqrt(v) for v in big)
+    assert max(isqrt_newton(v)[1] for v in big) <= 5
 
 
 def test_requant_model():

@@ -15,8 +15,9 @@ Timing (``cycles()``, held by a test): ``3 * (ceil(n / L) + 2)`` cycles of passe
 divisions (``c(q)`` = ``SeqDivider.cycles``: ``ceil(q / 2) + 1`` for a ``q``-bit quotient in
 radix 4, ``q + 1`` with ``divider_bits=1``) with
 their set-up states: ``c(W + G) + 2`` (mean), ``c(2 (W + G) + 1) + 1`` (variance),
-``c(hb + 1) + 3`` per Newton step (``hb = ceil(bitlen(v) / 2)``, at most 7 steps; the division,
-then a cycle for the registered verdict) and ``c(K + a + 1) + 3`` (reciprocal), plus a
+``c(hb + 1) + 3`` per Newton step (``hb = ceil(bitlen(v) / 2)``; the division, then a cycle
+for the registered verdict; from the table guess of ``model.root_guess``, 2 cycles, 3-5 steps
+where the power of two ``2**hb`` took 4-7) and ``c(K + a + 1) + 3`` (reciprocal), plus a
 constant.
 """
 
@@ -32,17 +33,28 @@ from ...hdl.nonlinear_common import (
     delay,
     mul_latency,
     mul_pipe,
+    rom,
     sum_tree,
 )
 from ..dsp import multiply
 from ..engine import Window, engine_ports
 from .config import LayerNormConfig
-from .model import Z_FRAC, eps_int, isqrt_newton, k_shift, var_scale
+from .model import (
+    GUESS_BITS,
+    GUESS_FRAC,
+    ROOT_TABLE,
+    Z_FRAC,
+    eps_int,
+    isqrt_newton,
+    k_shift,
+    var_scale,
+)
 
 __all__ = ["LayerNormEngine"]
 
 MUL_LAT = 2  # registers of every partial product (in its MULT18X18D on ECP5: generators/dsp.py)
 FSM_SPLIT = 4  # the control steps that take a cycle of their own (|sum|, the scaling, the root)
+GUESS_CYCLES = 2  # the root's table guess: v's top bits (a shift), then the entry (a shift)
 
 
 def _reg(m, value, shape, name):
@@ -145,7 +157,7 @@ class LayerNormEngine(RowEngine):
             steps = isqrt_newton(vs)[1]
             tree = 2 * (cfg.lanes - 1).bit_length()  # the two adder trees
             total += 3 * (w + 2) + 3 + self.sq_latency + self.out_latency + 3 + tree  # passes
-            total += FSM_SPLIT
+            total += FSM_SPLIT + GUESS_CYCLES
             # each division SeqDivider.cycles(qbits), with its set-up and verdict states
             total += (dc(W + G) + 2) + (dc(2 * (W + G) + 1) + 1) + steps * (dc(hb + 1) + 3)
             total += dc(k_shift(cfg) + a + 1) + 3
@@ -237,6 +249,9 @@ class LayerNormEngine(RowEngine):
         vs = Signal(vw + 4 + 34)
         k = Signal(kw)
         hb = Signal(range(64))
+        g_sh = Signal(range(len(vs) + 1))  # the guess: v's top bits start here (even)
+        g_top = Signal(GUESS_BITS)
+        g_ksh = Signal(range(len(vs)))
         n = ctx.length
         vlen = Signal(range(len(var) + 1))
         vslen = Signal(range(len(vs) + 1))
@@ -319,12 +334,20 @@ class LayerNormEngine(RowEngine):
                 m.next = "ROOT0"
             with m.State("ROOT0"):
                 h = (vslen_q + 1) >> 1
-                m.d.sync += [hb.eq(h), k.eq(1 << h)]
+                # vs has >= 33 bits (the variance's scaling), so the guess is always the table's
+                m.d.sync += [hb.eq(h), g_sh.eq(Cat(Const(0, 1), (vslen_q - (GUESS_BITS - 1))[1:]))]
                 with m.If(vs == 0):
                     m.d.sync += k.eq(1)
                     m.next = "RECIP_SET"
                 with m.Else():
-                    m.next = "NEWTON_SET"
+                    m.next = "GUESS"
+            with m.State("GUESS"):  # the root's first guess (model.root_guess), GUESS_CYCLES
+                m.d.sync += [g_top.eq((vs >> g_sh)[:GUESS_BITS]),
+                             g_ksh.eq((g_sh >> 1) - GUESS_FRAC)]  # fmt: skip
+                m.next = "GUESS1"
+            with m.State("GUESS1"):
+                m.d.sync += k.eq(rom(ROOT_TABLE, g_top) << g_ksh)
+                m.next = "NEWTON_SET"
             with m.State("NEWTON_SET"):
                 m.d.sync += [num.eq(vs), den.eq(k), qb.eq(_whole(hb + 1, bits))]
                 m.next = "NEWTON"

@@ -8,8 +8,11 @@ Per row of ``n`` inputs ``x`` (2**-f units), with ``G = mean_frac``, ``W`` the i
   ``var = max(floor(V / n) + round(eps * 2**(2(f+G))), 1)`` (so ``R`` stays below ``2**K``);
 * ``a = max(0, (34 - bitlen(var)) >> 1)``: the variance is scaled by ``4**a`` so the square root
   has >= 16 significant bits (I-ViT's integer std is coarse for small-variance rows);
-* ``std = isqrt(var * 4**a)`` by Newton (I-ViT): ``k0 = 2**ceil(bitlen / 2)``,
-  ``k <- floor((k + floor(v / k)) / 2)`` while it decreases; ``std = max(std, 1)``;
+* ``std = isqrt(var * 4**a)`` by Newton (I-ViT) from the table guess of :func:`root_guess`
+  (``v``'s top 5-6 bits index ``ROOT_TABLE``, an upper bound of the root within ~3%, so two
+  or three steps; ``2**ceil(bitlen / 2)`` below 13 bits), ``k <- floor((k + floor(v / k)) / 2)``
+  while it decreases; ``std = max(std, 1)``. Any start at or above the root gives the same
+  root, so the guess sets only the number of steps;
 * ``R = floor(2**(K + a) / std)``, ``K = W + G + 16``; ``z = round(y * R / 2**(K - 16))``
   (1.0 == 2**16);
 * ``out = sat(round(z * gamma / 2**(16 + gamma_frac - out_frac)) + beta)``.
@@ -20,14 +23,21 @@ hardware's sequential divider reproduces it.
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 from ...hdl.requant import rshift_round
 from .config import LayerNormConfig
 
-__all__ = ["layernorm_model", "isqrt_newton", "row_stats", "Z_FRAC", "k_shift"]
+__all__ = ["layernorm_model", "isqrt_newton", "root_guess", "row_stats", "Z_FRAC", "k_shift"]
 
 Z_FRAC = 16
+GUESS_BITS = 6  # the top bits of v the root's first guess reads
+GUESS_FRAC = 4  # fraction bits of the table's entries
+# ceil(sqrt(t + 1) * 2**GUESS_FRAC): above the root of every v whose top bits are t
+ROOT_TABLE = [math.isqrt(((t + 1) << (2 * GUESS_FRAC)) - 1) + 1 for t in range(1 << GUESS_BITS)]
+GUESS_MIN_BITS = 2 * GUESS_FRAC + GUESS_BITS - 1  # below this, the plain power of two
 
 
 def k_shift(cfg: LayerNormConfig) -> int:
@@ -38,11 +48,23 @@ def eps_int(cfg: LayerNormConfig) -> int:
     return round(cfg.eps * 2.0 ** (2 * (cfg.in_frac + cfg.mean_frac)))
 
 
+def root_guess(v: int) -> int:
+    """The Newton iteration's start for ``v > 0``: above ``sqrt(v)``.
+
+    ``v``'s top bits ``t = v >> s`` (``s`` even, ``t`` of 5 or 6 bits) give
+    ``ROOT_TABLE[t] << (s / 2 - GUESS_FRAC)`` >= ``sqrt(t + 1) * 2**(s / 2)`` > ``sqrt(v)``."""
+    e = v.bit_length()
+    if e < GUESS_MIN_BITS:
+        return 1 << ((e + 1) // 2)
+    s = (e - (GUESS_BITS - 1)) & ~1
+    return ROOT_TABLE[v >> s] << (s // 2 - GUESS_FRAC)
+
+
 def isqrt_newton(v: int) -> tuple[int, int]:
     """``(floor(sqrt(v)), iterations)`` by the Newton iteration the hardware runs."""
     if v == 0:
         return 0, 0
-    k = 1 << ((v.bit_length() + 1) // 2)
+    k = root_guess(v)
     it = 0
     while True:
         it += 1

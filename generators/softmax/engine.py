@@ -5,7 +5,8 @@ running states (even / odd vector words: each is updated every other cycle, so t
 multiply has a pipeline stage of its own), a running max ``m`` and a running sum ``l`` rescaled
 on every new maximum; the ``2 L`` states are combined (``2 L`` cycles through lane 0's exp
 pipeline), ``R = floor(2**46 / l)`` by a sequential radix-4 divider
-(17 cycles; radix 2 with ``divider_bits=1``: 32), and pass 2 writes ``round(exp(x - M) * R / 2**31)``.
+(17 cycles; radix 2 with ``divider_bits=1``: 32), and pass 2 writes
+``round(exp(x - M) * R / 2**31)``.
 
 Method ``shiftmax`` (I-ViT, three passes): a max pass, a shift-exp sum pass, the divider, and the
 output pass. No multiplier in the exp (shifts and adds only).
@@ -24,9 +25,9 @@ Output: uint16, 1.0 == 2**15.
 
 Timing (``cycles()``, held by a test): ``online`` row = ``2 ceil(n / L) + 2 L + 69 +
 2 ceil(log2(2 L))`` cycles; ``shiftmax`` row = ``3 ceil(n / L) + 62 + 2 ceil(log2(2 L)) +
-ceil(log2 L)``, the divider's 17 cycles included (radix 2: 15 more; the comparator tree over the 2 L running maxima takes two cycles a level, the
-adder tree one); plus 5
-cycles of instruction checks per instruction. Each pass streams one vector word per cycle.
+ceil(log2 L)``, the divider's 17 cycles included (radix 2: 15 more; the comparator tree over
+the 2 L running maxima takes two cycles a level, the adder tree one); plus 5 cycles of
+instruction checks per instruction. Each pass streams one vector word per cycle.
 """
 
 from __future__ import annotations
