@@ -148,11 +148,20 @@ def test_ctrl_c_leaves_the_device_usable(board):
     def boom(*_):
         raise KeyboardInterrupt
 
+    # the interrupts land at fractions of one call's time on this machine (a fixed delay
+    # misses every call on a fast machine)
+    a, b = _operands(g, 30, 60, 8)
+    times = []
+    for _ in range(3):
+        t0 = time.monotonic()
+        dev.matmul(a, b)
+        times.append(time.monotonic() - t0)
+    call = sorted(times)[1]
     old = signal.signal(signal.SIGALRM, boom)
     try:
         for i in range(12):
             a, b = _operands(g, 30, 60, 8)
-            signal.setitimer(signal.ITIMER_REAL, 0.005 + 0.01 * i)
+            signal.setitimer(signal.ITIMER_REAL, max(1e-4, call * (0.05 + 0.07 * i)))
             try:
                 c = dev.matmul(a, b)
                 signal.setitimer(signal.ITIMER_REAL, 0)
