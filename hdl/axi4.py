@@ -142,17 +142,8 @@ class AXI4Interconnect(wiring.Component):
 
         # ---- reads: fixed-priority AR, in-order R routed by a tag FIFO --------------------------
         m.submodules.rtag = rtag = fifo.SyncFIFO(width=tbits, depth=self.tags)
-        granted = Signal(tbits)
-        any_ar = Signal()
-        # a request waiting for ARREADY keeps its grant (AXI: address stable while VALID)
-        ar_locked, ar_lock_sel = Signal(), Signal(tbits)
-        with m.If(ar_locked):
-            m.d.comb += [granted.eq(ar_lock_sel), any_ar.eq(1)]
-        with m.Else():
-            for i in reversed(range(self.n_read)):
-                with m.If(rds[i].ar.valid):
-                    m.d.comb += [granted.eq(i), any_ar.eq(1)]
-        m.d.sync += [ar_locked.eq(bus.arvalid & ~bus.arready), ar_lock_sel.eq(granted)]
+        granted, any_ar = _grant(m, [rd.ar.valid for rd in rds], bus.arvalid & ~bus.arready,
+                                 tbits, "ar")  # fmt: skip
         with m.Switch(granted):
             for i, rd in enumerate(rds):
                 with m.Case(i):
@@ -180,16 +171,8 @@ class AXI4Interconnect(wiring.Component):
         m.submodules.btag = btag = fifo.SyncFIFO(width=tbits, depth=self.tags)
         wsel = Signal(tbits)
         can_aw = Signal()  # IDLE, or DATA with its last beat in this cycle
-        pick = Signal(tbits)
-        any_aw = Signal()
-        aw_locked, aw_lock_sel = Signal(), Signal(tbits)
-        with m.If(aw_locked):
-            m.d.comb += [pick.eq(aw_lock_sel), any_aw.eq(1)]
-        with m.Else():
-            for i in reversed(range(self.n_write)):
-                with m.If(wrs[i].aw.valid):
-                    m.d.comb += [pick.eq(i), any_aw.eq(1)]
-        m.d.sync += [aw_locked.eq(bus.awvalid & ~bus.awready), aw_lock_sel.eq(pick)]
+        pick, any_aw = _grant(m, [wr.aw.valid for wr in wrs], bus.awvalid & ~bus.awready, tbits,
+                              "aw")  # fmt: skip
         with m.Switch(pick):
             for i, wr in enumerate(wrs):
                 with m.Case(i):
@@ -231,6 +214,22 @@ class AXI4Interconnect(wiring.Component):
             m.d.comb += btag.r_en.eq(1)
         m.d.comb += self.outstanding.eq(rtag.r_rdy | btag.r_rdy)
         return m
+
+
+def _grant(m, valids, stalled, tbits: int, name: str):
+    """Fixed priority over the requesters' ``valids`` (index 0 first); a request left waiting
+    (``stalled``: VALID without READY this cycle) keeps its grant the next cycle, so its address
+    stays stable while VALID (AXI). Returns (the granted index, any request)."""
+    pick, any_req = Signal(tbits, name=f"{name}_pick"), Signal(name=f"{name}_any")
+    locked, lock_sel = Signal(name=f"{name}_locked"), Signal(tbits, name=f"{name}_lock_sel")
+    with m.If(locked):
+        m.d.comb += [pick.eq(lock_sel), any_req.eq(1)]
+    with m.Else():
+        for i in reversed(range(len(valids))):
+            with m.If(valids[i]):
+                m.d.comb += [pick.eq(i), any_req.eq(1)]
+    m.d.sync += [locked.eq(stalled), lock_sel.eq(pick)]
+    return pick, any_req
 
 
 def _next_burst(m, cur, words_left, max_burst):
@@ -379,17 +378,16 @@ class BurstWriter(wiring.Component):
         unacked = Signal(16)
         aw_fire = Signal()
         b_fire = Signal()
+        # the next burst's request (VALID in AW, or with the last beat of the burst before)
+        m.d.comb += [
+            self.mem.aw.payload.addr.eq(t.cur),
+            self.mem.aw.payload.len.eq(t.beats - 1),
+            aw_fire.eq(self.mem.aw.valid & self.mem.aw.ready),
+        ]
         with m.FSM(name="burst"):
             with m.State("AW"):
-                m.d.comb += [
-                    self.mem.aw.payload.addr.eq(t.cur),
-                    self.mem.aw.payload.len.eq(t.beats - 1),
-                    self.mem.aw.valid.eq(t.active & (buf.level >= t.beats)),
-                    aw_fire.eq(self.mem.aw.valid & self.mem.aw.ready),
-                ]
+                m.d.comb += self.mem.aw.valid.eq(t.active & (buf.level >= t.beats))
                 with m.If(aw_fire):
-                    t.advance(m)
-                    m.d.sync += left.eq(t.beats)
                     m.next = "W"
             with m.State("W"):
                 m.d.comb += [
@@ -403,17 +401,12 @@ class BurstWriter(wiring.Component):
                     with m.If(left == 1):
                         # the next burst's request goes with this last beat when its words are
                         # in (the beat leaving now not counted): no cycle between bursts
-                        m.d.comb += [
-                            self.mem.aw.payload.addr.eq(t.cur),
-                            self.mem.aw.payload.len.eq(t.beats - 1),
-                            self.mem.aw.valid.eq(t.active & (buf.level > t.beats)),
-                            aw_fire.eq(self.mem.aw.valid & self.mem.aw.ready),
-                        ]
-                        with m.If(aw_fire):
-                            t.advance(m)
-                            m.d.sync += left.eq(t.beats)
-                        with m.Else():
+                        m.d.comb += self.mem.aw.valid.eq(t.active & (buf.level > t.beats))
+                        with m.If(~aw_fire):
                             m.next = "AW"
+        with m.If(aw_fire):  # after the FSM: its beats replace the W state's count
+            t.advance(m)
+            m.d.sync += left.eq(t.beats)
         m.d.comb += [self.mem.b.ready.eq(1), b_fire.eq(self.mem.b.valid)]
         m.d.sync += unacked.eq(unacked + aw_fire - b_fire)
         with m.If(self.start):

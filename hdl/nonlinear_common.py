@@ -363,6 +363,16 @@ class SeqDivider(wiring.Component):
         )
 
     @staticmethod
+    def whole(q, digit_bits: int = 2):
+        """A quotient-bit bound ``q`` (an int or a Value) rounded up to whole digits: the
+        ``qbits`` to give for it."""
+        if digit_bits == 1:
+            return q
+        if isinstance(q, int):
+            return q + (q & 1)
+        return Cat(Const(0, 1), (q + 1)[1:])
+
+    @staticmethod
     def cycles(qbits: int, digit_bits: int = 2) -> int:
         """Cycles from ``start`` to ``done`` for a quotient of ``qbits`` bits."""
         return max(1, -(-qbits // digit_bits)) + 1

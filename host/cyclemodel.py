@@ -133,13 +133,11 @@ class _Writer:
     def level(self, t):  # inner words + the output register (occupied once readable)
         return len(self.buf)
 
-    def want_aw(self, t):
-        return (self.left == 0 and self.active_from is not None and t >= self.active_from
-                and bool(self.bursts) and len(self.buf) >= self.bursts[0])  # fmt: skip
-
-    def want_next(self, t):  # in W, with the last beat: the next burst's words are in
-        return (self.active_from is not None and t >= self.active_from and bool(self.bursts)
-                and len(self.buf) > self.bursts[0])  # fmt: skip
+    def want_aw(self, t, leaving=0):
+        """The next burst's words are in the FIFO, ``leaving`` of them not counted (1: asked
+        with the last beat of the burst before, in the W state)."""
+        return (self.left == leaving and self.active_from is not None and t >= self.active_from
+                and bool(self.bursts) and len(self.buf) - leaving >= self.bursts[0])  # fmt: skip
 
     def busy(self):
         return bool(self.bursts) or self.unacked != 0 or self.left != 0
@@ -316,7 +314,7 @@ def simulate(items: list[Item], *, queue_depth: int, mem_latency: int, beat: int
         # beat not counted); the memory holds 8 requests, the B tag FIFO 8 bursts
         aw_fire = (len(mem_aw) < _MEM_QUEUE and len(mem_aw) + len(mem_b) < _TAGS
                    and (wr.want_aw(t) if not ic_wr_data
-                        else w_fire and wr.left == 1 and wr.want_next(t)))  # fmt: skip
+                        else w_fire and wr.want_aw(t, leaving=1)))  # fmt: skip
         if w_fire:
             wr.buf.pop(t)
             wr.left -= 1

@@ -67,15 +67,6 @@ def _rsr(v, s: int):
     return (v + (1 << (s - 1))) >> s if s > 0 else v << (-s)
 
 
-def _whole(q, bits: int):
-    """A quotient-bit bound rounded up to whole digits of ``bits`` (SeqDivider's ``qbits``)."""
-    if bits == 1:
-        return q
-    if isinstance(q, int):
-        return q + (q & 1)
-    return Cat(Const(0, 1), (q + 1)[1:])
-
-
 def _bitlen(v):
     """Bit length of an unsigned value (0 for 0), as a log-depth tree of halves."""
     n = len(v)
@@ -288,7 +279,7 @@ class LayerNormEngine(RowEngine):
                 m.next = "MEAN_SET"
             with m.State("MEAN_SET"):
                 m.d.sync += [num.eq((s_mag << (G + 1)) + n), den.eq(n << 1),
-                             qb.eq(_whole(W + G, bits))]
+                             qb.eq(SeqDivider.whole(W + G, bits))]
                 m.next = "MEAN"
 
             def mean_done():
@@ -309,7 +300,8 @@ class LayerNormEngine(RowEngine):
                     m.d.sync += v_tot.eq(v_tree)
                     m.next = "VAR_SET"
             with m.State("VAR_SET"):
-                m.d.sync += [num.eq(v_tot), den.eq(n), qb.eq(_whole(2 * (W + G) + 1, bits))]
+                m.d.sync += [num.eq(v_tot), den.eq(n),
+                             qb.eq(SeqDivider.whole(2 * (W + G) + 1, bits))]
                 m.next = "VAR"
 
             def var_done():
@@ -349,7 +341,7 @@ class LayerNormEngine(RowEngine):
                 m.d.sync += k.eq(rom(ROOT_TABLE, g_top) << g_ksh)
                 m.next = "NEWTON_SET"
             with m.State("NEWTON_SET"):
-                m.d.sync += [num.eq(vs), den.eq(k), qb.eq(_whole(hb + 1, bits))]
+                m.d.sync += [num.eq(vs), den.eq(k), qb.eq(SeqDivider.whole(hb + 1, bits))]
                 m.next = "NEWTON"
 
             # the Newton step's verdict (k1 >= k is quotient >= k, without the add in series),
@@ -372,7 +364,7 @@ class LayerNormEngine(RowEngine):
                 m.d.sync += [
                     num.eq(Const(1, nw) << (a + K)),
                     den.eq(Mux(k == 0, 1, k)),
-                    qb.eq(_whole(K + a + 1, bits)),
+                    qb.eq(SeqDivider.whole(K + a + 1, bits)),
                 ]
                 m.next = "RECIP"
 

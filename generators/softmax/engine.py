@@ -56,11 +56,6 @@ D_LAT = 3  # vector word -> the exp's input d
 L_WIDTH = 30  # running sums: <= 4096 * 2**16
 R_WIDTH = DIV_SHIFT - 16 + 1
 FIXED_CYCLES = 44  # a row's pipeline fills and state steps, the divider's cycles apart
-
-
-def div_qbits(bits: int) -> int:
-    """The reciprocal's quotient bits, in whole digits of ``bits`` (SeqDivider's qbits)."""
-    return -(-R_WIDTH // bits) * bits
 LO = 17  # a wide product is two multiplies: by the low LO bits and by the rest
 # the registers of a multiply (in its MULT18X18D on ECP5: generators/dsp.py); the online sum's
 # rescaling multiply, in a loop of two cycles, has one
@@ -162,7 +157,7 @@ class SoftmaxEngine(RowEngine):
         w, L = -(-length // self.config.lanes), self.config.lanes
         x = MUL_LAT - 1  # the multiplies' registers past one: three passes' exp, e R, the combine
         bits = self.config.divider_bits
-        div = SeqDivider.cycles(div_qbits(bits), bits)
+        div = SeqDivider.cycles(SeqDivider.whole(R_WIDTH, bits), bits)
         fixed = FIXED_CYCLES + div
         if self.config.method == "online":  # + the comparator tree over the 2 L states
             per_row = 2 * w + 2 * L + fixed + 8 * x + 2 * (2 * L - 1).bit_length()
@@ -290,7 +285,7 @@ class SoftmaxEngine(RowEngine):
         m.d.comb += [
             div.dividend.eq(1 << DIV_SHIFT),
             div.divisor.eq(l_tot),
-            div.qbits.eq(div_qbits(cfg.divider_bits)),
+            div.qbits.eq(SeqDivider.whole(R_WIDTH, cfg.divider_bits)),
         ]
         # a state that saw no valid element holds the format's minimum, below every valid one
         anyv, mx, max_lat = max_tree(m, [(h, mm) for h, mm, _ in states], "smax",
