@@ -113,7 +113,7 @@ __all__ += [
 ]
 
 # Cycles of an instruction's checks (acceptance to the first row), in every engine's cycle model.
-CHECK_CYCLES = 5
+CHECK_CYCLES = 6
 
 # Error codes of generators/engine.py's ErrorCode (hdl does not import generators).
 _BAD_SHAPE, _OUT_OF_RANGE = 0x11, 0x12
@@ -481,15 +481,34 @@ class RowContext:
     """
 
 
+def _fabric_multiply(m, platform, a, b, *, latency: int, name: str):
+    """``a * b`` (unsigned) ``latency`` (>= 1) cycles later: the operands registered when
+    latency >= 2, the product registered once, then delayed."""
+    if latency >= 2:
+        a = delay(m, a, 1, f"{name}_a")
+        b = delay(m, b, 1, f"{name}_b")
+    p = Signal(len(a) + len(b), name=f"{name}_p")
+    m.d.sync += p.eq(a * b)
+    return delay(m, p, max(0, latency - 2), f"{name}_pd")
+
+
 class RowEngine(wiring.Component):
     """Base of the row engines: memories, host window, instruction checks, the row loop.
 
     Subclasses pass their signature members (``engine_ports()`` plus nothing else), the regions
     (exactly one ``in`` and one ``out``) and implement ``elaborate_row(m, ctx)``.
+
+    ``multiply``: how the checks multiply (rows by words a row), a function ``(m, platform, a,
+    b, *, latency, name)`` returning the product ``latency`` (2) cycles later, such as
+    ``generators.dsp.multiply`` (a DSP block with its registers); by default registers around
+    ``*`` (which yosys puts in a DSP block used combinationally on ECP5, a register -> DSP ->
+    register path of about 8 ns there).
     """
 
-    def __init__(self, members: dict, *, lanes: int, max_len: int, regions: list[Region]):
+    def __init__(self, members: dict, *, lanes: int, max_len: int, regions: list[Region],
+                 multiply=None):  # fmt: skip
         self.lanes, self.max_len, self.regions = lanes, max_len, regions
+        self._multiply = multiply or _fabric_multiply
         super().__init__(members)
 
     def region_layout(self):
@@ -561,10 +580,11 @@ class RowEngine(wiring.Component):
         k = next(k for k in range(1, 32) if all(
             ((n + L - 1) * -(-(1 << k) // L)) >> k == -(-n // L) for n in range(4097 + L)))
         recip = -(-(1 << k) // L)
-        # the checks, one operation per cycle: len + L - 1, wpr, rows * wpr (and (wpr - 1) L),
-        # the two ends and the last word's lanes, the comparisons
+        # the checks, one operation per cycle: len + L - 1, wpr, rows * wpr (two cycles, and
+        # (wpr - 1) L), the two ends and the last word's lanes, the comparisons
         len_up = Signal(14)
-        rows_wpr = Signal(32)
+        rows_wpr = self._multiply(m, platform, fields["rows"], wpr.as_unsigned(), latency=2,
+                                  name="rows_wpr")  # fmt: skip
         last_base = Signal(range(self.max_len + L + 1))
         need_in = Signal(40)
         need_out = Signal(40)
@@ -586,7 +606,10 @@ class RowEngine(wiring.Component):
                 m.next = "CHECK"
             with m.State("CHECK"):
                 m.d.comb += self.busy.eq(1)
-                m.d.sync += [rows_wpr.eq(fields["rows"] * wpr), last_base.eq((wpr - 1) * L)]
+                m.d.sync += last_base.eq((wpr - 1) * L)
+                m.next = "CHECK_MUL"
+            with m.State("CHECK_MUL"):  # rows * wpr, from the operands of the cycle before
+                m.d.comb += self.busy.eq(1)
                 m.next = "CHECK1"
             with m.State("CHECK1"):
                 m.d.comb += self.busy.eq(1)

@@ -17,7 +17,7 @@ int16 (f=11)    int16 (f=11)    3.5e-4  3.0e-2
 Timing: one vector word (``lanes`` elements) per cycle; a row of ``n`` elements takes
 ``ceil(n / lanes) + latency + 3`` cycles, ``latency`` 11 for ``rom`` and 29 for ``shiftgelu``
 (the read data register, then the lane pipeline, one carry chain or multiply per stage;
-shiftgelu's divider has a register after every quotient bit), plus 5 cycles of instruction
+shiftgelu's divider has a register after every quotient bit), plus 6 cycles of instruction
 checks per instruction (``cycles()``, held by a test against the RTL).
 """
 
@@ -35,6 +35,7 @@ from ...hdl.nonlinear_common import (
     restoring_div,
     rom,
 )
+from ..dsp import multiply
 from ..engine import Window, engine_ports
 from .config import GeluConfig
 from .model import E_BITS, ROM_ENTRIES, ROM_FRAC, ROM_STEP_BITS, SHIFT_N, SIG_BITS, rom_table
@@ -70,7 +71,8 @@ class GeluEngine(RowEngine):
             Region("in", cfg.in_fmt.width, cfg.lanes, cfg.depth, "in", "rw", "input rows"),
             Region("out", cfg.out_fmt.width, cfg.lanes, cfg.depth, "out", "r", "GELU(x) rows"),
         ]
-        super().__init__(engine_ports(), lanes=cfg.lanes, max_len=cfg.max_len, regions=regions)
+        super().__init__(engine_ports(), lanes=cfg.lanes, max_len=cfg.max_len, regions=regions,
+                         multiply=multiply)
 
     @property
     def latency(self) -> int:

@@ -96,7 +96,8 @@ class LayerNormEngine(RowEngine):
             Region("gamma", 16, L, pd, "param", "rw", f"gamma, 2**-{cfg.gamma_frac} units"),
             Region("beta", 16, L, pd, "param", "rw", f"beta, 2**-{cfg.out_frac} units"),
         ]
-        super().__init__(engine_ports(), lanes=L, max_len=cfg.max_len, regions=regions)
+        super().__init__(engine_ports(), lanes=L, max_len=cfg.max_len, regions=regions,
+                         multiply=multiply)
 
     def windows(self) -> list[Window]:
         return [
