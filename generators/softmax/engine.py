@@ -1,12 +1,13 @@
 """The softmax engine: ``lanes`` exp pipelines with per-lane running statistics.
 
-Method ``online`` (two passes over the row): pass 1 streams the row once; each lane keeps two
-running states (even / odd vector words: each is updated every other cycle, so the rescaling
-multiply has a pipeline stage of its own), a running max ``m`` and a running sum ``l`` rescaled
-on every new maximum; the ``2 L`` states are combined (``2 L`` cycles through lane 0's exp
-pipeline), ``R = floor(2**46 / l)`` by a sequential radix-4 divider
-(17 cycles; radix 2 with ``divider_bits=1``: 32), and pass 2 writes
-``round(exp(x - M) * R / 2**31)``.
+Method ``online`` (two passes over the row): pass 1 streams the row once; each lane keeps four
+running states (vector words by index modulo 4: each is updated every fourth cycle at most, so
+the rescaling multiply keeps both its registers and the update a stage of its own), a running
+max ``m`` and a running sum ``l`` rescaled on every new maximum; the ``4 L`` states are combined
+by the lanes side by side (each rescales its four sums to the row's max through its own exp
+pipeline and rescaling multiply, four cycles, then an adder tree over the lanes),
+``R = floor(2**46 / l)`` by a sequential radix-4 divider (17 cycles; radix 2 with
+``divider_bits=1``: 32), and pass 2 writes ``round(exp(x - M) * R / 2**31)``.
 
 Method ``shiftmax`` (I-ViT, three passes): a max pass, a shift-exp sum pass, the divider, and the
 output pass. No multiplier in the exp (shifts and adds only).
@@ -23,10 +24,10 @@ Error bounds (max abs error of a probability against ``torch.softmax`` in float6
 Masked entries (the input format's minimum) give 0; a fully masked row gives all zeros.
 Output: uint16, 1.0 == 2**15.
 
-Timing (``cycles()``, held by a test): ``online`` row = ``2 ceil(n / L) + 2 L + 69 +
-2 ceil(log2(2 L))`` cycles; ``shiftmax`` row = ``3 ceil(n / L) + 62 + 2 ceil(log2(2 L)) +
+Timing (``cycles()``, held by a test): ``online`` row = ``2 ceil(n / L) + 63 + ceil(log2 L) +
+2 ceil(log2(4 L))`` cycles; ``shiftmax`` row = ``3 ceil(n / L) + 62 + 2 ceil(log2(2 L)) +
 ceil(log2 L)``, the divider's 17 cycles included (radix 2: 15 more; the comparator tree over
-the 2 L running maxima takes two cycles a level, the adder tree one); plus 5 cycles of
+the running maxima takes two cycles a level, the adder tree one); plus 6 cycles of
 instruction checks per instruction. Each pass streams one vector word per cycle.
 """
 
@@ -142,7 +143,8 @@ class SoftmaxEngine(RowEngine):
             Region("out", 16, cfg.lanes, cfg.depth, "out", "r", "probabilities, 1.0 = 2**15",
                    signed=False),
         ]
-        super().__init__(engine_ports(), lanes=cfg.lanes, max_len=cfg.max_len, regions=regions)
+        super().__init__(engine_ports(), lanes=cfg.lanes, max_len=cfg.max_len, regions=regions,
+                         multiply=multiply)
 
     def windows(self) -> list[Window]:
         return [
@@ -159,8 +161,11 @@ class SoftmaxEngine(RowEngine):
         bits = self.config.divider_bits
         div = SeqDivider.cycles(SeqDivider.whole(R_WIDTH, bits), bits)
         fixed = FIXED_CYCLES + div
-        if self.config.method == "online":  # + the comparator tree over the 2 L states
-            per_row = 2 * w + 2 * L + fixed + 8 * x + 2 * (2 * L - 1).bit_length()
+        if self.config.method == "online":
+            # + the comparator tree over the S L states, the combine (S cycles, then the adder
+            # tree over the L lanes' sums); pass 1's tail is 10 cycles shorter than shiftmax's
+            per_row = (2 * w + SETS + (L - 1).bit_length() + fixed - 10 + 8 * x
+                       + 2 * (SETS * L - 1).bit_length())  # fmt: skip
         else:  # + the comparator tree over the 2 L states, the adder tree over the L lanes
             per_row = 3 * w + fixed + x + 2 * (2 * L - 1).bit_length() + (L - 1).bit_length()
         return CHECK_CYCLES + rows * per_row - masked_rows * (div - 1)
@@ -173,10 +178,11 @@ class SoftmaxEngine(RowEngine):
         online = cfg.method == "online"
         exp_fn = exp_online_rtl if online else exp_shift_rtl
         W = fmt.width
-        # each lane keeps two running states, for its even and its odd vector words, so a state
-        # is updated every other cycle: its max a cycle after its compare (both methods), the
-        # online sum's rescaling multiply in a stage of its own
-        S = SETS
+        # each lane keeps running states for its vector words by index modulo S, so a state is
+        # updated every S-th cycle at most: its max a cycle after its compare (both methods); the
+        # online sum's rescaling (S = SETS = 4) in a loop of four registers, its multiply's two
+        # among them; shiftmax keeps S = 2 (max only)
+        S = SETS if online else 2
 
         mode = Signal(2)  # 0: running max (+ online sums), 1: sums (shiftmax), 2: output
         M = Signal(signed(W))
@@ -186,11 +192,11 @@ class SoftmaxEngine(RowEngine):
         has = [[Signal(name=f"has{i}_{k}") for k in range(S)] for i in range(L)]
         lsum = [[Signal(L_WIDTH, name=f"l{i}_{k}") for k in range(S)] for i in range(L)]
         states = [(has[i][k], m_s[i][k], lsum[i][k]) for k in range(S) for i in range(L)]
-        l_tot = Signal(L_WIDTH)
         feeding = Signal()
-        feed_i = Signal(range(len(states) + 1))
+        feed_k = Signal(range(S))  # the combine: every lane rescales its state feed_k to M
         reset_stats = Signal()
-        par = delay(m, ctx.rd_idx[0], 1, "par") if S == 2 else Const(0, 1)
+        par = delay(m, ctx.rd_idx[: (S - 1).bit_length()], 1, "par")
+        acc = [Signal(L_WIDTH, name=f"acc{i}") for i in range(L)]  # each lane's combined sum
 
         outs = []
         for i, x0 in enumerate(ctx.rd_data):
@@ -198,18 +204,24 @@ class SoftmaxEngine(RowEngine):
             # the differences
             x = _reg(m, x0, signed(W), f"x0_{i}")
             v = _reg(m, ctx.rd_lanes[i] & (x0 != fmt.min), 1, f"v{i}")
-            m_cur = Array(m_s[i])[par]
-            has_cur = Array(has[i])[par]
             # a state's max starts at the format's minimum, below every valid element, so a new
             # maximum is one compare, registered (nm1); the state takes x a cycle later, before
-            # its next compare (the other state's word comes in between)
-            new_max = v & Array(greater(x, mk) for mk in m_s[i])[par]  # each state's, then one
+            # its next compare (the other states' words come in between)
+            if S >= 4:  # the state's last update is in a cycle before x: picked then, registered
+                sel = ctx.rd_idx[: (S - 1).bit_length()]
+                m_cur = _reg(m, Array(m_s[i])[sel], signed(W), f"mc{i}")
+                has_cur = _reg(m, Array(has[i])[sel], 1, f"hc{i}")
+                new_max = v & greater(x, m_cur)
+            else:  # each state's compare, then one picked
+                m_cur = Array(m_s[i])[par]
+                has_cur = Array(has[i])[par]
+                new_max = v & Array(greater(x, mk) for mk in m_s[i])[par]
             x1 = _reg(m, x, signed(W), f"x1_{i}")
             m1 = _reg(m, m_cur, signed(W), f"m1_{i}")
             nm1 = _reg(m, new_max, 1, f"nm1_{i}")
             h1 = _reg(m, has_cur, 1, f"h1_{i}")
             take = _reg(m, new_max & (mode == 0), 1, f"tk{i}")
-            par1 = _reg(m, par, 1, f"par1_{i}")
+            par1 = _reg(m, par, len(par), f"par1_{i}")
             d0 = Mux(mode == 0, Mux(nm1, x1 - m1, m1 - x1), M - x1)
             d0 = Mux((mode == 0) & ~h1, 0, d0)
             for k in range(S):
@@ -220,29 +232,45 @@ class SoftmaxEngine(RowEngine):
                         m.d.sync += has[i][k].eq(1)
                     with m.If(take & (par1 == k)):
                         m.d.sync += m_s[i][k].eq(x1)
-            if i == 0:  # lane 0's exp pipeline also combines the states (online)
-                msel = _reg(m, Array(mm for _, mm, _ in states)[feed_i], signed(W), "msel")
-                msel = delay(m, msel, D_LAT - 2, "msel_d")
-                d0 = Mux(delay(m, feeding, D_LAT - 1, "feeding1"), M - msel, d0)
+            if online:  # the combine: each lane's exp pipeline takes M - (its state's max)
+                msel = _reg(m, Array(m_s[i])[feed_k], signed(W), f"msel{i}")
+                msel = delay(m, msel, D_LAT - 2, f"msel_d{i}")
+                d0 = Mux(delay(m, feeding, D_LAT - 1, f"feeding{i}"), M - msel, d0)
             d = _reg(m, d0, unsigned(W), f"d{i}")
             flags = delay(m, Cat(v, new_max, v & ~has_cur, par), D_LAT - 1, f"fl{i}")
             e = exp_fn(m, d, f, f"x{i}", plat)
-            fd = delay(m, flags, exp_lat, f"fd{i}")
-            fv, fset = fd[0], fd[3]
+            fd0 = delay(m, flags, exp_lat - 1, f"fd{i}")  # a cycle before the exp's result
+            fd = _reg(m, fd0, len(fd0), f"fd{i}")
+            fv = fd[0]
             if online:
-                # stage A: the rescaling product (two multiplies for each state, straight from
-                # its register, one register: a loop of two cycles) and the plain sum; stage B:
-                # each state's new value round(l e / 2**16) + E_ONE from its own products (no
-                # multiplexer before the adder), the rounding bit in the high product's zeros
-                l_cur = Array(lsum[i])[fset]
-                pas = [_mul2(m, plat, e, lsum[i][k], f"pa{i}_{k}", 1) for k in range(S)]
-                sum_a = _reg(m, l_cur + e, unsigned(L_WIDTH), f"sa{i}")
-                fl_a = _reg(m, fd, 4, f"fa{i}")
-                for k, (pa_lo, pa_hi) in enumerate(pas):
-                    scaled = (pa_lo + (E_ONE << 16) + Cat(Const(1 << 15, LO), pa_hi)) >> 16
-                    upd = Mux(fl_a[2], E_ONE, Mux(fl_a[1], scaled, sum_a))
-                    with m.If(fl_a[0] & (mode == 0) & (fl_a[3] == k)):
+                # the combine's flags, aligned with its exp: feeding, the state has a sum, which
+                feed = Cat(feeding, feeding & Array(has[i])[feed_k], feed_k)
+                ff0 = delay(m, feed, D_LAT + exp_lat - 1, f"ff{i}")
+                ff = _reg(m, ff0, len(ff0), f"ff{i}")
+                # which state, picked a cycle early (a register, no multiplexer in series)
+                fset = _reg(m, Mux(ff0[0], ff0[2:], fd0[3:]), 2, f"fset{i}")
+                # A0: the state's sum (picked) and e into the multiplies' input registers (and
+                # into registers for the plain sum); A1: the two products, l + e; B: round(l e /
+                # 2**16) + E_ONE (the rounding bit in the high product's zeros); C: the state's
+                # new value. The state is next read four cycles later (S = 4), the cycle after C.
+                l_cur = Signal(L_WIDTH, name=f"lc{i}")
+                m.d.comb += l_cur.eq(Array(lsum[i])[fset])
+                pa_lo, pa_hi = _mul2(m, plat, e, l_cur, f"pa{i}")
+                lc1 = _reg(m, l_cur, L_WIDTH, f"lc1_{i}")
+                e1 = _reg(m, e, len(e), f"e1_{i}")
+                sum_a = delay(m, _reg(m, lc1 + e1, unsigned(L_WIDTH), f"sa{i}"), 1, f"sb{i}")
+                scaled = _reg(m, (pa_lo + (E_ONE << 16) + Cat(Const(1 << 15, LO), pa_hi)) >> 16,
+                              unsigned(L_WIDTH + 1), f"sc{i}")  # fmt: skip
+                fl_c = delay(m, Cat(fd, ff), 1 + MUL_LAT, f"fc{i}")
+                upd = Mux(fl_c[2], E_ONE, Mux(fl_c[1], scaled, sum_a))
+                for k in range(S):
+                    with m.If(fl_c[0] & (mode == 0) & (fl_c[3:5] == k)):
                         m.d.sync += lsum[i][k].eq(upd)
+                # the combine: acc += round(l e / 2**16) for each state that saw an element
+                with m.If(reset_stats):
+                    m.d.sync += acc[i].eq(0)
+                with m.Elif(fl_c[6]):
+                    m.d.sync += acc[i].eq(acc[i] + scaled - E_ONE)
             with m.If(fv & (mode == 1)):
                 m.d.sync += lsum[i][0].eq(lsum[i][0] + e)
             # output pass: e R as two multiplies (1), their sum, rounded (2), saturated (3)
@@ -252,26 +280,14 @@ class SoftmaxEngine(RowEngine):
             o = prod >> OUT_SHIFT
             pv = delay(m, fv, 1 + MUL_LAT, f"opv{i}")
             outs.append(_reg(m, Mux(pv, Mux(o > 0xFFFF, 0xFFFF, o), 0), 16, f"out{i}"))
-            if i == 0:
-                e0 = e
 
-        # state combine (online): l_tot += round(l_j * exp(M - m_j)), j from the feed: l_j picked
-        # (aligned with its exp), two multiplies, their sum, the accumulation
-        fi = delay(m, feed_i, D_LAT - 1 + exp_lat, "fi")
-        fval = delay(m, feeding, D_LAT - 1 + exp_lat, "fval")
-        lsel = _reg(m, Array(l for _, _, l in states)[fi], L_WIDTH, "lsel")
-        hsel = _reg(m, fval & Array(h for h, _, _ in states)[fi], 1, "hsel")
-        c_lo, c_hi = _mul2(m, plat, e0, lsel, "cp")
-        cprod = _reg(m, c_lo + (1 << 15) + (c_hi << LO), unsigned(L_WIDTH + 17), "cprod")
-        cval = delay(m, hsel, 1 + MUL_LAT, "cval")
-        with m.If(cval):
-            m.d.sync += l_tot.eq(l_tot + (cprod >> 16))
-        feed_last = delay(m, feeding & (feed_i == len(states) - 1),
-                          1 + MUL_LAT + D_LAT + exp_lat, "flast")
+        # the combine's last term is in its lane's acc at the end of this cycle (online)
+        feed_last = delay(m, feeding & (feed_k == S - 1), D_LAT + exp_lat + 1 + MUL_LAT, "flast")
 
-        # tails of the passes
+        # tails of the passes: online pass 1's states (the running maxima, the flags) are final
+        # three cycles after its last word (its sums later, but before the combine reads them)
         out_lat = D_LAT + exp_lat + 2 + MUL_LAT  # d, the exp, the output's stages
-        tail_stats = delay(m, ctx.rd_last, D_LAT + exp_lat + (2 if online else 0), "tail_s")
+        tail_stats = delay(m, ctx.rd_last, 3 if online else D_LAT + exp_lat, "tail_s")
         tail_out = delay(m, ctx.rd_last, out_lat, "tail_o")
         wr_v = delay(m, ctx.rd_valid, out_lat, "wr_v")
         wr_idx = delay(m, ctx.rd_idx, out_lat, "wr_idx")
@@ -279,25 +295,26 @@ class SoftmaxEngine(RowEngine):
         for i, o in enumerate(outs):
             m.d.comb += ctx.wr_data[i].eq(o)
 
+        tot, sum_lat = sum_tree(m, acc if online else [lsum[i][0] for i in range(L)], L_WIDTH,
+                                "ssum")
         div = SeqDivider(dividend_width=DIV_SHIFT + 1, divisor_width=L_WIDTH,
                          digit_bits=cfg.divider_bits)
         m.submodules.div = div
         m.d.comb += [
             div.dividend.eq(1 << DIV_SHIFT),
-            div.divisor.eq(l_tot),
+            div.divisor.eq(tot),  # the adder tree's sum, settled when the division starts
             div.qbits.eq(SeqDivider.whole(R_WIDTH, cfg.divider_bits)),
         ]
         # a state that saw no valid element holds the format's minimum, below every valid one
         anyv, mx, max_lat = max_tree(m, [(h, mm) for h, mm, _ in states], "smax",
                                      invalid_lowest=True)
-        tot, sum_lat = sum_tree(m, [lsum[i][0] for i in range(L)], L_WIDTH, "ssum")
         wait = Signal(range(max(max_lat, sum_lat) + 2))
 
         with m.FSM(name="softmax"):
             with m.State("IDLE"):
                 with m.If(ctx.start):
                     m.d.comb += [reset_stats.eq(1), ctx.read_start.eq(1)]
-                    m.d.sync += [mode.eq(0), l_tot.eq(0)]
+                    m.d.sync += mode.eq(0)
                     m.next = "PASS1"
             with m.State("PASS1"):
                 m.d.sync += wait.eq(0)
@@ -308,20 +325,21 @@ class SoftmaxEngine(RowEngine):
                 with m.If(wait == max_lat):
                     m.d.sync += [M.eq(mx), any_valid.eq(anyv)]
                     if online:
-                        m.d.sync += [feeding.eq(1), feed_i.eq(0)]
+                        m.d.sync += [feeding.eq(1), feed_k.eq(0)]
                         m.next = "FEED"
                     else:
                         m.d.sync += mode.eq(1)
                         m.next = "SUM_START"
             if online:
                 with m.State("FEED"):
-                    m.d.sync += feed_i.eq(feed_i + 1)
-                    with m.If(feed_i == len(states) - 1):
+                    m.d.sync += feed_k.eq(feed_k + 1)
+                    with m.If(feed_k == S - 1):
                         m.d.sync += feeding.eq(0)
                         m.next = "FEED_WAIT"
                 with m.State("FEED_WAIT"):
+                    m.d.sync += wait.eq(0)
                     with m.If(feed_last):
-                        m.next = "DIV"
+                        m.next = "SUM"
             else:
                 with m.State("SUM_START"):
                     m.d.comb += ctx.read_start.eq(1)
@@ -330,11 +348,10 @@ class SoftmaxEngine(RowEngine):
                     m.d.sync += wait.eq(0)
                     with m.If(tail_stats):
                         m.next = "SUM"
-                with m.State("SUM"):  # the adder tree settles
-                    m.d.sync += wait.eq(wait + 1)
-                    with m.If(wait == sum_lat):
-                        m.d.sync += l_tot.eq(tot)
-                        m.next = "DIV"
+            with m.State("SUM"):  # the adder tree settles (over the lanes' sums)
+                m.d.sync += wait.eq(wait + 1)
+                with m.If(wait == sum_lat):
+                    m.next = "DIV"
             with m.State("DIV"):
                 m.d.comb += div.start.eq(any_valid)
                 m.next = "DIV_WAIT"

@@ -49,7 +49,7 @@ OUT_SHIFT = 31  # out = round(e * R / 2**31): 1.0 == 2**15
 LOG2E_Q20 = round(math.log2(math.e) * (1 << 20))
 T_FRAC = 12  # fraction bits of the base-2 exponent T
 TAB_BITS = 6
-SETS = 2  # online running states per lane (even / odd vector words)
+SETS = 4  # online running states per lane (vector words by index modulo 4)
 
 
 def tables() -> tuple[list[int], list[int]]:
