@@ -302,25 +302,33 @@ class BurstReader(wiring.Component):
 
     ``addr_width`` < 32 walks addresses in that many bits (the upper address bits are zero): for
     a requester whose transfers are known to lie in the first ``2**addr_width`` bytes.
+
+    ``hold`` (optional, 0 when not driven) keeps the next burst's request back; a request already
+    presented stays until it is taken (AXI: ARVALID does not drop before ARREADY). ``owed`` is
+    the beats requested and not yet taken from ``data``.
     """
 
     def __init__(self, *, max_burst: int = 16, addr_width: int = 32):
         self.max_burst, self.addr_width = max_burst, addr_width
         self.depth = 2 * max_burst
         super().__init__(
-            {**_transfer_ports(), "mem": Out(ReadReqSignature()), "data": Out(stream.Signature(32))}
+            {**_transfer_ports(), "mem": Out(ReadReqSignature()), "data": Out(stream.Signature(32)),
+             "hold": In(1), "owed": Out(range(2 * max_burst + 1))}  # fmt: skip
         )
 
     def elaborate(self, platform):
         m = Module()
         t = _Transfer(m, self, self.max_burst, self.addr_width)
         m.submodules.buf = buf = fifo.SyncFIFOBuffered(width=32, depth=self.depth)
-        owed = Signal(range(self.depth + 1))  # beats requested and not yet taken from the FIFO
+        owed = self.owed  # beats requested and not yet taken from the FIFO
         issue = Signal()
+        waiting = Signal()  # a request presented and not yet taken
+        m.d.sync += waiting.eq(self.mem.ar.valid & ~self.mem.ar.ready)
         m.d.comb += [
             self.mem.ar.payload.addr.eq(t.cur),
             self.mem.ar.payload.len.eq(t.beats - 1),
-            self.mem.ar.valid.eq(t.active & (owed + t.beats <= self.depth)),
+            self.mem.ar.valid.eq(t.active & (owed + t.beats <= self.depth)
+                                 & (~self.hold | waiting)),  # fmt: skip
             issue.eq(self.mem.ar.valid & self.mem.ar.ready),
         ]
         with m.If(issue):

@@ -4,8 +4,9 @@
 depends on outside the engines, each as its RTL does it:
 
 * the program fetcher (``hdl/axi4.py`` ``BurstReader``: one burst of 5 beats per entry, at most
-  ``2 * max_burst`` words requested and not yet taken) and the entry assembler (one word a cycle,
-  a cycle to hand the entry to its queue);
+  ``2 * max_burst`` words requested and not yet taken, held while the queued entries' words and
+  those make ``FETCH_AHEAD``; a request presented stays until taken) and the entry assembler (one
+  word a cycle, a cycle to hand the entry to its queue);
 * the three queues (``SyncFIFOBuffered``: an entry written in cycle ``c`` can leave in ``c + 2``)
   and the load, store and compute units' state machines with their token counters;
 * the load and store channels (``generators/accel/dma.py``) and their readers and writers;
@@ -29,6 +30,7 @@ from __future__ import annotations
 
 from collections import deque
 
+from ..generators.accel.controller import FETCH_AHEAD
 from ..generators.accel.isa import ENTRY_WORDS
 from ..hdl.axi4 import burst_len
 
@@ -229,6 +231,12 @@ def simulate(items: list[Item], *, queue_depth: int, mem_latency: int, beat: int
     n_ports = 4 if copy_unit else 2  # window ports: load, store (, COPY read, COPY write)
     rr_last = [0] * max(1, n_engines)  # round robin: the last granted port per engine
     ldr, wr = ld["reader"], st["writer"]
+    f_waiting = False  # the fetcher's request presented and not yet taken
+
+    def f_wants(t):  # the fetcher presents a request (the controller's hold, BurstReader's rule)
+        held = ENTRY_WORDS * sum(len(q) for q in queues) + fr.owed >= FETCH_AHEAD
+        return fr.want(t) and (f_waiting or not held)
+
     while t < limit:
         # ---- registered state at the start of the cycle ------------------------------------------
         if (fetched == n and not entry_valid and not fr.busy(t) and not any(queues)
@@ -247,8 +255,10 @@ def simulate(items: list[Item], *, queue_depth: int, mem_latency: int, beat: int
         # (the tag FIFO and the memory's request queue fill and drain together, so ARVALID is
         # never high while ARREADY is low and the interconnect's grant lock never engages)
         ar_ok = len(mem_ar) < min(_MEM_QUEUE, _TAGS)
-        grant = "f" if fr.want(t) else ("l" if ld["reader"].want(t) else None)
+        f_valid = f_wants(t)
+        grant = "f" if f_valid else ("l" if ld["reader"].want(t) else None)
         ar_fire = grant if ar_ok else None
+        f_waiting = f_valid and ar_fire != "f"
         # ---- R beat into its reader's FIFO ------------------------------------------------------
         if r_owner is not None:
             rd = fr if r_owner == "f" else ld["reader"]
@@ -422,7 +432,7 @@ def simulate(items: list[Item], *, queue_depth: int, mem_latency: int, beat: int
         # or held by a full queue
         if cu["state"] == "WAIT" and t + 1 < cu["until"] and _quiet(
                 fr, entry_valid, words, items, fetched, queues, queue_depth, tok, lu, su, ld, st,
-                cp, mem_ar, mem_aw, mem_b, t):  # fmt: skip
+                cp, mem_ar, mem_aw, mem_b, t, f_wants(t + 1)):  # fmt: skip
             t = cu["until"]
             continue
         t += 1
@@ -430,7 +440,7 @@ def simulate(items: list[Item], *, queue_depth: int, mem_latency: int, beat: int
 
 
 def _quiet(fr, entry_valid, words, items, fetched, queues, depth, tok, lu, su, ld, st, cp,
-           mem_ar, mem_aw, mem_b, t) -> bool:  # fmt: skip
+           mem_ar, mem_aw, mem_b, t, f_wants) -> bool:  # fmt: skip
     """True when nothing but the compute unit's engine can change state until it finishes."""
     if mem_ar or mem_aw or mem_b or ld["running"] or st["running"] or cp.running:
         return False
@@ -439,7 +449,7 @@ def _quiet(fr, entry_valid, words, items, fetched, queues, depth, tok, lu, su, l
     for q, bit, name in ((queues[0], 2, "c2l"), (queues[2], 1, "c2s")):
         if q.items and (not q.items[0].hdr & bit or tok[name]):
             return False  # the unit will start it
-    if fr.want(t + 1) or len(fr.buf) or words:
+    if f_wants or len(fr.buf) or words:
         return False
     if entry_valid:
         q = queues[items[fetched].queue]

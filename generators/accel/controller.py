@@ -24,6 +24,8 @@ from .isa import ENTRY_WORDS, CopyDst, CopySrc, DmaInstr, EntryHeader, Op
 
 __all__ = ["Controller", "SRC_CTRL", "SRC_LOAD", "SRC_STORE", "SRC_COPY", "PC_NONE"]
 
+# how far the program fetcher reads ahead, in words: four entries (host/cyclemodel.py has it)
+FETCH_AHEAD = 4 * ENTRY_WORDS
 SRC_CTRL = 0xFF
 SRC_LOAD = 0xFD
 SRC_STORE = 0xFE
@@ -178,7 +180,11 @@ class Controller(wiring.Component):
         wiring.connect(m, fr.mem, wiring.flipped(self.fetch))
         running = self.running
         fetched = Signal(16)  # entries handed to a queue (or dropped after an error)
+        # the fetcher reads ahead at most FETCH_AHEAD words (entries queued, and words requested
+        # and not yet assembled): beyond that its bursts would only take read beats from the
+        # loads that start the program
         m.d.comb += [
+            fr.hold.eq(self.queued * ENTRY_WORDS + fr.owed >= FETCH_AHEAD),
             fr.start.eq(self.prog_start & ~running),
             fr.addr.eq(self.prog_addr),
             # one row per entry: a row's length is 16 bits, a program's up to 65535 entries
