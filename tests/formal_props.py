@@ -372,9 +372,10 @@ def _legal_burst(m: Module, valid, payload, max_burst: int, what: str) -> None:
 
 class BurstReaderHarness(Elaboratable):
     """``BurstReader(max_burst=4)``: every AR burst has 1..max_burst beats and stays inside one
-    4 KiB page, AR holds VALID and its payload until READY, and R is never back-pressured
-    (``r.ready`` whenever ``r.valid``: the FIFO's free space is the reader's credit). The
-    subordinate is free, but sends only beats of bursts it accepted."""
+    4 KiB page, AR holds VALID and its payload until READY (``hold`` free: it may rise while a
+    request waits), and R is never back-pressured (``r.ready`` whenever ``r.valid``: the FIFO's
+    free space is the reader's credit). The subordinate is free, but sends only beats of bursts
+    it accepted."""
 
     MAX_BURST = 4
 
@@ -387,7 +388,8 @@ class BurstReaderHarness(Elaboratable):
         started = _started(m)
         _start_inputs(m, dut)
         ar, r = dut.mem.ar, dut.mem.r
-        _free(m, ar.ready, r.valid, r.payload.data, r.payload.resp, r.payload.last, dut.data.ready)
+        _free(m, ar.ready, r.valid, r.payload.data, r.payload.resp, r.payload.last, dut.data.ready,
+              dut.hold)  # fmt: skip
         owed = Signal(16)  # beats accepted on AR and not yet delivered on R
         ar_fire, r_fire = ar.valid & ar.ready, r.valid & r.ready
         m.d.sync += owed.eq(owed + Mux(ar_fire, ar.payload.len + 1, 0) - r_fire)
