@@ -2,7 +2,9 @@
 
 Instructions come from two sources: the register-written queue (single instructions, bring-up;
 no tokens) and the *program fetcher*, which reads ``count`` entries (header + instruction, see
-``isa.py``) from device memory at ``addr`` once ``start`` is pulsed. Each instruction goes to the
+``isa.py``) from device memory at ``addr`` once ``start`` is pulsed, at most ``FETCH_AHEAD``
+words ahead (entries queued, and words requested and not yet assembled), so that its bursts do
+not take read beats from the loads that start a program. Each instruction goes to the
 load, compute or store queue by its opcode; the three run concurrently, each in order, and the
 token counters between them (VTA's push/pop bits) order what must be ordered.
 
