@@ -4,8 +4,8 @@
 depends on outside the engines, each as its RTL does it:
 
 * the program fetcher (``hdl/axi4.py`` ``BurstReader``: one burst of 5 beats per entry, at most
-  ``2 * max_burst`` words requested and not yet taken, held while the queued entries' words and
-  those make ``FETCH_AHEAD``; a request presented stays until taken) and the entry assembler (one
+  ``2 * max_burst`` words requested and not yet taken, held while the fullest queue's entries'
+  words and those make ``FETCH_AHEAD``; a request presented stays until taken) and the entry assembler (one
   word a cycle, a cycle to hand the entry to its queue);
 * the three queues (``SyncFIFOBuffered``: an entry written in cycle ``c`` can leave in ``c + 2``)
   and the load, store and compute units' state machines with their token counters;
@@ -234,7 +234,7 @@ def simulate(items: list[Item], *, queue_depth: int, mem_latency: int, beat: int
     f_waiting = False  # the fetcher's request presented and not yet taken
 
     def f_wants(t):  # the fetcher presents a request (the controller's hold, BurstReader's rule)
-        held = ENTRY_WORDS * sum(len(q) for q in queues) + fr.owed >= FETCH_AHEAD
+        held = ENTRY_WORDS * max(len(q) for q in queues) + fr.owed >= FETCH_AHEAD
         return fr.want(t) and (f_waiting or not held)
 
     while t < limit:

@@ -3,8 +3,9 @@
 Instructions come from two sources: the register-written queue (single instructions, bring-up;
 no tokens) and the *program fetcher*, which reads ``count`` entries (header + instruction, see
 ``isa.py``) from device memory at ``addr`` once ``start`` is pulsed, at most ``FETCH_AHEAD``
-words ahead (entries queued, and words requested and not yet assembled), so that its bursts do
-not take read beats from the loads that start a program. Each instruction goes to the
+words ahead (the fullest queue's entries, and words requested and not yet assembled), so that
+its bursts do not take read beats from the loads that start a program. Each instruction goes to
+the
 load, compute or store queue by its opcode; the three run concurrently, each in order, and the
 token counters between them (VTA's push/pop bits) order what must be ordered.
 
@@ -26,7 +27,8 @@ from .isa import ENTRY_WORDS, CopyDst, CopySrc, DmaInstr, EntryHeader, Op
 
 __all__ = ["Controller", "SRC_CTRL", "SRC_LOAD", "SRC_STORE", "SRC_COPY", "PC_NONE"]
 
-# how far the program fetcher reads ahead, in words: four entries (host/cyclemodel.py has it)
+# how far the program fetcher reads ahead, in words: four entries (host/cyclemodel.py has it;
+# measured there, 15-40 words all beat no limit, 20 the best of them)
 FETCH_AHEAD = 4 * ENTRY_WORDS
 SRC_CTRL = 0xFF
 SRC_LOAD = 0xFD
@@ -182,11 +184,13 @@ class Controller(wiring.Component):
         wiring.connect(m, fr.mem, wiring.flipped(self.fetch))
         running = self.running
         fetched = Signal(16)  # entries handed to a queue (or dropped after an error)
-        # the fetcher reads ahead at most FETCH_AHEAD words (entries queued, and words requested
-        # and not yet assembled): beyond that its bursts would only take read beats from the
-        # loads that start the program
+        # the fetcher reads ahead at most FETCH_AHEAD words (the fullest queue's entries, and
+        # words requested and not yet assembled): beyond that its bursts would only take read
+        # beats from the loads that start the program (the fullest queue, not all three: entries
+        # waiting for tokens in one queue do not hold back the others' next entries)
+        fullest = Signal(range(self.queue_depth + 1))
         m.d.comb += [
-            fr.hold.eq(self.queued * ENTRY_WORDS + fr.owed >= FETCH_AHEAD),
+            fr.hold.eq(fullest * ENTRY_WORDS + fr.owed >= FETCH_AHEAD),
             fr.start.eq(self.prog_start & ~running),
             fr.addr.eq(self.prog_addr),
             # one row per entry: a row's length is 16 bits, a program's up to 65535 entries
@@ -222,6 +226,8 @@ class Controller(wiring.Component):
             qs.append(q)
         lq, cq, sq = qs
         m.d.comb += self.queued.eq(lq.level + cq.level + sq.level)
+        lc = Mux(lq.level > cq.level, lq.level, cq.level)
+        m.d.comb += fullest.eq(Mux(lc > sq.level, lc, sq.level))
 
         # classify: program entries first, then register-written single instructions
         src_hdr, src_ins, src_pc, src_valid, from_prog = (
