@@ -233,9 +233,12 @@ def simulate(items: list[Item], *, queue_depth: int, mem_latency: int, beat: int
     ldr, wr = ld["reader"], st["writer"]
     f_waiting = False  # the fetcher's request presented and not yet taken
 
+    q0, q1, q2 = queues
+
     def f_wants(t):  # the fetcher presents a request (the controller's hold, BurstReader's rule)
-        held = ENTRY_WORDS * max(len(q) for q in queues) + fr.owed >= FETCH_AHEAD
-        return fr.want(t) and (f_waiting or not held)
+        if not fr.want(t):
+            return False
+        return f_waiting or ENTRY_WORDS * max(len(q0), len(q1), len(q2)) + fr.owed < FETCH_AHEAD
 
     while t < limit:
         # ---- registered state at the start of the cycle ------------------------------------------
