@@ -102,7 +102,7 @@ def _rows(x: torch.Tensor, cfg: SoftmaxConfig):
 
 def _online_stats(xw, vw, cfg):
     rows, w, L = xw.shape
-    # state j = (word % SETS) * lanes + lane runs over the words of its parity, in order
+    # state j = (word % SETS) * lanes + lane runs over the words of its index modulo SETS, in order
     w2 = -(-w // SETS)
     pad = w2 * SETS - w
     xw = torch.cat([xw, torch.zeros(rows, pad, L, dtype=torch.int64)], dim=1)
