@@ -481,34 +481,22 @@ class RowContext:
     """
 
 
-def _fabric_multiply(m, platform, a, b, *, latency: int, name: str):
-    """``a * b`` (unsigned) ``latency`` (>= 1) cycles later: the operands registered when
-    latency >= 2, the product registered once, then delayed."""
-    if latency >= 2:
-        a = delay(m, a, 1, f"{name}_a")
-        b = delay(m, b, 1, f"{name}_b")
-    p = Signal(len(a) + len(b), name=f"{name}_p")
-    m.d.sync += p.eq(a * b)
-    return delay(m, p, max(0, latency - 2), f"{name}_pd")
-
-
 class RowEngine(wiring.Component):
     """Base of the row engines: memories, host window, instruction checks, the row loop.
 
     Subclasses pass their signature members (``engine_ports()`` plus nothing else), the regions
     (exactly one ``in`` and one ``out``) and implement ``elaborate_row(m, ctx)``.
 
-    ``multiply``: how the checks multiply (rows by words a row), a function ``(m, platform, a,
-    b, *, latency, name)`` returning the product ``latency`` (2) cycles later, such as
-    ``generators.dsp.multiply`` (a DSP block with its registers); by default registers around
-    ``*`` (which yosys puts in a DSP block used combinationally on ECP5, a register -> DSP ->
-    register path of about 8 ns there).
+    ``multiply``: how the checks multiply (rows by words a row), ``generators.dsp.multiply``
+    (hdl does not import generators): ``(m, platform, a, b, *, latency, name)``, the product
+    ``latency`` (2) cycles later in a DSP block with its registers (registers around ``*``
+    would leave yosys a DSP block used combinationally on ECP5, about 8 ns register to register).
     """
 
     def __init__(self, members: dict, *, lanes: int, max_len: int, regions: list[Region],
-                 multiply=None):  # fmt: skip
+                 multiply):  # fmt: skip
         self.lanes, self.max_len, self.regions = lanes, max_len, regions
-        self._multiply = multiply or _fabric_multiply
+        self._multiply = multiply
         super().__init__(members)
 
     def region_layout(self):

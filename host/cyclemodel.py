@@ -5,8 +5,8 @@ depends on outside the engines, each as its RTL does it:
 
 * the program fetcher (``hdl/axi4.py`` ``BurstReader``: one burst of 5 beats per entry, at most
   ``2 * max_burst`` words requested and not yet taken, held while the fullest queue's entries'
-  words and those make ``FETCH_AHEAD``; a request presented stays until taken) and the entry assembler (one
-  word a cycle, a cycle to hand the entry to its queue);
+  words and those make ``FETCH_AHEAD``; a request presented stays until taken) and the entry
+  assembler (one word a cycle, a cycle to hand the entry to its queue);
 * the three queues (``SyncFIFOBuffered``: an entry written in cycle ``c`` can leave in ``c + 2``)
   and the load, store and compute units' state machines with their token counters;
 * the load and store channels (``generators/accel/dma.py``) and their readers and writers;
@@ -232,7 +232,6 @@ def simulate(items: list[Item], *, queue_depth: int, mem_latency: int, beat: int
     rr_last = [0] * max(1, n_engines)  # round robin: the last granted port per engine
     ldr, wr = ld["reader"], st["writer"]
     f_waiting = False  # the fetcher's request presented and not yet taken
-
     q0, q1, q2 = queues
 
     def f_wants(t):  # the fetcher presents a request (the controller's hold, BurstReader's rule)
