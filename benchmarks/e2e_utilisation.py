@@ -3,8 +3,8 @@
 The accelerator is ``examples/demo.yaml``: one 8x8 int8 systolic engine with spad_depth 1024 and
 acc_depth 1024 (8 KiB per operand memory and 32 KiB of accumulators: it fits the ULX3S's
 ECP5-85F block RAM several times over), and the default device memory model (32-bit AXI4, one
-beat per cycle = 4 bytes/cycle, 12 cycles latency: the ULX3S's 16-bit SDRAM at twice a 50 MHz
-fabric clock).
+data bus for reads and writes, one beat per cycle = 4 bytes/cycle in all, 12 cycles latency: the
+ULX3S's 16-bit SDRAM at twice a 50 MHz fabric clock).
 
 For each GEMM the operands are uploaded once (packed into device memory; shared memory with the
 simulated board, so no board cycles), then one program runs it: loads, GEMMs and stores
@@ -134,8 +134,8 @@ def markdown(res: dict) -> str:
         + ", ".join(f"{k} {v}" for k, v in res["versions"].items()) + ".",
         "",
         f"- Accelerator: `examples/demo.yaml` with a {res.get('array', '8x8')} int8 array "
-        "(spad_depth 1024, acc_depth 1024: board-sized memories). Device memory model: 32-bit AXI4, one beat per cycle (4 bytes/cycle), "
-        "12 cycles latency, bursts of at most 16 beats split at 4 KiB (the ULX3S's 16-bit SDRAM "
+        "(spad_depth 1024, acc_depth 1024: board-sized memories). Device memory model: 32-bit AXI4, reads and writes on one data "
+        "bus, one beat per cycle (4 bytes/cycle in all), 12 cycles latency, bursts of at most 16 beats split at 4 KiB (the ULX3S's 16-bit SDRAM "
         "at twice the fabric clock).",
         "- Utilisation = ideal / PERF_PROGRAM (the board's cycles from the program's start to its "
         "end), ideal = MACs / 64. Roofline bound = ideal / max(ideal, least traffic / 4 B per "

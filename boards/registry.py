@@ -25,6 +25,8 @@ class Board:
       MULT18X18D or SB_MAC16 / DP16KD or SB_RAM40_4K).
     * ``lut_name``/``dsp_name``/``bram_name``: what the part's units are called, for messages (an
       iCE40 logic cell holds a LUT4 and a flip-flop; its ``lut`` capacity counts cells).
+    * ``bram_bytes``: data bytes one block RAM holds 32 bits wide (DP16KD 512x32, SB_RAM40_4K
+      two of 256x16 per 32-bit word: 512 bytes each), for the device-memory fit check.
     """
 
     name: str
@@ -39,6 +41,7 @@ class Board:
     lut_name: str = "LUT4s"
     dsp_name: str = "DSP"
     bram_name: str = "BRAM"
+    bram_bytes: int = 2048
 
     @property
     def platform_cls(self) -> type:
@@ -94,6 +97,7 @@ BOARDS: dict[str, Board] = {
         lut_name="logic cells (LUT4 + FF)",
         dsp_name="SB_MAC16",
         bram_name="SB_RAM40_4K",
+        bram_bytes=512,
     ),
 }
 

@@ -372,6 +372,15 @@ def build_bitstream(
         raise ConfigError(f"clock must be one of {', '.join(CLOCKS)}, not {clock!r}")
     if isinstance(margin, bool) or not isinstance(margin, (int, float)) or not 0 <= margin < 0.5:
         raise ConfigError(f"margin must be a fraction in [0, 0.5), not {margin!r}")
+    if link is None:  # the default link top holds device memory in block RAM
+        need = -(-cfg.mem_bytes // board.bram_bytes)
+        if need > board.capacity["bram"]:
+            raise ConfigError(
+                f"device memory of {cfg.mem_bytes} bytes (mem_bytes) needs {need} "
+                f"{board.bram_name} block RAMs; {board.name} has {board.capacity['bram']} and "
+                f"no SDRAM controller yet: set mem_bytes in the config to what fits beside the "
+                f"engines (examples/{board.name}.yaml)"
+            )
     for tool in _FAMILY_TOOLS[board.family]:  # fail before any work when a tool is missing
         find_tool(tool)
     if clock == "board":

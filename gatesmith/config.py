@@ -134,7 +134,7 @@ class AccelConfig:
     mem_bytes: int = 32 << 20
     mem_data_width: int = 32
     mem_latency: int = 12  # cycles from a burst request to its first beat (simulated board)
-    mem_cycles_per_beat: int = 1  # beats are this many cycles apart (1: 4 bytes/cycle)
+    mem_cycles_per_beat: int = 1  # beats, read or write (one data bus), this many cycles apart
     mem_max_burst: int = 16  # longest burst the DMA issues, in beats
     watchdog_cycles: int = 4096  # a program that makes no progress this long is a DEADLOCK
     copy_unit: bool = True  # the on-chip COPY (chaining); without it chains go through memory

@@ -13,8 +13,10 @@ depends on outside the engines, each as its RTL does it:
 * the interconnect (reads: fixed priority, the fetcher before the load channel; writes: one
   burst at a time, the next burst's AW taken with the last W beat when the writer has its
   words) and the simulated board's memory (``sim/harness.cpp``: bursts in order,
-  ``mem_latency`` from the request to the first beat, ``mem_cycles_per_beat`` between beats,
-  at most 8 requests waiting, a write answered ``mem_latency`` after its last beat);
+  ``mem_latency`` from the request to the first beat, one data bus for reads and writes with
+  ``mem_cycles_per_beat`` between beats, a burst holding it from its first beat to its last,
+  a waiting read and write taking it in turn, at most 8 requests waiting, a write answered
+  ``mem_latency`` after its last beat);
 * the on-chip COPY (``generators/accel/copy.py``): source words into its FIFO, one element a
   cycle through the requantiser, each packed word written before the pipeline moves on;
 * each engine's window port, shared round robin by the load and store channels and the COPY's
@@ -215,9 +217,10 @@ def simulate(items: list[Item], *, queue_depth: int, mem_latency: int, beat: int
     dtok = []  # this cycle's token changes (name, +-1), applied at its end
     # memory
     mem_ar = deque()  # [beats, ready_at, owner ('f' fetcher, 'l' load)]
-    rbeat, next_r = 0, 0
+    rbeat = wbeat = 0
     mem_aw = deque()  # beats
-    wbeat, next_w = 0, 0
+    next_beat = 0  # the data bus, shared by reads and writes, is free from this cycle
+    bus_owner, bus_last = 0, 2  # the burst holding the bus (0 none, 1 read, 2 write); served last
     mem_b = deque()  # ready_at
     ic_wr_data = False  # the interconnect's write FSM is in DATA
     # units
@@ -248,10 +251,13 @@ def simulate(items: list[Item], *, queue_depth: int, mem_latency: int, beat: int
         ld_done = ld["running"] and ld["left"] == 0 and not ldr.busy(t)
         st_done = st["running"] and st["left"] == 0 and not st["inflight"] and not wr.busy()
         # ---- memory: this cycle's handshakes ------------------------------------------------
-        r_owner = None
-        if mem_ar and t >= mem_ar[0][1] and t >= next_r:
-            r_owner = mem_ar[0][2]
-        w_ready = bool(mem_aw) and t >= next_w
+        w_valid = ic_wr_data and wr.left > 0 and wr.buf.ready(t)
+        own = bus_owner
+        if not own:
+            rc, wc = bool(mem_ar) and t >= mem_ar[0][1], w_valid and bool(mem_aw)
+            own = (3 - bus_last) if rc and wc else 1 if rc else 2 if wc else 0
+        offer = own if t >= next_beat else 0
+        r_owner = mem_ar[0][2] if offer == 1 else None
         b_fire = bool(mem_b) and t >= mem_b[0]
         # ---- AR arbitration: the fetcher before the load channel -----------------------------
         # (the tag FIFO and the memory's request queue fill and drain together, so ARVALID is
@@ -266,10 +272,10 @@ def simulate(items: list[Item], *, queue_depth: int, mem_latency: int, beat: int
             rd = fr if r_owner == "f" else ld["reader"]
             rd.buf.put(None, t)
             rbeat += 1
-            next_r = t + beat
+            next_beat, bus_owner = t + beat, 1
             if rbeat == mem_ar[0][0]:
                 mem_ar.popleft()
-                rbeat = 0
+                rbeat, bus_owner, bus_last = 0, 0, 1
         if ar_fire:
             rd = fr if ar_fire == "f" else ld["reader"]
             b = rd.bursts.popleft()
@@ -321,7 +327,7 @@ def simulate(items: list[Item], *, queue_depth: int, mem_latency: int, beat: int
         if cp.running and not cp_done:
             cp.step(t, 2 in granted, 3 in granted)  # (granted: set when cp.running)
         # ---- writes: AW, W beats, B -------------------------------------------------------------
-        w_fire = ic_wr_data and wr.left > 0 and wr.buf.ready(t) and w_ready
+        w_fire = w_valid and offer == 2
         # AW: in IDLE, or with the last W beat (the writer's next burst's words in hand, that
         # beat not counted); the memory holds 8 requests, the B tag FIFO 8 bursts
         aw_fire = (len(mem_aw) < _MEM_QUEUE and len(mem_aw) + len(mem_b) < _TAGS
@@ -331,10 +337,10 @@ def simulate(items: list[Item], *, queue_depth: int, mem_latency: int, beat: int
             wr.buf.pop(t)
             wr.left -= 1
             wbeat += 1
-            next_w = t + beat
+            next_beat, bus_owner = t + beat, 2
             if wbeat == mem_aw[0]:
                 mem_aw.popleft()
-                wbeat = 0
+                wbeat, bus_owner, bus_last = 0, 0, 2
                 mem_b.append(t + mem_latency)
         if st_inflight_now:
             wr.buf.put(None, t)

@@ -6,8 +6,11 @@
 // It also models device memory behind the accelerator's AXI4 manager port: --mem PATH maps a file
 // (shared with the host process: the host's buffers are views of the same pages), --mem-bytes N
 // its size, --latency L cycles from a burst request to its first beat, --beat-cycles B cycles
-// between beats (one 32-bit beat per B cycles, on the read and the write channel each). Bursts
-// that cross a 4 KiB boundary are answered SLVERR (and counted); addresses past the end DECERR.
+// between beats. Reads and writes share one data bus, as an SDRAM's do: one 32-bit beat per B
+// cycles in all, a burst's beats back to back (it holds the bus from its first beat to its
+// last), and when a read burst (its latency passed) and a write burst (its W data offered) both
+// wait for the bus, they take it in turn. No read-write turnaround is charged. Bursts that cross
+// a 4 KiB boundary are answered SLVERR (and counted); addresses past the end DECERR.
 //
 // usage: simv --fd N [--mem PATH --mem-bytes N --latency L --beat-cycles B]
 // On EOF it prints "cycles=<n>" and "mem_4k_violations=<n>" to stderr and exits 0.
@@ -60,7 +63,11 @@ struct Memory {
     uint64_t beat_cycles = 1;
     std::deque<Burst> ar, aw, b;
     uint32_t rbeat = 0, wbeat = 0;
-    uint64_t next_r = 0, next_w = 0;
+    uint64_t next_beat = 0;  // the data bus is free from this cycle
+    int owner = 0;           // the burst holding the bus: 0 none, 1 read, 2 write
+    int last = 2;            // the direction served last (reads first at the start)
+    int offer = 0;           // the direction offered this cycle
+    bool wvalid_seen = false;
     uint64_t violations = 0;
 
     uint8_t check(uint32_t addr, uint32_t beats) {
@@ -82,14 +89,30 @@ struct Memory {
             if (strb & (1u << i)) data[a + i] = (uint8_t)(v >> (8 * i));
     }
     bool busy() const { return !ar.empty() || !aw.empty() || !b.empty(); }
+    void clear() {
+        ar.clear();
+        aw.clear();
+        b.clear();
+        rbeat = wbeat = 0;
+        owner = offer = 0;
+        last = 2;
+    }
 };
 
 template <class T>
 static void drive_mem(T* top, Memory& mem, uint64_t cycle) {
     top->mem_arready = mem.ar.size() < 8;
     top->mem_awready = mem.aw.size() < 8;
-    top->mem_wready = !mem.aw.empty() && cycle >= mem.next_w;
-    bool r = !mem.ar.empty() && cycle >= mem.ar.front().ready_at && cycle >= mem.next_r;
+    // the data bus: a burst holding it keeps it; else a waiting read or write takes it, in turn
+    // when both wait (WVALID depends on the manager's registers only, never on these inputs)
+    bool rc = !mem.ar.empty() && cycle >= mem.ar.front().ready_at;
+    bool wc = !mem.aw.empty() && top->mem_wvalid;
+    mem.wvalid_seen = top->mem_wvalid;
+    int own = mem.owner;
+    if (own == 0) own = rc && wc ? 3 - mem.last : rc ? 1 : wc ? 2 : 0;
+    mem.offer = cycle >= mem.next_beat ? own : 0;
+    top->mem_wready = mem.offer == 2;
+    bool r = mem.offer == 1;
     top->mem_rvalid = r;
     top->mem_rid = 0;
     if (r) {
@@ -119,23 +142,34 @@ static void step_mem(T* top, Memory& mem, uint64_t cycle) {
     uint32_t araddr = top->mem_araddr, arlen = top->mem_arlen;
     uint32_t awaddr = top->mem_awaddr, awlen = top->mem_awlen;
     uint32_t wdata = top->mem_wdata, wstrb = top->mem_wstrb;
+    if ((bool)top->mem_wvalid != mem.wvalid_seen) {
+        fprintf(stderr, "harness: WVALID changed with the memory's inputs (cycle %llu)\n",
+                (unsigned long long)cycle);
+        exit(3);
+    }
+    if (mem.offer == 1) mem.owner = 1;  // RVALID, once high, stays until taken
     if (r_fire) {
         mem.rbeat++;
-        mem.next_r = cycle + mem.beat_cycles;
+        mem.next_beat = cycle + mem.beat_cycles;
         if (mem.rbeat == mem.ar.front().beats) {
             mem.ar.pop_front();
             mem.rbeat = 0;
+            mem.owner = 0;
+            mem.last = 1;
         }
     }
     if (w_fire) {
         Burst& h = mem.aw.front();
         if (!h.resp) mem.write32(h.addr + 4 * mem.wbeat, wdata, wstrb);
         mem.wbeat++;
-        mem.next_w = cycle + mem.beat_cycles;
+        mem.next_beat = cycle + mem.beat_cycles;
+        mem.owner = 2;
         if (mem.wbeat == h.beats) {
             mem.b.push_back({0, 0, cycle + mem.latency, h.resp});
             mem.aw.pop_front();
             mem.wbeat = 0;
+            mem.owner = 0;
+            mem.last = 2;
         }
     }
     if (b_fire) mem.b.pop_front();
@@ -233,10 +267,7 @@ int main(int argc, char** argv) {
             g_reset = 0;
             pulse_reset(top);
             cycles += 4;
-            mem.ar.clear();
-            mem.aw.clear();
-            mem.b.clear();
-            mem.rbeat = mem.wbeat = 0;
+            mem.clear();
         }
         if (in.empty() && top->idle && !top->tx_valid && !mem.busy()) {
             if (!flush_out(out)) break;

@@ -132,6 +132,21 @@ def test_unknown_board_and_bad_arguments(tmp_path):
     assert not any(tmp_path.iterdir())  # nothing was built
 
 
+def test_device_memory_that_no_block_ram_holds(tmp_path):
+    """The default 32 MiB of device memory would be inferred as block RAM on the board (until an
+    SDRAM controller exists): refused before synthesis, not after gigabytes of it."""
+    with pytest.raises(ConfigError) as e:
+        build_bitstream(AccelConfig(), "ulx3s", tmp_path)
+    assert str(e.value) == (
+        "device memory of 33554432 bytes (mem_bytes) needs 16384 DP16KD block RAMs; ulx3s has 208 "
+        "and no SDRAM controller yet: set mem_bytes in the config to what fits beside the "
+        "engines (examples/ulx3s.yaml)"
+    )
+    with pytest.raises(ConfigError, match="needs 64 SB_RAM40_4K block RAMs; icebreaker has 30"):
+        build_bitstream(AccelConfig(mem_bytes=32768), "icebreaker", tmp_path)
+    assert not any(tmp_path.iterdir())
+
+
 def test_missing_tool(tmp_path, monkeypatch):
     monkeypatch.setenv("NEXTPNR_ECP5", str(tmp_path / "no-such-nextpnr"))
     with pytest.raises(ToolMissingError) as e:
