@@ -134,9 +134,10 @@ def markdown(res: dict) -> str:
         + ", ".join(f"{k} {v}" for k, v in res["versions"].items()) + ".",
         "",
         f"- Accelerator: `examples/demo.yaml` with a {res.get('array', '8x8')} int8 array "
-        "(spad_depth 1024, acc_depth 1024: board-sized memories). Device memory model: 32-bit AXI4, reads and writes on one data "
-        "bus, one beat per cycle (4 bytes/cycle in all), 12 cycles latency, bursts of at most 16 beats split at 4 KiB (the ULX3S's 16-bit SDRAM "
-        "at twice the fabric clock).",
+        "(spad_depth 1024, acc_depth 1024: board-sized memories). Device memory model: "
+        "32-bit AXI4, reads and writes on one data bus, one beat per cycle (4 bytes/cycle in "
+        "all), 12 cycles latency, bursts of at most 16 beats split at 4 KiB (the ULX3S's 16-bit "
+        "SDRAM at twice the fabric clock).",
         "- Utilisation = ideal / PERF_PROGRAM (the board's cycles from the program's start to its "
         "end), ideal = MACs / 64. Roofline bound = ideal / max(ideal, least traffic / 4 B per "
         "cycle), least traffic = A and B once (int8) + C once (int32).",
