@@ -86,8 +86,13 @@ class Plan:
     stored; 1: tiles twice as large, each store waited for). ``split``: the last tile's last
     K chunk runs as that many GEMMs over its column blocks, each stored as soon as it is done,
     so the program's final store overlaps the rest of that chunk's compute instead of
-    following all of it (:func:`split_cols`). ``head``: the program's first K chunk is cut
-    in two, ``head`` then ``kc - head``, so the first GEMM waits for a smaller load."""
+    following all of it (:func:`split_cols`); ``split_tiles``: the last that many tiles are
+    split so (their stores start earlier and do not pile up at the end). ``head``: the
+    program's first K chunk is cut in two, ``head`` then ``kc - head``, so the first GEMM
+    waits for a smaller load.
+    ``snake``: the tiles go back and forth along N (boustrophedon) and every other tile takes
+    its K chunks in reverse, so each tile starts on the K chunk its predecessor ended on and
+    one of the two operand panels is already in the scratchpad (:func:`panel_reuse`)."""
 
     mt: int
     nt: int
@@ -95,19 +100,24 @@ class Plan:
     acc_bufs: int = 2
     split: int = 1
     head: int = 0
+    snake: bool = False
+    split_tiles: int = 1
 
     def chunks(self, m: int, k: int, n: int):
         """(m0, n0, k0, tile_index, first_chunk, last_chunk, chunk_k) in issue order."""
         tile = 0
-        for m0 in range(0, m, self.mt):
-            for n0 in range(0, n, self.nt):
+        for row, m0 in enumerate(range(0, m, self.mt)):
+            cols = list(range(0, n, self.nt))
+            for n0 in cols[::-1] if self.snake and row % 2 else cols:
                 bounds = list(range(0, k, self.kc))
                 if tile == 0 and 0 < self.head < min(self.kc, k):
                     bounds.insert(1, self.head)
                 bounds.append(k)
-                for j in range(len(bounds) - 1):
-                    k0 = bounds[j]
-                    yield m0, n0, k0, tile, j == 0, j + 2 == len(bounds), bounds[j + 1] - k0
+                ranges = list(zip(bounds, bounds[1:]))
+                if self.snake and tile % 2:
+                    ranges.reverse()
+                for j, (k0, k1) in enumerate(ranges):
+                    yield m0, n0, k0, tile, j == 0, j + 1 == len(ranges), k1 - k0
                 tile += 1
 
     def gemms(self, m: int, k: int, n: int, cols: int):
@@ -115,11 +125,34 @@ class Plan:
         stores its result (on an array of ``cols`` columns: the last chunk's column parts
         included; a result kept in the accumulator is never split)."""
         chunks = list(self.chunks(m, k, n))
-        for i, (m0, n0, _, _, _, _, kc) in enumerate(chunks):
+        n_tiles = chunks[-1][3] + 1 if chunks else 0
+        for m0, n0, _, tile, _, last, kc in chunks:
             mt, nt = min(self.mt, m - m0), min(self.nt, n - n0)
-            split = self.split if i + 1 == len(chunks) else 1
+            split = self.split if last and tile >= n_tiles - self.split_tiles else 1
             for _, cn in split_cols(nt, cols, split):
                 yield mt, kc, cn
+
+
+def panel_reuse(chunks: list, p: Plan, m: int, n: int) -> list[tuple[int, int, bool, bool]]:
+    """Per chunk of :meth:`Plan.chunks`: (left half, top half, load left, load top).
+
+    An operand panel the previous chunk already has in the scratchpad (the same rows, columns
+    and K range) is not loaded again and is read from the half it is in; a panel that is
+    loaded goes to the half its predecessor does not use. A load therefore only ever
+    overwrites a half that chunk ``i - 2`` or earlier read, which the program's tokens already
+    wait for."""
+    out, prev = [], None
+    for m0, n0, k0, _, _, _, kc in chunks:
+        lkey = (m0, min(p.mt, m - m0), k0, kc)
+        tkey = (n0, min(p.nt, n - n0), k0, kc)
+        if prev is None:
+            out.append((0, 0, True, True))
+        else:
+            (pl, pt), (lb, tb, _, _) = prev, out[-1]
+            out.append((lb if pl == lkey else 1 - lb, tb if pt == tkey else 1 - tb,
+                        pl != lkey, pt != tkey))  # fmt: skip
+        prev = (lkey, tkey)
+    return out
 
 
 def split_cols(nt: int, cols: int, split: int) -> list[tuple[int, int]]:
@@ -284,6 +317,7 @@ def _candidates(limit: int, grain: int) -> list[int]:
 
 REFINE_BUDGET = 100_000  # simulated cycles plan_dma may spend timing plain tilings exactly
 VARIANT_BUDGET = 150_000  # and the splits and heads of the fastest of them
+DESCENT_BUDGET = 250_000  # and then one parameter at a time from the fastest (:func:`_descend`)
 REFINE_MAX = 16  # candidates it times at most
 
 
@@ -329,11 +363,13 @@ def plan_dma(m: int, k: int, n: int, dataflow: str, cfg: SystolicConfig, acfg=No
                     g = 1 if hw == "os" else R
                     heads = {0} | {h for h in (p.kc // 4 // g * g, p.kc // 2 // g * g)
                                    if 0 < h < min(p.kc, k)}  # fmt: skip
+                    snakes = (False, True) if _ceil(m, p.mt) * _ceil(n, p.nt) > 1 else (False,)
                     for split in (1, 2, 4, 8)[: blocks.bit_length()]:
                         for head in sorted(heads):
-                            q = dataclasses.replace(p, split=split, head=head)
-                            if q not in ranked:
-                                ranked[q] = _model(q, m, k, n, hw, cfg, ls, ts, as_, beat)
+                            for snake in snakes:
+                                q = dataclasses.replace(p, split=split, head=head, snake=snake)
+                                if q not in ranked:
+                                    ranked[q] = _model(q, m, k, n, hw, cfg, ls, ts, as_, beat)
     if not ranked:
         p = plan(m, k, n, dataflow, cfg)
         return p, _model(p, m, k, n, hw, cfg, ls, ts, as_, beat)
@@ -353,10 +389,11 @@ def plan_dma(m: int, k: int, n: int, dataflow: str, cfg: SystolicConfig, acfg=No
                 budget -= exact
 
         def tiling(p):
-            return dataclasses.replace(p, split=1, head=0)
+            return dataclasses.replace(p, split=1, head=0, snake=False)
 
-        # the plain tilings in the closed form's order (it ranks tilings well), then every split
-        # and head of the fastest of them and of the closed form's best (it ranks those less well)
+        # the plain tilings in the closed form's order (it ranks tilings well), then every split,
+        # head and snake of the fastest of them and of the closed form's best (it ranks those
+        # less well)
         timed: list = []
         time_all([pc for pc in order if pc[0] == tiling(pc[0])][:REFINE_MAX], REFINE_BUDGET,
                  timed)  # fmt: skip
@@ -368,14 +405,51 @@ def plan_dma(m: int, k: int, n: int, dataflow: str, cfg: SystolicConfig, acfg=No
                      VARIANT_BUDGET, found)  # fmt: skip
             timed += found
         if timed:
-            exact, p = min(timed, key=lambda t: t[0])
-            best = (p, exact)
+            best = _descend(min(timed, key=lambda t: t[0]), {p for _, p in timed}, m, k, n, hw,
+                            cfg, acfg)  # fmt: skip
+            best = best[1], best[0]
+    return best
+
+
+def _descend(start, done: set, m, k, n, hw, cfg, acfg) -> tuple:
+    """(cycles, plan): from the timed ``start``, one parameter at a time (the last tiles split,
+    the order, the split, the head), the fastest value of each, all timed by the cycle-level
+    program model within ``DESCENT_BUDGET`` cycles."""
+    from .timing import gemm_program_cycles
+
+    best, budget = start, DESCENT_BUDGET
+    p0 = start[1]
+    tiles = _ceil(m, p0.mt) * _ceil(n, p0.nt)
+    g = 1 if hw == "os" else cfg.rows
+    kc = min(p0.kc, k)
+    axes = [
+        ("split_tiles", sorted({1, min(2, tiles), tiles})),
+        ("snake", (False, True) if tiles > 1 else (False,)),
+        ("split", (1, 2, 4, 8)[: _ceil(_sizes(n, p0.nt)[-1][0], cfg.cols).bit_length()]),
+        ("head", sorted({0} | {h for h in (kc // 8 // g * g, kc // 4 // g * g, kc // 2 // g * g)
+                               if 0 < h < kc})),  # fmt: skip
+    ]
+    for name, values in axes:
+        for v in values:
+            q = dataclasses.replace(best[1], **{name: v})
+            if q.split == 1:
+                q = dataclasses.replace(q, split_tiles=1)  # nothing to split
+            if q in done or budget <= 0:
+                continue
+            done.add(q)
+            exact = gemm_program_cycles(m, k, n, hw, q, cfg, acfg)
+            if exact is None:
+                return best
+            budget -= exact
+            if exact < best[0]:
+                best = (exact, q)
     return best
 
 
 def plan_traffic(p: Plan, m: int, k: int, n: int, hw: str, cfg: SystolicConfig) -> dict:
     """Device-memory words the program of plan ``p`` moves (hardware roles, ``hw`` "os"/"ws"):
-    ``load`` (operand panels, once per chunk) and ``store`` (results, once per tile), exactly
+    ``load`` (operand panels, once per chunk that does not find them in the scratchpad:
+    :func:`panel_reuse`) and ``store`` (results, once per tile), exactly
     as :func:`gemm_program` issues them (the performance counters PERF_LOAD/PERF_STORE count
     the same words)."""
     R, C = cfg.rows, cfg.cols
@@ -383,12 +457,12 @@ def plan_traffic(p: Plan, m: int, k: int, n: int, hw: str, cfg: SystolicConfig) 
     lw, tw = lay["left"].width // 32, lay["top"].width // 32
     aw = C * _ceil(cfg.acc_width, 32)
     load = store = 0
-    for mt, cm in _sizes(m, p.mt):
-        for nt, cn in _sizes(n, p.nt):
-            store += cm * cn * _ceil(nt, C) * mt * aw
-            for kc, ck in _sizes(k, p.kc):
-                left = _ceil(mt, R) * kc if hw == "os" else _ceil(kc, R) * mt
-                load += cm * cn * ck * (left * lw + _ceil(nt, C) * kc * tw)
+    chunks = list(p.chunks(m, k, n))
+    for (m0, n0, _, _, _, last, kc), (_, _, ll, lt) in zip(chunks, panel_reuse(chunks, p, m, n)):
+        mt, nt = min(p.mt, m - m0), min(p.nt, n - n0)
+        left = _ceil(mt, R) * kc if hw == "os" else _ceil(kc, R) * mt
+        load += ll * left * lw + lt * _ceil(nt, C) * kc * tw
+        store += last * _ceil(nt, C) * mt * aw
     return {"load": load, "store": store}
 
 
@@ -436,6 +510,17 @@ def _model(p: Plan, m, k, n, hw, cfg, ls, ts, as_, beat) -> int:
                     total += cm * cn * ck * max(compute, load + store / k_chunks)
             if p.acc_bufs == 1:
                 total += cm * cn * store
+    if p.snake:  # each tile after the first finds one operand panel in the scratchpad
+        rows, cols = _ceil(m, p.mt), _ceil(n, p.nt)
+        mt, nt, kc = min(p.mt, m), min(p.nt, n), min(p.kc, k)
+        left = (_ceil(mt, R) * kc if hw == "os" else _ceil(kc, R) * mt) * ls
+        top = _ceil(nt, C) * kc * ts
+        load = (left + top) * beat / DMA_EFFICIENCY
+        store = _ceil(nt, C) * mt * as_ * beat / DMA_EFFICIENCY / k_chunks * (p.acc_bufs == 2)
+        compute = gemm_cycles(mt, kc, nt, hw, cfg) + 4
+        for saved, times in ((left, rows * (cols - 1)), (top, rows - 1)):
+            saved *= beat / DMA_EFFICIENCY
+            total -= times * (max(compute, load + store) - max(compute, load + store - saved))
     # the first chunk's loads and the last tile's stores are not overlapped
     mt0, nt0, kc0 = min(p.mt, m), min(p.nt, n), min(p.kc, k)
     if 0 < p.head < kc0:  # the first chunk in two: the first GEMM waits for the head's loads
@@ -505,20 +590,22 @@ def gemm_program(dev, left: Buffer, top: Buffer, out: Buffer, p: Plan, hw: str,
             )
             getattr(prog, kind)("systolic", buf=buf, deps=d, **op)
 
+    reuse = panel_reuse(chunks, p, hm, hn)
+
     def loads(i):
         m0, n0, k0, _, _, _, kc = chunks[i]
         mt, nt = min(p.mt, hm - m0), min(p.nt, hn - n0)
-        buf = i % 2
-        first = Deps(pop_next=i >= 2)
-        none = Deps()
+        lbuf, tbuf, load_left, load_top = reuse[i]
         if hw == "os":
-            panels("load", left, lw, lwords, lw.stride, m0 // R, _ceil(mt, R), k0, kc, hk,
-                   buf * half, first, none)  # fmt: skip
+            left_args = (left, lw, lwords, lw.stride, m0 // R, _ceil(mt, R), k0, kc, hk)
         else:
-            panels("load", left, lw, lwords, lw.stride, k0 // R, _ceil(kc, R), m0, mt, hm,
-                   buf * half, first, none)  # fmt: skip
-        panels("load", top, tw, twords, tw.stride, n0 // C, _ceil(nt, C), k0, kc, hk,
-               buf * half, none, Deps(push_next=True))  # fmt: skip
+            left_args = (left, lw, lwords, lw.stride, k0 // R, _ceil(kc, R), m0, mt, hm)
+        todo = [("load", *left_args, lbuf * half)] * load_left + [
+            ("load", top, tw, twords, tw.stride, n0 // C, _ceil(nt, C), k0, kc, hk, tbuf * half)
+        ] * load_top
+        for j, args in enumerate(todo):
+            panels(*args, Deps(pop_next=i >= 2 and j == 0),
+                   Deps(push_next=j + 1 == len(todo)))  # fmt: skip
 
     if chunks:
         loads(0)
@@ -529,13 +616,15 @@ def gemm_program(dev, left: Buffer, top: Buffer, out: Buffer, p: Plan, hw: str,
         nb = p.acc_bufs
         acc_base = (tile % nb) * (cfg.acc_depth // nb)
         store = last and out is not None
-        # the program's last chunk in column parts, each stored while the next one computes
-        parts = split_cols(nt, C, p.split) if store and i + 1 == len(chunks) else [(0, nt)]
+        # the last chunk of the program's last split_tiles tiles in column parts, each stored
+        # while the next one computes
+        split = store and tile >= n_tiles - p.split_tiles
+        parts = split_cols(nt, C, p.split) if split else [(0, nt)]
         for j, (c0, cn) in enumerate(parts):
             q0, end = c0 // C, j + 1 == len(parts)
             prog.instr(
-                gemm_instr(hw, mt, kc, cn, acc=acc_base + q0 * mt, left=(i % 2) * half,
-                           top=(i % 2) * half + q0 * kc, accumulate=not first),  # fmt: skip
+                gemm_instr(hw, mt, kc, cn, acc=acc_base + q0 * mt, left=reuse[i][0] * half,
+                           top=reuse[i][1] * half + q0 * kc, accumulate=not first),  # fmt: skip
                 deps=Deps(pop_prev=j == 0,
                           pop_next=j == 0 and first and tile >= nb and out is not None,
                           push_prev=end and i + 2 < len(chunks), push_next=store),

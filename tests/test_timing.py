@@ -164,6 +164,43 @@ def test_split_and_head(dev, split, head, df, acc_bufs):  # noqa: F811
     assert prog.predict() == meas
 
 
+@pytest.mark.parametrize("df,k", [("os", 40), ("os", 16), ("ws", 40)])
+def test_snake_order_reuses_panels(dev, df, k):  # noqa: F811
+    """Tiles back and forth along N, every other tile's K chunks reversed (``Plan.snake``), so
+    each tile finds one operand panel in the scratchpad, and the last three tiles' last chunks
+    in column parts (``Plan.split_tiles``): exact, predicted cycle for cycle, and the words
+    loaded are ``plan_traffic``'s, fewer than in the plain order."""
+    import dataclasses
+
+    from gatesmith.generators.systolic.engine import window_layout
+    from gatesmith.host.systolic import Packed, Plan, gemm_program, plan_traffic, upload
+
+    g = torch.Generator().manual_seed(SEED + 5)
+    cfg = dev.config.engine("systolic")
+    m, n = 24, 32  # 3 x 2 tiles of 8 x 16
+    a, b = _ints(g, (m, k)), _ints(g, (k, n))
+    la, lb = upload(dev, a, "a", df), upload(dev, b, "b", df)
+    acc = window_layout(cfg)["acc"]
+    res = dev.alloc((-(-n // cfg.cols) * m * acc.stride,), torch.int32)
+    res.layout = Packed(role="result", dataflow=df, rows=m, cols=n)
+    plan = Plan(mt=8, nt=16, kc=16, split=2, split_tiles=3, snake=True, head=8 * (k > 16))
+    prog = gemm_program(dev, la, lb, res, plan, df, cfg)
+    gemms = [e[2] for e in prog.entries if e[2].startswith("GEMM")]
+    assert sum("columns" in w for w in gemms) == 3 * 2
+    assert len(gemms) == len(list(plan.gemms(m, k, n, cfg.cols)))
+    dev.reset_perf()
+    prog.run()
+    perf = dev.perf()
+    assert torch.equal(res.layout.unpack_from(res).long(), a.long() @ b.long())
+    assert prog.predict() == perf["program"], (prog.predict(), perf["program"])
+    words = plan_traffic(plan, m, k, n, df, cfg)
+    assert perf["load"] == words["load"] < plan_traffic(
+        dataclasses.replace(plan, snake=False), m, k, n, df, cfg)["load"]
+    assert perf["store"] == words["store"]
+    for buf in (la, lb, res):
+        buf.free()
+
+
 def test_prediction_before_and_after_launch(dev):  # noqa: F811
     """Before a launch the program's device address is unknown and 0 is assumed; a launch
     records where it was written, which is what the fetcher read."""
