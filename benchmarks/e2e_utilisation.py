@@ -113,7 +113,8 @@ def measure(shapes, dataflows, seed: int, array: str = "8x8", scalesim: bool = T
                     "timing_model": timing,
                     "scalesim_cycles": ss,
                     "scalesim_utilisation": None if ss is None else ideal / ss,
-                    "plan": [plan.mt, plan.nt, plan.kc, plan.split, plan.head],
+                    "plan": [plan.mt, plan.nt, plan.kc, plan.split, plan.head,
+                             int(plan.snake), plan.split_tiles],
                     "wall_s": round(wall, 2),
                     "sim_cycles_per_s": p["cycles"] / max(wall, 1e-9),
                 }  # fmt: skip
@@ -143,16 +144,20 @@ def markdown(res: dict) -> str:
         "cycle), least traffic = A and B once (int8) + C once (int32).",
         "- One program per GEMM: loads of the next K chunk and stores of the previous tile overlap "
         "the current chunk's GEMM (dependency tokens); tiles from `plan_dma` (cycle model + DMA "
-        "traffic model, `predicted` column); split: the program's last chunk runs as that many "
-        "GEMMs over its column blocks, each stored while the next computes (`Plan.split`); head: "
-        "the first chunk is cut after that many K (`Plan.head`).",
+        "traffic model, `predicted` column); split: the last chunk of each of the last "
+        "split_tiles tiles runs as that many GEMMs over its column blocks, each stored while the "
+        "next computes (`Plan.split`, `Plan.split_tiles`); head: the first chunk is cut after "
+        "that many K (`Plan.head`); snake 1: the tiles go back and forth and every other tile "
+        "takes its K chunks in reverse, so each tile finds one operand panel in the scratchpad "
+        "(`Plan.snake`).",
         "",
         "- SCALE-Sim: its compute cycles (\"Total Cycles\") for the same array, dataflow and GEMM "
         "(1 MiB SRAMs, so no stalls: an upper bound on what it credits), utilisation = ideal / that."
         " Timing model: `host/timing.py`'s prediction of PERF_PROGRAM for the program that ran.",
         "",
         "| M x K x N | dataflow | exact | program cycles | ideal | utilisation | SCALE-Sim util "
-        "| roofline bound | DMA words/cycle | plan model | timing model | tiles mt,nt,kc,split,head "
+        "| roofline bound | DMA words/cycle | plan model | timing model "
+        "| tiles mt,nt,kc,split,head,snake,split_tiles "
         "| wall s "
         "| sim cycles/s |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
@@ -168,7 +173,29 @@ def markdown(res: dict) -> str:
             f"| {r['sim_cycles_per_s'] / 1e3:,.0f} k |"
         )
     lines += ["", f"Opening the board (build or cached): {res['open_s']} s.", ""]
+    if res.get("scalesim_from"):
+        lines += [f"SCALE-Sim column carried over from the run of {res['scalesim_from']} "
+                  "(`--scalesim-from`: its figures depend only on the array, the dataflow and "
+                  "the GEMM).", ""]  # fmt: skip
+    prev = [r for r in res["rows"] if r.get("previous_program_cycles")]
+    if prev:
+        lines += ["Program cycles against that run: " + ", ".join(
+            f"{r['m']}x{r['k']}x{r['n']} {r['dataflow']} {r['previous_program_cycles']:,} -> "
+            f"{r['program_cycles']:,}" for r in prev) + ".", ""]  # fmt: skip
     return "\n".join(lines)
+
+
+def carry_scalesim(res: dict, path: Path) -> None:
+    """Copy the SCALE-Sim columns (and note the program cycles) of an earlier results file."""
+    old = json.loads(path.read_text())
+    rows = {(r["m"], r["k"], r["n"], r["dataflow"]): r for r in old["rows"]}
+    for r in res["rows"]:
+        o = rows.get((r["m"], r["k"], r["n"], r["dataflow"]))
+        if o is not None:
+            r["scalesim_cycles"], r["scalesim_utilisation"] = (o.get("scalesim_cycles"),
+                                                               o.get("scalesim_utilisation"))
+            r["previous_program_cycles"] = o["program_cycles"]
+    res["scalesim_from"] = old.get("scalesim_from") or old["date"]
 
 
 def main(argv=None) -> None:
@@ -179,11 +206,15 @@ def main(argv=None) -> None:
     ap.add_argument("--array", default="8x8", help="rows x cols of the array (default 8x8)")
     ap.add_argument("--shapes", default="", help="M,K,N;M,K,N;... instead of the default set")
     ap.add_argument("--no-scalesim", action="store_true", help="skip the SCALE-Sim column")
+    ap.add_argument("--scalesim-from", type=Path, help="with --no-scalesim: take the SCALE-Sim "
+                    "column from this earlier results JSON")  # fmt: skip
     args = ap.parse_args(argv)
     shapes = [(256, 256, 256)] if args.quick else SHAPES
     if args.shapes:
         shapes = [tuple(int(v) for v in s.split(",")) for s in args.shapes.split(";")]
     res = measure(shapes, args.dataflows.split(","), args.seed, args.array, not args.no_scalesim)
+    if args.scalesim_from:
+        carry_scalesim(res, args.scalesim_from)
     res.update(
         benchmark="e2e_utilisation",
         date=datetime.datetime.now().isoformat(timespec="seconds"),

@@ -317,7 +317,7 @@ def _candidates(limit: int, grain: int) -> list[int]:
 
 REFINE_BUDGET = 100_000  # simulated cycles plan_dma may spend timing plain tilings exactly
 VARIANT_BUDGET = 150_000  # and the splits and heads of the fastest of them
-DESCENT_BUDGET = 250_000  # and then one parameter at a time from the fastest (:func:`_descend`)
+DESCENT_BUDGET = 250_000  # then the order and split tiles of the fastest (:func:`_descend`)
 REFINE_MAX = 16  # candidates it times at most
 
 
@@ -363,13 +363,11 @@ def plan_dma(m: int, k: int, n: int, dataflow: str, cfg: SystolicConfig, acfg=No
                     g = 1 if hw == "os" else R
                     heads = {0} | {h for h in (p.kc // 4 // g * g, p.kc // 2 // g * g)
                                    if 0 < h < min(p.kc, k)}  # fmt: skip
-                    snakes = (False, True) if _ceil(m, p.mt) * _ceil(n, p.nt) > 1 else (False,)
                     for split in (1, 2, 4, 8)[: blocks.bit_length()]:
                         for head in sorted(heads):
-                            for snake in snakes:
-                                q = dataclasses.replace(p, split=split, head=head, snake=snake)
-                                if q not in ranked:
-                                    ranked[q] = _model(q, m, k, n, hw, cfg, ls, ts, as_, beat)
+                            q = dataclasses.replace(p, split=split, head=head)
+                            if q not in ranked:
+                                ranked[q] = _model(q, m, k, n, hw, cfg, ls, ts, as_, beat)
     if not ranked:
         p = plan(m, k, n, dataflow, cfg)
         return p, _model(p, m, k, n, hw, cfg, ls, ts, as_, beat)
@@ -389,11 +387,11 @@ def plan_dma(m: int, k: int, n: int, dataflow: str, cfg: SystolicConfig, acfg=No
                 budget -= exact
 
         def tiling(p):
-            return dataclasses.replace(p, split=1, head=0, snake=False)
+            return dataclasses.replace(p, split=1, head=0)
 
-        # the plain tilings in the closed form's order (it ranks tilings well), then every split,
-        # head and snake of the fastest of them and of the closed form's best (it ranks those
-        # less well)
+        # the plain tilings in the closed form's order (it ranks tilings well), then every split
+        # and head of the fastest of them and of the closed form's best (it ranks those less
+        # well), then the order and the split tiles, which only the exact model sees
         timed: list = []
         time_all([pc for pc in order if pc[0] == tiling(pc[0])][:REFINE_MAX], REFINE_BUDGET,
                  timed)  # fmt: skip
@@ -412,9 +410,9 @@ def plan_dma(m: int, k: int, n: int, dataflow: str, cfg: SystolicConfig, acfg=No
 
 
 def _descend(start, done: set, m, k, n, hw, cfg, acfg) -> tuple:
-    """(cycles, plan): from the timed ``start``, one parameter at a time (the last tiles split,
-    the order, the split, the head), the fastest value of each, all timed by the cycle-level
-    program model within ``DESCENT_BUDGET`` cycles."""
+    """(cycles, plan): from the timed ``start``, one group of parameters at a time (the tile
+    order with the number of split tiles, then the split, then the head), the fastest values of
+    each, all timed by the cycle-level program model within ``DESCENT_BUDGET`` cycles."""
     from .timing import gemm_program_cycles
 
     best, budget = start, DESCENT_BUDGET
@@ -423,15 +421,15 @@ def _descend(start, done: set, m, k, n, hw, cfg, acfg) -> tuple:
     g = 1 if hw == "os" else cfg.rows
     kc = min(p0.kc, k)
     axes = [
-        ("split_tiles", sorted({1, min(2, tiles), tiles})),
-        ("snake", (False, True) if tiles > 1 else (False,)),
-        ("split", (1, 2, 4, 8)[: _ceil(_sizes(n, p0.nt)[-1][0], cfg.cols).bit_length()]),
-        ("head", sorted({0} | {h for h in (kc // 8 // g * g, kc // 4 // g * g, kc // 2 // g * g)
-                               if 0 < h < kc})),  # fmt: skip
-    ]
-    for name, values in axes:
+        [dict(snake=s, split_tiles=t) for s in (False, True)[: 1 + (tiles > 1)]
+         for t in sorted({1, min(2, tiles), tiles})],
+        [dict(split=s) for s in (1, 2, 4, 8)[: _ceil(min(p0.nt, n), cfg.cols).bit_length()]],
+        [dict(head=h) for h in sorted({0} | {h for h in (kc // 8 // g * g, kc // 4 // g * g,
+                                                         kc // 2 // g * g) if 0 < h < kc})],
+    ]  # fmt: skip
+    for values in axes:
         for v in values:
-            q = dataclasses.replace(best[1], **{name: v})
+            q = dataclasses.replace(best[1], **v)
             if q.split == 1:
                 q = dataclasses.replace(q, split_tiles=1)  # nothing to split
             if q in done or budget <= 0:
@@ -510,17 +508,6 @@ def _model(p: Plan, m, k, n, hw, cfg, ls, ts, as_, beat) -> int:
                     total += cm * cn * ck * max(compute, load + store / k_chunks)
             if p.acc_bufs == 1:
                 total += cm * cn * store
-    if p.snake:  # each tile after the first finds one operand panel in the scratchpad
-        rows, cols = _ceil(m, p.mt), _ceil(n, p.nt)
-        mt, nt, kc = min(p.mt, m), min(p.nt, n), min(p.kc, k)
-        left = (_ceil(mt, R) * kc if hw == "os" else _ceil(kc, R) * mt) * ls
-        top = _ceil(nt, C) * kc * ts
-        load = (left + top) * beat / DMA_EFFICIENCY
-        store = _ceil(nt, C) * mt * as_ * beat / DMA_EFFICIENCY / k_chunks * (p.acc_bufs == 2)
-        compute = gemm_cycles(mt, kc, nt, hw, cfg) + 4
-        for saved, times in ((left, rows * (cols - 1)), (top, rows - 1)):
-            saved *= beat / DMA_EFFICIENCY
-            total -= times * (max(compute, load + store) - max(compute, load + store - saved))
     # the first chunk's loads and the last tile's stores are not overlapped
     mt0, nt0, kc0 = min(p.mt, m), min(p.nt, n), min(p.kc, k)
     if 0 < p.head < kc0:  # the first chunk in two: the first GEMM waits for the head's loads
