@@ -177,9 +177,11 @@ def markdown(res: dict) -> str:
         lines += [f"SCALE-Sim column carried over from the run of {res['scalesim_from']} "
                   "(`--scalesim-from`: its figures depend only on the array, the dataflow and "
                   "the GEMM).", ""]  # fmt: skip
-    prev = [r for r in res["rows"] if r.get("previous_program_cycles")]
+    prev = [r for r in res["rows"]
+            if r.get("previous_program_cycles") not in (None, r["program_cycles"])]
     if prev:
-        lines += ["Program cycles against that run: " + ", ".join(
+        lines += [f"Program cycles against the run of {res['previous_from']} (other rows the "
+                  "same): " + ", ".join(
             f"{r['m']}x{r['k']}x{r['n']} {r['dataflow']} {r['previous_program_cycles']:,} -> "
             f"{r['program_cycles']:,}" for r in prev) + ".", ""]  # fmt: skip
     return "\n".join(lines)
@@ -196,6 +198,7 @@ def carry_scalesim(res: dict, path: Path) -> None:
                                                                o.get("scalesim_utilisation"))
             r["previous_program_cycles"] = o["program_cycles"]
     res["scalesim_from"] = old.get("scalesim_from") or old["date"]
+    res["previous_from"] = old["date"]
 
 
 def main(argv=None) -> None:
