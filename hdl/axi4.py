@@ -21,7 +21,7 @@ beats that never cross a 4 KiB boundary (AXI4's rule), with a data FIFO whose fr
 reader's credit, so the R channel is never back-pressured by a full FIFO.
 """
 
-from amaranth import Module, Mux, Signal
+from amaranth import Cat, Module, Mux, Signal
 from amaranth.lib import data, fifo, stream, wiring
 from amaranth.lib.wiring import In, Out
 from amaranth.utils import ceil_log2
@@ -431,6 +431,13 @@ class AXI4RAM(wiring.Component):
     What a board's device memory is until an SDRAM controller exists. One read or write burst
     at a time, one beat per cycle; addresses wrap modulo ``size`` (the accelerator checks its DMA
     ranges against ``mem_bytes`` before it issues them).
+
+    The block RAM's read address comes from a register, never from the bus: a burst's address
+    is taken into ``cur``, and the words are read ahead into a 4-entry FIFO whenever it has room
+    counting the read in flight, and RVALID is that FIFO's. So no path runs from the
+    accelerator's AR or R handshakes into the RAM (on the ECP5 such a path, through the
+    controller's fetch hold and the interconnect's arbitration, set the whole design's Fmax). A
+    burst's first beat comes 3 cycles after its AR; then one a cycle while RREADY is high.
     """
 
     def __init__(self, size: int):
@@ -449,27 +456,36 @@ class AXI4RAM(wiring.Component):
         m.submodules.mem = mem = memory.Memory(shape=32, depth=depth, init=[])
         rd = mem.read_port()
         wp = mem.write_port(granularity=8)
+        m.submodules.rq = rq = fifo.SyncFIFO(width=33, depth=4)  # (rlast, rdata)
         cur = Signal(aw)
-        left = Signal(8)
+        issue_left = Signal(9)  # words of the burst still to read (0: none)
+        deliver_left = Signal(8)  # beats of the burst still to hand over, minus one
+        inflight = Signal()  # a word read last cycle, into the FIFO this cycle
+        inflight_last = Signal()
+        active = Signal()
         m.d.comb += [bus.rid.eq(0), bus.bid.eq(0), bus.rresp.eq(0), bus.bresp.eq(0)]
-        with m.FSM(name="rd"):
-            with m.State("IDLE"):
-                m.d.comb += [bus.arready.eq(1), rd.addr.eq(bus.araddr[2 : 2 + aw])]
-                with m.If(bus.arvalid):
-                    m.d.sync += [cur.eq(bus.araddr[2 : 2 + aw]), left.eq(bus.arlen)]
-                    m.next = "DATA"
-            with m.State("DATA"):
-                fire = bus.rvalid & bus.rready
-                m.d.comb += [
-                    bus.rvalid.eq(1),
-                    bus.rdata.eq(rd.data),
-                    bus.rlast.eq(left == 0),
-                    rd.addr.eq(Mux(fire, cur + 1, cur)),
-                ]
-                with m.If(fire):
-                    m.d.sync += [cur.eq(cur + 1), left.eq(left - 1)]
-                    with m.If(left == 0):
-                        m.next = "IDLE"
+        m.d.comb += [
+            rd.addr.eq(cur),
+            rq.w_en.eq(inflight),
+            rq.w_data.eq(Cat(rd.data, inflight_last)),
+            bus.rvalid.eq(rq.r_rdy),
+            bus.rdata.eq(rq.r_data[:32]),
+            bus.rlast.eq(rq.r_data[32]),
+            rq.r_en.eq(bus.rready),
+            bus.arready.eq(~active),
+        ]
+        issue = Signal()
+        m.d.comb += issue.eq((issue_left != 0) & (rq.level + inflight < rq.depth))
+        m.d.sync += [inflight.eq(issue), inflight_last.eq(issue & (issue_left == 1))]
+        with m.If(issue):
+            m.d.sync += [cur.eq(cur + 1), issue_left.eq(issue_left - 1)]
+        with m.If(~active & bus.arvalid):
+            m.d.sync += [cur.eq(bus.araddr[2 : 2 + aw]), issue_left.eq(bus.arlen + 1),
+                         deliver_left.eq(bus.arlen), active.eq(1)]  # fmt: skip
+        with m.If(active & bus.rvalid & bus.rready):
+            m.d.sync += deliver_left.eq(deliver_left - 1)
+            with m.If(deliver_left == 0):
+                m.d.sync += active.eq(0)
         wcur = Signal(aw)
         with m.FSM(name="wr"):
             with m.State("IDLE"):

@@ -188,9 +188,7 @@ class Controller(wiring.Component):
         # words requested and not yet assembled): beyond that its bursts would only take read
         # beats from the loads that start the program (the fullest queue, not all three: entries
         # waiting for tokens in one queue do not hold back the others' next entries)
-        fullest = Signal(range(self.queue_depth + 1))
         m.d.comb += [
-            fr.hold.eq(fullest * ENTRY_WORDS + fr.owed >= FETCH_AHEAD),
             fr.start.eq(self.prog_start & ~running),
             fr.addr.eq(self.prog_addr),
             # one row per entry: a row's length is 16 bits, a program's up to 65535 entries
@@ -226,8 +224,16 @@ class Controller(wiring.Component):
             qs.append(q)
         lq, cq, sq = qs
         m.d.comb += self.queued.eq(lq.level + cq.level + sq.level)
-        lc = Mux(lq.level > cq.level, lq.level, cq.level)
-        m.d.comb += fullest.eq(Mux(lc > sq.level, lc, sq.level))
+        # held while the fullest queue's entries' words and the words owed make FETCH_AHEAD:
+        # the same as ``max(levels) * ENTRY_WORDS + owed >= FETCH_AHEAD``, written as one
+        # comparison of ``owed`` with a constant per queue and level (no max, no multiplier:
+        # this is on the path from the queues into the fetcher's AR request)
+        def level_holds(q):
+            table = Cat(fr.owed >= max(0, FETCH_AHEAD - ENTRY_WORDS * v)
+                        for v in range(self.queue_depth + 1))  # fmt: skip
+            return table.bit_select(q.level, 1)
+
+        m.d.comb += fr.hold.eq(level_holds(lq) | level_holds(cq) | level_holds(sq))
 
         # classify: program entries first, then register-written single instructions
         src_hdr, src_ins, src_pc, src_valid, from_prog = (
