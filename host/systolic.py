@@ -7,7 +7,9 @@ fit half of each scratchpad memory, with tile sizes chosen by :func:`plan_dma` f
 exact cycle model and a DMA traffic model. One program does it all: the load queue brings chunk
 ``i + 1``'s operands into the other scratchpad half while chunk ``i`` computes, and the store
 queue writes a finished tile to device memory while the next tile accumulates in the other
-accumulator half; dependency tokens order them (see ``generators/accel/isa.py``).
+accumulator half; dependency tokens order them (see ``generators/accel/isa.py``). A chunk whose
+operand panel the chunk before it already loaded reads it where it is (:func:`panel_reuse`);
+``Plan.snake`` orders the tiles so that every tile's first chunk finds one.
 
 Device-memory layouts ("panels", ``stride`` words per entry as in the engine's window):
 
