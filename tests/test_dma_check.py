@@ -79,7 +79,7 @@ def test_check_and_entry_match_the_rule(mem_bytes):
     de = _DmaEntry(mem_bytes, n)
     m = Module()
     ins = Signal(128)
-    code = de.check(m, ins)
+    code = de.check(m, ins, de.product(m, ins))
     entry = Signal(de.width)
     pop, push, pc = Signal(), Signal(), Signal(16)
     m.d.comb += entry.eq(de.pack(ins, code, pop, push, pc))

@@ -79,22 +79,28 @@ class _DmaEntry:
         ]
         self.width = sum(w for _, w in self.layout)
 
-    def check(self, m, ins):
-        """The error index (0: none) of the LOAD/STORE ``ins``, combinational."""
+    def product(self, m, ins, name="chk"):
+        """``(rows - 1) x mem_stride`` of the LOAD/STORE ``ins``, both clamped to device memory's
+        words (the check's one multiply), combinational: :meth:`check` takes it registered."""
         d = DmaInstr(ins)
         lim = 1 << max(0, self.k - 2)  # words of device memory
         clamp_bits = lim.bit_length()
 
-        def clamp(v, width, name):
+        def clamp(v, width, part):
             if width <= clamp_bits:
                 return v
-            c = Signal(clamp_bits, name=name)
+            c = Signal(clamp_bits, name=f"{name}_{part}")
             m.d.comb += c.eq(Mux(v >= lim, lim, v))
             return c
 
-        rows_m1 = Signal(16, name="chk_rows_m1")
+        rows_m1 = Signal(16, name=f"{name}_rows_m1")
         m.d.comb += rows_m1.eq(d.rows - 1)
-        prod = clamp(rows_m1, 16, "chk_rows") * clamp(d.mem_stride, 18, "chk_stride")
+        return clamp(rows_m1, 16, "rows") * clamp(d.mem_stride, 18, "stride")
+
+    def check(self, m, ins, prod):
+        """The error index (0: none) of the LOAD/STORE ``ins``, combinational from ``ins`` and
+        its :meth:`product` ``prod``."""
+        d = DmaInstr(ins)
         end = Signal(40, name="chk_end")
         m.d.comb += end.eq(d.mem_addr + ((prod + d.row_words) << 2))
         code = Signal(3, name="chk_code")
@@ -238,12 +244,14 @@ class Controller(wiring.Component):
         # classify: program entries first, then register-written single instructions
         src_hdr, src_ins, src_pc, src_valid, from_prog = (
             Signal(32), Signal(INSTR_BITS), Signal(16), Signal(), Signal())  # fmt: skip
+        reg_seen = Signal()  # the register queue's head was there last cycle (so its product)
+        m.d.sync += reg_seen.eq(self.reg_instr.valid & ~self.reg_instr.ready)
         with m.If(entry_valid):
             m.d.comb += [src_hdr.eq(entry_hdr), src_ins.eq(entry_ins), src_pc.eq(fetched),
                          src_valid.eq(1), from_prog.eq(1)]  # fmt: skip
         with m.Elif(~running):
             m.d.comb += [src_hdr.eq(0), src_ins.eq(self.reg_instr.payload), src_pc.eq(PC_NONE),
-                         src_valid.eq(self.reg_instr.valid)]  # fmt: skip
+                         src_valid.eq(self.reg_instr.valid & reg_seen)]  # fmt: skip
         op = src_ins[:8]
         target = Signal(2)
         m.d.comb += target.eq(1)
@@ -252,7 +260,15 @@ class Controller(wiring.Component):
         with m.Elif(op == Op.STORE):
             m.d.comb += target.eq(2)
         accept = Signal()
-        dma_code = de.check(m, src_ins)  # one check serves both DMA queues (one entry a cycle)
+        # one check serves both DMA queues (one entry a cycle). Its multiply is a cycle ahead,
+        # from registers: a program entry's rows and stride are in its first two instruction
+        # words, so the product of the entry being assembled is ready when its last word is; a
+        # register-written instruction waits a cycle at the head of its queue for its product.
+        # No path runs from the source multiplexer through the multiply into the queues.
+        e_p, e_r = de.product(m, entry_ins, "chk_p"), de.product(m, self.reg_instr.payload, "chk_r")
+        prod_p, prod_r = Signal(len(e_p)), Signal(len(e_r))
+        m.d.sync += [prod_p.eq(e_p), prod_r.eq(e_r)]
+        dma_code = de.check(m, src_ins, Mux(from_prog, prod_p, prod_r))
         m.d.comb += [
             lq.w_data.eq(de.pack(src_ins, dma_code, src_hdr[1], src_hdr[3], src_pc)),
             cq.w_data.eq(Cat(src_hdr[:4], src_ins, src_pc)),
