@@ -15,7 +15,7 @@ a program stops cleanly. The watchdog raises DEADLOCK when a program makes no pr
 fetched, started or retired) for ``watchdog`` cycles: a token that can never arrive.
 """
 
-from amaranth import Cat, Module, Mux, Signal
+from amaranth import Cat, Const, Module, Mux, Signal
 from amaranth.lib import fifo, stream, wiring
 from amaranth.lib.wiring import In, Out
 
@@ -235,8 +235,8 @@ class Controller(wiring.Component):
         # comparison of ``owed`` with a constant per queue and level (no max, no multiplier:
         # this is on the path from the queues into the fetcher's AR request)
         def level_holds(q):
-            table = Cat(fr.owed >= max(0, FETCH_AHEAD - ENTRY_WORDS * v)
-                        for v in range(self.queue_depth + 1))  # fmt: skip
+            need = [FETCH_AHEAD - ENTRY_WORDS * v for v in range(self.queue_depth + 1)]
+            table = Cat((fr.owed >= n) if n > 0 else Const(1, 1) for n in need)
             return table.bit_select(q.level, 1)
 
         m.d.comb += fr.hold.eq(level_holds(lq) | level_holds(cq) | level_holds(sq))
