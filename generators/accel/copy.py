@@ -233,7 +233,10 @@ class CopyUnit(wiring.Component):
                     lo.eq(Mux(d.signed, -(1 << (width - 1)), 0)),
                     hi.eq(Mux(d.signed, (1 << (width - 1)) - 1, (1 << width) - 1)),
                 ]
-        half = (Const(1, 64) << s.shift) >> 1
+        # the rounding half from a register: ``s`` only changes on ``start``, and the first
+        # element reaches this stage cycles later (the shift of a constant off the add's path)
+        half = Signal(64)
+        m.d.sync += half.eq((Const(1, 64) << s.shift) >> 1)
         rounded = (prod + half) >> s.shift
         with m.If(go):
             m.d.sync += [
