@@ -361,12 +361,9 @@ def plan_dma(m: int, k: int, n: int, dataflow: str, cfg: SystolicConfig, acfg=No
                         continue
                     p = Plan(mt=_balanced(m, mt, R if hw == "os" else 1), nt=_balanced(n, nt, C),
                              kc=_balanced(k, kc, 1 if hw == "os" else R), acc_bufs=bufs)  # fmt: skip
-                    blocks = _ceil(_sizes(n, p.nt)[-1][0], C)
                     g = 1 if hw == "os" else R
-                    heads = {0} | {h for h in (p.kc // 4 // g * g, p.kc // 2 // g * g)
-                                   if 0 < h < min(p.kc, k)}  # fmt: skip
-                    for split in (1, 2, 4, 8)[: blocks.bit_length()]:
-                        for head in sorted(heads):
+                    for split in _splits(_sizes(n, p.nt)[-1][0], C):
+                        for head in _heads(p.kc, k, g, (4, 2)):
                             q = dataclasses.replace(p, split=split, head=head)
                             if q not in ranked:
                                 ranked[q] = _model(q, m, k, n, hw, cfg, ls, ts, as_, beat)
@@ -407,27 +404,36 @@ def plan_dma(m: int, k: int, n: int, dataflow: str, cfg: SystolicConfig, acfg=No
         if timed:
             best = _descend(min(timed, key=lambda t: t[0]), {p for _, p in timed}, m, k, n, hw,
                             cfg, acfg)  # fmt: skip
-            best = best[1], best[0]
     return best
 
 
+def _splits(nt: int, cols: int) -> tuple[int, ...]:
+    """The ``Plan.split`` values worth trying for a last tile of ``nt`` columns."""
+    return (1, 2, 4, 8)[: _ceil(nt, cols).bit_length()]
+
+
+def _heads(kc: int, k: int, grain: int, fracs) -> list[int]:
+    """The ``Plan.head`` values tried: 0 and ``kc / f`` for each ``f`` in ``fracs`` (whole
+    ``grain``s, inside the first chunk)."""
+    cuts = (kc // f // grain * grain for f in fracs)
+    return sorted({0} | {h for h in cuts if 0 < h < min(kc, k)})
+
+
 def _descend(start, done: set, m, k, n, hw, cfg, acfg) -> tuple:
-    """(cycles, plan): from the timed ``start``, one group of parameters at a time (the tile
-    order with the number of split tiles, then the split, then the head), the fastest values of
-    each, all timed by the cycle-level program model within ``DESCENT_BUDGET`` cycles."""
+    """(plan, cycles): from the timed ``start`` (cycles, plan), one group of parameters at a
+    time (the tile order with the number of split tiles, then the split, then the head), the
+    fastest values of each, all timed by the cycle-level program model within ``DESCENT_BUDGET`` cycles."""
     from .timing import gemm_program_cycles
 
     best, budget = start, DESCENT_BUDGET
     p0 = start[1]
     tiles = _ceil(m, p0.mt) * _ceil(n, p0.nt)
     g = 1 if hw == "os" else cfg.rows
-    kc = min(p0.kc, k)
     axes = [
         [dict(snake=s, split_tiles=t) for s in (False, True)[: 1 + (tiles > 1)]
          for t in sorted({1, min(2, tiles), tiles})],
-        [dict(split=s) for s in (1, 2, 4, 8)[: _ceil(min(p0.nt, n), cfg.cols).bit_length()]],
-        [dict(head=h) for h in sorted({0} | {h for h in (kc // 8 // g * g, kc // 4 // g * g,
-                                                         kc // 2 // g * g) if 0 < h < kc})],
+        [dict(split=s) for s in _splits(min(p0.nt, n), cfg.cols)],
+        [dict(head=h) for h in _heads(min(p0.kc, k), k, g, (8, 4, 2))],
     ]  # fmt: skip
     for values in axes:
         for v in values:
@@ -439,11 +445,11 @@ def _descend(start, done: set, m, k, n, hw, cfg, acfg) -> tuple:
             done.add(q)
             exact = gemm_program_cycles(m, k, n, hw, q, cfg, acfg)
             if exact is None:
-                return best
+                return best[1], best[0]
             budget -= exact
             if exact < best[0]:
                 best = (exact, q)
-    return best
+    return best[1], best[0]
 
 
 def plan_traffic(p: Plan, m: int, k: int, n: int, hw: str, cfg: SystolicConfig) -> dict:
