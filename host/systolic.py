@@ -422,7 +422,8 @@ def _heads(kc: int, k: int, grain: int, fracs) -> list[int]:
 def _descend(start, done: set, m, k, n, hw, cfg, acfg) -> tuple:
     """(plan, cycles): from the timed ``start`` (cycles, plan), one group of parameters at a
     time (the tile order with the number of split tiles, then the split, then the head), the
-    fastest values of each, all timed by the cycle-level program model within ``DESCENT_BUDGET`` cycles."""
+    fastest values of each, all timed by the cycle-level program model within
+    ``DESCENT_BUDGET`` cycles."""
     from .timing import gemm_program_cycles
 
     best, budget = start, DESCENT_BUDGET
