@@ -244,7 +244,13 @@ def _next_burst(m, cur, words_left, max_burst):
 
 
 class _Transfer:
-    """Strided 2-D address walk shared by the reader and the writer."""
+    """Strided 2-D address walk shared by the reader and the writer.
+
+    ``beats`` (the next burst's, :func:`burst_len` of ``cur`` and ``words_left``) is a register,
+    computed with ``cur`` and ``words_left`` from the values they take: a request's VALID and the
+    interconnect's grant then start at flip-flops, and the grant's READY only selects which
+    next values are taken.
+    """
 
     def __init__(self, m, comp, max_burst, addr_width=32):
         self.cur = Signal(addr_width)
@@ -254,7 +260,19 @@ class _Transfer:
         self.row_words = Signal(16)
         self.stride = Signal(addr_width)
         self.active = Signal()
-        self.beats = _next_burst(m, self.cur, self.words_left, max_burst)
+        self.beats = Signal(range(max_burst + 1))
+        # the next values, from registers only (outside any condition: plain logic)
+        self.nxt = Signal(addr_width)  # the next row's start
+        self.step = Signal(addr_width)  # the next burst in this row
+        self.left = Signal.like(self.words_left)
+        m.d.comb += [
+            self.nxt.eq(self.row_base + self.stride),
+            self.step.eq(self.cur + (self.beats << 2)),
+            self.left.eq(self.words_left - self.beats),
+        ]
+        self.beats_row = _next_burst(m, self.nxt, self.row_words, max_burst)
+        self.beats_step = _next_burst(m, self.step, self.left, max_burst)
+        beats_start = _next_burst(m, comp.addr, comp.row_words, max_burst)
         with m.If(comp.start):
             m.d.sync += [
                 self.cur.eq(comp.addr),
@@ -264,25 +282,24 @@ class _Transfer:
                 self.row_words.eq(comp.row_words),
                 self.stride.eq(comp.stride << 2),
                 self.active.eq((comp.rows != 0) & (comp.row_words != 0)),
+                self.beats.eq(beats_start),
             ]
 
     def advance(self, m):
         """One burst of ``beats`` issued: step the address walk."""
         with m.If(self.words_left == self.beats):
-            nxt = self.row_base + self.stride
             m.d.sync += [
                 self.rows_left.eq(self.rows_left - 1),
-                self.row_base.eq(nxt),
-                self.cur.eq(nxt),
+                self.row_base.eq(self.nxt),
+                self.cur.eq(self.nxt),
                 self.words_left.eq(self.row_words),
+                self.beats.eq(self.beats_row),
             ]
             with m.If(self.rows_left == 1):
                 m.d.sync += self.active.eq(0)
         with m.Else():
-            m.d.sync += [
-                self.cur.eq(self.cur + (self.beats << 2)),
-                self.words_left.eq(self.words_left - self.beats),
-            ]
+            m.d.sync += [self.cur.eq(self.step), self.words_left.eq(self.left),
+                         self.beats.eq(self.beats_step)]  # fmt: skip
 
 
 def _transfer_ports():
