@@ -149,8 +149,9 @@ class _Writer:
 
 class _Copy:
     """``CopyUnit``: source words into an 8-deep FIFO (a read only while fewer than 7 are in it
-    or in flight), one element a cycle through a 2-stage requantiser into the packer, each
-    packed word written (and waited for) before the pipeline moves on."""
+    or in flight), one element a cycle through a 4-stage requantiser (multiply, add, shift,
+    saturate) into the packer, each packed word written (and waited for) before the pipeline
+    moves on."""
 
     def __init__(self):
         self.running = False
@@ -162,7 +163,7 @@ class _Copy:
         self.q = _Fifo()
         self.inflight = None  # elements of the word read last cycle
         self.cur = 0  # elements left in the word being unpacked (0: none)
-        self.v1 = self.v2 = False
+        self.v = [False] * 4  # the requantiser's stages, first to last
         self.plane = 0
         self.pending = False
 
@@ -182,7 +183,7 @@ class _Copy:
         v0 = self.cur > 0
         if go:
             new_pending = self.pending and not wr_grant
-            if self.v2:
+            if self.v[-1]:
                 if self.plane + 1 == self.dst[0]:
                     self.dst.popleft()
                     self.plane = 0
@@ -194,7 +195,7 @@ class _Copy:
                 self.cur = self.q.pop(t)
             elif self.cur:
                 self.cur -= 1
-            self.v2, self.v1 = self.v1, v0
+            self.v = [v0] + self.v[:-1]
             self.pending = new_pending
         elif wr_grant:
             self.pending = False

@@ -142,7 +142,8 @@ def test_refused_word_reports_error():
 
 
 def test_throughput_one_element_per_cycle():
-    """acc (int32) -> int8 rows with every grant given: about one element per cycle."""
+    """acc (int32) -> int8 rows with every grant given: about one element per cycle (plus the
+    fill: the read, the FIFO, the unpacker, the 4 requantiser stages, the packer, the write)."""
     n = 64
     src = dict(width=32, signed=True, addr=0, row_stride=n, seg=8, seg_stride=8, mult=1, shift=0)
     dst = dict(width=8, signed=True, addr=128, row_stride=n // 4, seg=n, seg_stride=n // 4,
@@ -150,7 +151,7 @@ def test_throughput_one_element_per_cycle():
     win_s = np.zeros(WORDS, dtype=np.uint32)
     win_d = np.zeros(WORDS, dtype=np.uint32)
     res = _run(src, dst, win_s, win_d, same=False, seed=0, p_grant=1.0)
-    assert res["cycles"] <= 2 * n + 8
+    assert res["cycles"] <= 2 * n + 10
 
 
 def test_walk_words_counts():

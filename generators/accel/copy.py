@@ -90,8 +90,21 @@ def reference(src_win: np.ndarray, dst_win: np.ndarray, src: dict, dst: dict) ->
         dst_win[a] = word
 
 
+def _min3(m, name, a, b, c):
+    """min(a, b, c) as a combinational signal of ``c``'s width (``a`` is an elements-per-word
+    count, at most 4)."""
+    ab = Mux(a < b, a, b)
+    out = Signal(3, name=name)
+    m.d.comb += out.eq(Mux(ab < c, ab, c))
+    return out
+
+
 class _Walk:
-    """One side's word walk (see the module docstring); ``n`` = elements in the current word."""
+    """One side's word walk (see the module docstring); ``n`` = elements in the current word.
+
+    ``n`` (min(elements per word, left in the segment, left in the row)) is a register, set with
+    the walk's counters from the values they take, so the step's conditions (``n`` against the
+    counters) and the enables that call it start at flip-flops."""
 
     def __init__(self, m, name, start, ins, f, rows, length):
         self.addr = Signal(22, name=f"{name}_addr")
@@ -105,12 +118,17 @@ class _Walk:
         self.n = Signal(3, name=f"{name}_n")
         self.done = Signal(name=f"{name}_done")
         epw = Signal(3, name=f"{name}_epw")
-        m.d.comb += epw.eq(Mux(f.width == 0, 4, Mux(f.width == 1, 2, 1)))
-        a = Mux(epw < self.seg_left, epw, self.seg_left)
-        m.d.comb += [
-            self.n.eq(Mux(a < self.row_left, a, self.row_left)),
-            self.done.eq(self.rows_left == 0),
-        ]
+        m.d.comb += [epw.eq(_epw(f.width)), self.done.eq(self.rows_left == 0)]
+        # the next values of the counters in step's three cases, and ``n`` for each (from
+        # registers only)
+        self.row_next = Signal(13, name=f"{name}_row_next")  # row_left - n
+        self.seg_next = Signal(13, name=f"{name}_seg_next")  # seg_left - n
+        m.d.comb += [self.row_next.eq(self.row_left - self.n),
+                     self.seg_next.eq(self.seg_left - self.n)]  # fmt: skip
+        self.n_row = _min3(m, f"{name}_n_row", epw, f.seg, length)
+        self.n_seg = _min3(m, f"{name}_n_seg", epw, f.seg, self.row_next)
+        self.n_word = _min3(m, f"{name}_n_word", epw, self.seg_next, self.row_next)
+        n_start = _min3(m, f"{name}_n_start", _epw(ins.width), ins.seg, rows[1])
         with m.If(start):
             m.d.sync += [
                 self.addr.eq(ins.addr),
@@ -119,6 +137,7 @@ class _Walk:
                 self.seg_left.eq(ins.seg),
                 self.row_left.eq(rows[1]),
                 self.rows_left.eq(rows[0]),
+                self.n.eq(n_start),
             ]
 
     def step(self, m):
@@ -127,14 +146,19 @@ class _Walk:
             nxt = self.row_base + f.row_stride
             m.d.sync += [self.rows_left.eq(self.rows_left - 1), self.row_base.eq(nxt),
                          self.seg_base.eq(nxt), self.addr.eq(nxt), self.row_left.eq(self.length),
-                         self.seg_left.eq(f.seg)]  # fmt: skip
+                         self.seg_left.eq(f.seg), self.n.eq(self.n_row)]  # fmt: skip
         with m.Elif(self.seg_left == self.n):  # the segment's last word
             nxt = self.seg_base + f.seg_stride
             m.d.sync += [self.seg_base.eq(nxt), self.addr.eq(nxt), self.seg_left.eq(f.seg),
-                         self.row_left.eq(self.row_left - self.n)]  # fmt: skip
+                         self.row_left.eq(self.row_next), self.n.eq(self.n_seg)]  # fmt: skip
         with m.Else():
-            m.d.sync += [self.addr.eq(self.addr + 1), self.seg_left.eq(self.seg_left - self.n),
-                         self.row_left.eq(self.row_left - self.n)]  # fmt: skip
+            m.d.sync += [self.addr.eq(self.addr + 1), self.seg_left.eq(self.seg_next),
+                         self.row_left.eq(self.row_next), self.n.eq(self.n_word)]  # fmt: skip
+
+
+def _epw(width):
+    """Elements per 32-bit word for a width code (0: 8-bit, 1: 16-bit, else 32-bit)."""
+    return Mux(width == 0, 4, Mux(width == 1, 2, 1))
 
 
 class CopyUnit(wiring.Component):
@@ -187,7 +211,7 @@ class CopyUnit(wiring.Component):
                 m.d.sync += [err.eq(1), self.err_addr.eq(sw.addr)]
         m.d.comb += [q.w_data.eq(Cat(rd.r_data, inflight_n)), q.w_en.eq(inflight)]
 
-        # ---- elements: unpack, requantise (2 stages), pack; all stall on a waiting write -------
+        # ---- elements: unpack, requantise (4 stages), pack; all stall on a waiting write -------
         wr_pending, wr_data, wr_addr = Signal(), Signal(32), Signal(22)
         go = Signal()
         m.d.comb += go.eq(~wr_pending | wr.grant)
@@ -223,9 +247,11 @@ class CopyUnit(wiring.Component):
                 m.d.sync += ee.eq(ee + 1)
         with m.If(self.start):
             m.d.sync += [ee.eq(0), er.eq(0)]
-        masked1 = Signal()
-        prod, v1 = Signal(signed(50)), Signal()
-        y, v2 = Signal(signed(34)), Signal()
+        masked1, masked2, masked3 = Signal(), Signal(), Signal()
+        prod, v1 = Signal(signed(50)), Signal()  # x * mult
+        summed, v2 = Signal(signed(64)), Signal()  # + half
+        shifted, v3 = Signal(signed(51)), Signal()  # >> shift (|value| < 2**49 + 1)
+        y, v4 = Signal(signed(34)), Signal()  # saturated (or masked)
         lo, hi = Signal(signed(34)), Signal(signed(34))
         for code, width in enumerate(_WIDTHS):
             with m.If(d.width == code):
@@ -235,16 +261,22 @@ class CopyUnit(wiring.Component):
                 ]
         # the rounding half from a register: ``s`` only changes on ``start``, and the first
         # element reaches this stage cycles later (the shift of a constant off the add's path)
-        half = Signal(64)
+        half = Signal(63)
         m.d.sync += half.eq((Const(1, 64) << s.shift) >> 1)
-        rounded = (prod + half) >> s.shift
+        # one operation a stage (multiply, add, shift, saturate), each within a clock at 150 MHz
         with m.If(go):
             m.d.sync += [
                 prod.eq(x * s.mult),
                 v1.eq(v0),
                 masked1.eq(s.causal & (ee > er + s.diag)),
-                y.eq(Mux(masked1 | (rounded < lo), lo, Mux(rounded > hi, hi, rounded))),
+                summed.eq(prod + half),
                 v2.eq(v1),
+                masked2.eq(masked1),
+                shifted.eq(summed >> s.shift),
+                v3.eq(v2),
+                masked3.eq(masked2),
+                y.eq(Mux(masked3 | (shifted < lo), lo, Mux(shifted > hi, hi, shifted))),
+                v4.eq(v3),
             ]
         # pack
         pword, plane = Signal(32), Signal(3)
@@ -258,7 +290,7 @@ class CopyUnit(wiring.Component):
             m.d.sync += wr_pending.eq(0)
             with m.If(wr.err & ~err):
                 m.d.sync += [err.eq(1), self.err_addr.eq(wr_addr)]
-        with m.If(go & v2):
+        with m.If(go & v4):
             with m.If(plane + 1 == dw.n):
                 m.d.sync += [wr_pending.eq(1), wr_data.eq(merged), wr_addr.eq(dw.addr),
                              pword.eq(0), plane.eq(0)]  # fmt: skip
