@@ -36,6 +36,7 @@ __all__ = [
     "BurstWriter",
     "burst_len",
     "AXI4RAM",
+    "registered_level",
 ]
 
 BurstReq = data.StructLayout({"addr": 32, "len": 8})  # len = beats - 1, as AXI's AxLEN
@@ -108,6 +109,16 @@ class WriteReqSignature(wiring.Signature):
                 "b": In(stream.Signature(2)),
             }
         )
+
+
+def registered_level(m, q, name: str):
+    """``q.level`` of a :class:`~amaranth.lib.fifo.SyncFIFOBuffered` as a register that holds the
+    same value every cycle, counted from the FIFO's own handshakes. A compare against it starts
+    at a flip-flop; one against ``q.level`` starts after the FIFO's ``inner_level + r_rdy`` adder,
+    and on the ECP5 that adder sat on the path from a DMA's FIFO through the window arbiter."""
+    level = Signal.like(q.level, name=name)
+    m.d.sync += level.eq(level + (q.w_en & q.w_rdy) - (q.r_en & q.r_rdy))
+    return level
 
 
 def burst_len(addr: int, words_left: int, max_burst: int) -> int:
@@ -393,11 +404,14 @@ class BurstWriter(wiring.Component):
         m = Module()
         t = _Transfer(m, self, self.max_burst, self.addr_width)
         m.submodules.buf = buf = fifo.SyncFIFOBuffered(width=32, depth=self.depth)
+        level = registered_level(m, buf, "buf_level")
+        space = Signal(range(self.depth + 1), init=self.depth)  # depth - level, a register too
+        m.d.sync += space.eq(space - (buf.w_en & buf.w_rdy) + (buf.r_en & buf.r_rdy))
         m.d.comb += [
             buf.w_data.eq(self.data.payload),
             buf.w_en.eq(self.data.valid),
             self.data.ready.eq(buf.w_rdy),
-            self.space.eq(self.depth - buf.level),
+            self.space.eq(space),
         ]
         left = Signal(range(self.max_burst + 1))
         unacked = Signal(16)
@@ -411,7 +425,7 @@ class BurstWriter(wiring.Component):
         ]
         with m.FSM(name="burst"):
             with m.State("AW"):
-                m.d.comb += self.mem.aw.valid.eq(t.active & (buf.level >= t.beats))
+                m.d.comb += self.mem.aw.valid.eq(t.active & (level >= t.beats))
                 with m.If(aw_fire):
                     m.next = "W"
             with m.State("W"):
@@ -426,7 +440,7 @@ class BurstWriter(wiring.Component):
                     with m.If(left == 1):
                         # the next burst's request goes with this last beat when its words are
                         # in (the beat leaving now not counted): no cycle between bursts
-                        m.d.comb += self.mem.aw.valid.eq(t.active & (buf.level > t.beats))
+                        m.d.comb += self.mem.aw.valid.eq(t.active & (level > t.beats))
                         with m.If(~aw_fire):
                             m.next = "AW"
         with m.If(aw_fire):  # after the FSM: its beats replace the W state's count

@@ -150,8 +150,8 @@ class _Writer:
 class _Copy:
     """``CopyUnit``: source words into an 8-deep FIFO (a read only while fewer than 7 are in it
     or in flight), one element a cycle through a 4-stage requantiser (multiply, add, shift,
-    saturate) into the packer, each packed word written (and waited for) before the pipeline
-    moves on."""
+    saturate) into the packer, each packed word into a 2-entry write buffer whose head is the
+    window write presented; the pipeline moves only while the buffer is not full."""
 
     def __init__(self):
         self.running = False
@@ -165,7 +165,7 @@ class _Copy:
         self.cur = 0  # elements left in the word being unpacked (0: none)
         self.v = [False] * 4  # the requantiser's stages, first to last
         self.plane = 0
-        self.pending = False
+        self.pending = 0  # words in the write buffer
 
     def rd_req(self, t):
         return (self.running and bool(self.src)
@@ -176,18 +176,18 @@ class _Copy:
 
     def step(self, t, rd_grant, wr_grant):
         """One cycle; the requests were made from the state before it."""
-        go = not self.pending or wr_grant
+        go = self.pending < 2
         if self.inflight is not None:
             self.q.put(self.inflight, t)
         self.inflight = self.src.popleft() if rd_grant else None
         v0 = self.cur > 0
+        push = False
         if go:
-            new_pending = self.pending and not wr_grant
             if self.v[-1]:
                 if self.plane + 1 == self.dst[0]:
                     self.dst.popleft()
                     self.plane = 0
-                    new_pending = True
+                    push = True
                 else:
                     self.plane += 1
             taking = self.q.ready(t) and self.cur <= 1
@@ -196,9 +196,7 @@ class _Copy:
             elif self.cur:
                 self.cur -= 1
             self.v = [v0] + self.v[:-1]
-            self.pending = new_pending
-        elif wr_grant:
-            self.pending = False
+        self.pending += push - bool(wr_grant)
 
 
 def simulate(items: list[Item], *, queue_depth: int, mem_latency: int, beat: int,
@@ -300,7 +298,7 @@ def simulate(items: list[Item], *, queue_depth: int, mem_latency: int, beat: int
         if cp.running:
             reqs = {}  # engine -> requesting ports
             for port, on, eng in ((0, ld_req, ld["eng"]), (1, st_req, st["eng"]),
-                                  (2, cp.rd_req(t), cp.src_eng), (3, cp.pending, cp.dst_eng)):
+                                  (2, cp.rd_req(t), cp.src_eng), (3, cp.pending > 0, cp.dst_eng)):
                 if on:
                     reqs.setdefault(eng, []).append(port)
             granted = set()

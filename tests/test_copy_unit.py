@@ -13,6 +13,7 @@ from amaranth.sim import Simulator
 
 from gatesmith.generators.accel.copy import CopyUnit, fmt_range, reference, walk_words
 from gatesmith.generators.accel.isa import WIDTH_CODES, Op
+from gatesmith.host.cyclemodel import _Copy
 
 WORDS = 256
 
@@ -56,6 +57,7 @@ def _run(src, dst, src_win, dst_win, *, same: bool, seed: int, p_grant: float = 
         await ctx.tick()
         ctx.set(dut.start, 0)
         pending = None
+        trace = result["trace"] = []  # per cycle: (r_en, w_en, read granted, write granted)
         for cycle in range(20000):
             ctx.set(dut.rd.r_data, 0 if pending is None else int(mems[0][pending]))
             pending = None
@@ -71,6 +73,7 @@ def _run(src, dst, src_win, dst_win, *, same: bool, seed: int, p_grant: float = 
             ctx.set(dut.wr.grant, g_w)
             ctx.set(dut.wr.err, g_w and waddr >= WORDS)
             done = ctx.get(dut.done)
+            trace.append((bool(ren), bool(wen), bool(g_r), bool(g_w)))
             await ctx.tick()
             if done:
                 result["err"] = ctx.get(dut.err)
@@ -101,6 +104,34 @@ def test_copy_matches_reference(seed):
     res = _run(src, dst, src_win, dst_win, same=False, seed=seed)
     assert not res["err"]
     np.testing.assert_array_equal(dst_win, want)
+
+
+def _side_words(side, dst):
+    keys = ("addr", "row_stride", "seg", "seg_stride", "width")
+    return [n for _, n in walk_words(**{k: side[k] for k in keys}, rows=dst["rows"],
+                                     length=dst["len"])]  # fmt: skip
+
+
+@pytest.mark.parametrize("seed", range(6))
+@pytest.mark.parametrize("p_grant", [0.3, 0.7])
+def test_cycle_model_follows_refusals(seed, p_grant):
+    """host.cyclemodel's ``_Copy``, given the grants the unit got, asks for the same reads and
+    writes every cycle and finishes in the same cycle (the write buffer full and draining
+    included: at p_grant 0.3 most words wait)."""
+    rng = random.Random(100 + seed)
+    src, dst = _case(rng)
+    nrng = np.random.default_rng(seed)
+    src_win = nrng.integers(0, 2**32, WORDS, dtype=np.uint64).astype(np.uint32)
+    dst_win = np.zeros(WORDS, dtype=np.uint32)
+    res = _run(src, dst, src_win, dst_win, same=False, seed=seed, p_grant=p_grant)
+    model = _Copy()
+    model.start((0, _side_words(src, dst), 1, _side_words(dst, dst)), -1)
+    for t, (ren, wen, g_r, g_w) in enumerate(res["trace"]):
+        if model.done():
+            break
+        assert (model.rd_req(t), model.pending > 0) == (ren, wen), f"cycle {t}"
+        model.step(t, g_r, g_w)
+    assert model.done() and t == res["cycles"]
 
 
 def test_copy_within_one_window():

@@ -32,6 +32,7 @@ from amaranth import Cat, Const, Module, Mux, Signal, signed
 from amaranth.lib import fifo, wiring
 from amaranth.lib.wiring import In, Out
 
+from ...hdl.axi4 import registered_level
 from .dma import WinPortSignature
 from .isa import CopyDst, CopySrc
 
@@ -197,10 +198,11 @@ class CopyUnit(wiring.Component):
 
         # ---- source: read words into a FIFO, with credit for the one in flight --------------
         m.submodules.words = q = fifo.SyncFIFOBuffered(width=32 + 3, depth=8)
+        q_level = registered_level(m, q, "words_level")
         inflight, inflight_n = Signal(), Signal(3)
         m.d.comb += [
             rd.addr.eq(sw.addr),
-            rd.r_en.eq(running & ~sw.done & (q.level + inflight < 7)),
+            rd.r_en.eq(running & ~sw.done & (q_level + inflight < 7)),
         ]
         rd_granted = Signal()
         m.d.comb += rd_granted.eq(rd.r_en & rd.grant)
@@ -211,10 +213,14 @@ class CopyUnit(wiring.Component):
                 m.d.sync += [err.eq(1), self.err_addr.eq(sw.addr)]
         m.d.comb += [q.w_data.eq(Cat(rd.r_data, inflight_n)), q.w_en.eq(inflight)]
 
-        # ---- elements: unpack, requantise (4 stages), pack; all stall on a waiting write -------
-        wr_pending, wr_data, wr_addr = Signal(), Signal(32), Signal(22)
+        # ---- elements: unpack, requantise (4 stages), pack; all stall while 2 writes wait ------
+        # Packed words go to a 2-entry write buffer (the head is the window write presented), so
+        # the pipeline's enable ``go`` is a register compare, not the window arbiter's grant.
+        wr_n = Signal(range(3))  # words in the buffer
+        wr_data, wr_addr = Signal(32), Signal(22)  # the head
+        skid_data, skid_addr = Signal(32), Signal(22)  # the second
         go = Signal()
-        m.d.comb += go.eq(~wr_pending | wr.grant)
+        m.d.comb += go.eq(wr_n != 2)
         cur, cur_n, lane, cur_valid = Signal(32), Signal(3), Signal(3), Signal()
         taking = Signal()
         last_lane = Signal()
@@ -286,26 +292,33 @@ class CopyUnit(wiring.Component):
         m.d.comb += ymask.eq(Mux(d.width == 0, y[:8], Mux(d.width == 1, y[:16], y[:32])))
         merged = Signal(32)
         m.d.comb += merged.eq(pword | (ymask << shamt)[:32])
-        with m.If(wr.grant):
-            m.d.sync += wr_pending.eq(0)
-            with m.If(wr.err & ~err):
-                m.d.sync += [err.eq(1), self.err_addr.eq(wr_addr)]
+        push = Signal()
+        with m.If(wr.grant & wr.err & ~err):
+            m.d.sync += [err.eq(1), self.err_addr.eq(wr_addr)]
         with m.If(go & v4):
             with m.If(plane + 1 == dw.n):
-                m.d.sync += [wr_pending.eq(1), wr_data.eq(merged), wr_addr.eq(dw.addr),
-                             pword.eq(0), plane.eq(0)]  # fmt: skip
+                m.d.comb += push.eq(1)
+                m.d.sync += [pword.eq(0), plane.eq(0)]
                 dw.step(m)
             with m.Else():
                 m.d.sync += [pword.eq(merged), plane.eq(plane + 1)]
+        # the buffer: a push goes to the head when it is free or leaves now, else behind it
+        with m.If(push & ((wr_n == 0) | wr.grant)):
+            m.d.sync += [wr_data.eq(merged), wr_addr.eq(dw.addr)]
+        with m.Elif(push):
+            m.d.sync += [skid_data.eq(merged), skid_addr.eq(dw.addr)]
+        with m.Elif(wr.grant):
+            m.d.sync += [wr_data.eq(skid_data), wr_addr.eq(skid_addr)]
+        m.d.sync += wr_n.eq(wr_n + push - wr.grant)
         m.d.comb += [
             wr.addr.eq(wr_addr),
             wr.w_data.eq(wr_data),
-            wr.w_en.eq(wr_pending),
+            wr.w_en.eq(wr_n != 0),
             self.words.eq(wr.grant),
         ]
-        with m.If(running & ~self.start & dw.done & ~wr_pending):
+        with m.If(running & ~self.start & dw.done & (wr_n == 0)):
             m.d.sync += running.eq(0)
             m.d.comb += self.done.eq(1)
         with m.If(self.start):
-            m.d.sync += [pword.eq(0), plane.eq(0), cur_valid.eq(0), wr_pending.eq(0)]
+            m.d.sync += [pword.eq(0), plane.eq(0), cur_valid.eq(0), wr_n.eq(0)]
         return m
