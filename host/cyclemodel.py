@@ -149,9 +149,11 @@ class _Writer:
 
 class _Copy:
     """``CopyUnit``: source words into an 8-deep FIFO (a read only while fewer than 7 are in it
-    or in flight), one element a cycle through a 4-stage requantiser (multiply, add, shift,
-    saturate) into the packer, each packed word into a 2-entry write buffer whose head is the
-    window write presented; the pipeline moves only while the buffer is not full."""
+    or in flight; a granted read's data arrives two cycles later, through the window stage), one
+    element a cycle through a 4-stage requantiser (multiply, add, shift, saturate) into the
+    packer, each packed word into a 2-entry write buffer whose head is the window write
+    presented; the pipeline moves only while the buffer is not full. ``done`` waits for the last
+    write to land (the cycle after its grant)."""
 
     def __init__(self):
         self.running = False
@@ -161,7 +163,9 @@ class _Copy:
         self.src, self.dst = deque(self.src), deque(self.dst)
         self.running = True
         self.q = _Fifo()
-        self.inflight = None  # elements of the word read last cycle
+        self.landing = None  # elements of the word granted last cycle
+        self.arriving = None  # elements of the word whose data arrives this cycle
+        self.wlag = False  # a write granted last cycle
         self.cur = 0  # elements left in the word being unpacked (0: none)
         self.v = [False] * 4  # the requantiser's stages, first to last
         self.plane = 0
@@ -169,17 +173,20 @@ class _Copy:
 
     def rd_req(self, t):
         return (self.running and bool(self.src)
-                and len(self.q) + (self.inflight is not None) < 7)  # fmt: skip
+                and len(self.q) + (self.landing is not None) + (self.arriving is not None)
+                < 7)  # fmt: skip
 
     def done(self):
-        return self.running and not self.dst and not self.pending
+        return self.running and not self.dst and not self.pending and not self.wlag
 
     def step(self, t, rd_grant, wr_grant):
         """One cycle; the requests were made from the state before it."""
         go = self.pending < 2
-        if self.inflight is not None:
-            self.q.put(self.inflight, t)
-        self.inflight = self.src.popleft() if rd_grant else None
+        if self.arriving is not None:
+            self.q.put(self.arriving, t)
+        self.arriving = self.landing
+        self.landing = self.src.popleft() if rd_grant else None
+        self.wlag = bool(wr_grant)
         v0 = self.cur > 0
         push = False
         if go:
@@ -226,8 +233,8 @@ def simulate(items: list[Item], *, queue_depth: int, mem_latency: int, beat: int
     lu = {"state": "IDLE", "item": None}
     su = {"state": "IDLE", "item": None}
     cu = {"state": "IDLE", "item": None, "until": 0}
-    ld = {"running": False, "left": 0, "eng": 0, "reader": _Reader(2 * max_burst)}
-    st = {"running": False, "left": 0, "eng": 0, "inflight": False,
+    ld = {"running": False, "left": 0, "eng": 0, "lag": False, "reader": _Reader(2 * max_burst)}
+    st = {"running": False, "left": 0, "eng": 0, "inflight": False, "inflight2": False,
           "writer": _Writer(2 * max_burst)}
     cp = _Copy()
     n_ports = 4 if copy_unit else 2  # window ports: load, store (, COPY read, COPY write)
@@ -247,8 +254,11 @@ def simulate(items: list[Item], *, queue_depth: int, mem_latency: int, beat: int
                 and lu["state"] == su["state"] == cu["state"] == "IDLE"):  # fmt: skip
             return t  # PERF_PROGRAM stops: every entry fetched and retired
         cp_done = cp.done()
-        ld_done = ld["running"] and ld["left"] == 0 and not ldr.busy(t)
-        st_done = st["running"] and st["left"] == 0 and not st["inflight"] and not wr.busy()
+        # (a granted window word reaches the engine the next cycle; a store's read data arrives
+        # the cycle after that)
+        ld_done = ld["running"] and ld["left"] == 0 and not ld["lag"] and not ldr.busy(t)
+        st_done = (st["running"] and st["left"] == 0 and not st["inflight"] and not st["inflight2"]
+                   and not wr.busy())  # fmt: skip
         # ---- memory: this cycle's handshakes ------------------------------------------------
         w_valid = ic_wr_data and wr.left > 0 and wr.buf.ready(t)
         own = bus_owner
@@ -294,7 +304,8 @@ def simulate(items: list[Item], *, queue_depth: int, mem_latency: int, beat: int
             words += 1
         # ---- window ports: the load channel writes, the store channel reads ---------------------
         ld_req = ld["running"] and ld["left"] > 0 and ldr.buf.ready(t)
-        st_req = st["running"] and st["left"] > 0 and (wr.depth - wr.level(t)) > st["inflight"]
+        st_req = (st["running"] and st["left"] > 0
+                  and (wr.depth - wr.level(t)) > st["inflight"] + st["inflight2"])  # fmt: skip
         if cp.running:
             reqs = {}  # engine -> requesting ports
             for port, on, eng in ((0, ld_req, ld["eng"]), (1, st_req, st["eng"]),
@@ -322,7 +333,7 @@ def simulate(items: list[Item], *, queue_depth: int, mem_latency: int, beat: int
             ldr.buf.pop(t)
             ldr.owed -= 1
             ld["left"] -= 1
-        st_inflight_now = st["inflight"]
+        st_inflight_now = st["inflight2"]
         if cp.running and not cp_done:
             cp.step(t, 2 in granted, 3 in granted)  # (granted: set when cp.running)
         # ---- writes: AW, W beats, B -------------------------------------------------------------
@@ -419,7 +430,8 @@ def simulate(items: list[Item], *, queue_depth: int, mem_latency: int, beat: int
             ic_wr_data = True
         elif ic_wr_data and wr.left == 0:
             ic_wr_data = False
-        st["inflight"] = st_grant
+        st["inflight2"], st["inflight"] = st["inflight"], st_grant
+        ld["lag"] = ld_grant
         if st_grant:
             st["left"] -= 1
         for chan, it in starts:

@@ -196,22 +196,26 @@ class CopyUnit(wiring.Component):
         m.d.comb += [rd.eng.eq(s.engine), wr.eng.eq(d.engine), self.busy.eq(running),
                      self.err.eq(err)]  # fmt: skip
 
-        # ---- source: read words into a FIFO, with credit for the one in flight --------------
+        # ---- source: read words into a FIFO, with credit for the two in flight -------------
+        # A granted read reaches the engine the next cycle (``landing``: its ``err`` is on
+        # ``rd.err`` then) and its data arrives the cycle after (``arriving``).
         m.submodules.words = q = fifo.SyncFIFOBuffered(width=32 + 3, depth=8)
         q_level = registered_level(m, q, "words_level")
-        inflight, inflight_n = Signal(), Signal(3)
+        landing, landing_n, landing_addr = Signal(), Signal(3), Signal(22)
+        arriving, arriving_n = Signal(), Signal(3)
         m.d.comb += [
             rd.addr.eq(sw.addr),
-            rd.r_en.eq(running & ~sw.done & (q_level + inflight < 7)),
+            rd.r_en.eq(running & ~sw.done & (q_level + landing + arriving < 7)),
         ]
         rd_granted = Signal()
         m.d.comb += rd_granted.eq(rd.r_en & rd.grant)
-        m.d.sync += [inflight.eq(rd_granted), inflight_n.eq(sw.n)]
+        m.d.sync += [landing.eq(rd_granted), landing_n.eq(sw.n), landing_addr.eq(sw.addr),
+                     arriving.eq(landing), arriving_n.eq(landing_n)]  # fmt: skip
         with m.If(rd_granted):
             sw.step(m)
-            with m.If(rd.err & ~err):
-                m.d.sync += [err.eq(1), self.err_addr.eq(sw.addr)]
-        m.d.comb += [q.w_data.eq(Cat(rd.r_data, inflight_n)), q.w_en.eq(inflight)]
+        with m.If(landing & rd.err & ~err):
+            m.d.sync += [err.eq(1), self.err_addr.eq(landing_addr)]
+        m.d.comb += [q.w_data.eq(Cat(rd.r_data, arriving_n)), q.w_en.eq(arriving)]
 
         # ---- elements: unpack, requantise (4 stages), pack; all stall while 2 writes wait ------
         # Packed words go to a 2-entry write buffer (the head is the window write presented), so
@@ -293,8 +297,10 @@ class CopyUnit(wiring.Component):
         merged = Signal(32)
         m.d.comb += merged.eq(pword | (ymask << shamt)[:32])
         push = Signal()
-        with m.If(wr.grant & wr.err & ~err):
-            m.d.sync += [err.eq(1), self.err_addr.eq(wr_addr)]
+        wr_landing, wr_landing_addr = Signal(), Signal(22)  # the write granted last cycle
+        m.d.sync += [wr_landing.eq(wr.grant), wr_landing_addr.eq(wr_addr)]
+        with m.If(wr_landing & wr.err & ~err):
+            m.d.sync += [err.eq(1), self.err_addr.eq(wr_landing_addr)]
         with m.If(go & v4):
             with m.If(plane + 1 == dw.n):
                 m.d.comb += push.eq(1)
@@ -316,7 +322,7 @@ class CopyUnit(wiring.Component):
             wr.w_en.eq(wr_n != 0),
             self.words.eq(wr.grant),
         ]
-        with m.If(running & ~self.start & dw.done & (wr_n == 0)):
+        with m.If(running & ~self.start & dw.done & (wr_n == 0) & ~wr_landing):
             m.d.sync += running.eq(0)
             m.d.comb += self.done.eq(1)
         with m.If(self.start):

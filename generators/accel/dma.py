@@ -11,7 +11,7 @@ The controller starts a channel only for a copy it has checked to lie inside dev
 ``addr_width`` (the byte-address bits of device memory) is all the channels' address walks need.
 """
 
-from amaranth import Module, Mux, Signal
+from amaranth import Module, Signal
 from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 
@@ -23,9 +23,10 @@ __all__ = ["WinPortSignature", "DmaCmdSignature", "LoadChannel", "StoreChannel"]
 class WinPortSignature(wiring.Signature):
     """A requester's port onto the engines' windows.
 
-    ``w_en``/``r_en`` request an access to ``eng``'s window word ``addr``; it happens in the cycle
-    ``grant`` is high (``err`` then says the engine refused it); read data is on ``r_data`` one
-    cycle after a granted read.
+    ``w_en``/``r_en`` request an access to ``eng``'s window word ``addr``; the request is taken
+    in the cycle ``grant`` is high. The access reaches the engine through the accelerator's window
+    stage, a register, in the next cycle: ``err`` then says whether the engine refused it, and
+    read data is on ``r_data`` one cycle after that (two after the grant).
     """
 
     def __init__(self):
@@ -108,7 +109,9 @@ class _WindowWalk:
 def _channel(m, cmd, win, xfer):
     """What both channels share: start the device-memory transfer ``xfer`` and the window walk
     on ``cmd.start``, address the window, step the walk on every granted word (latching a
-    refused one) and report busy / errors. Returns (walk, running, granted)."""
+    refused one, whose ``err`` comes the cycle after its grant) and report busy / errors.
+    Returns (walk, running, granted, landing): ``landing``, the word granted last cycle reaches
+    the engine now."""
     m.d.comb += [
         xfer.start.eq(cmd.start),
         xfer.addr.eq(cmd.mem_addr),
@@ -128,11 +131,13 @@ def _channel(m, cmd, win, xfer):
         cmd.win_err.eq(werr),
         cmd.mem_err.eq(xfer.err),
     ]
+    landing = Signal()
+    m.d.sync += landing.eq(granted)
     with m.If(granted):
         walk.step(m)
-        with m.If(win.err):
-            m.d.sync += werr.eq(1)
-    return walk, running, granted
+    with m.If(landing & win.err):
+        m.d.sync += werr.eq(1)
+    return walk, running, granted, landing
 
 
 def _finish(m, cmd, running, drained):
@@ -158,14 +163,14 @@ class LoadChannel(wiring.Component):
         cmd, win = self.cmd, self.win
         m.submodules.reader = rd = BurstReader(max_burst=self.max_burst, addr_width=self.addr_width)
         wiring.connect(m, rd.mem, wiring.flipped(self.mem))
-        walk, running, granted = _channel(m, cmd, win, rd)
+        walk, running, granted, landing = _channel(m, cmd, win, rd)
         m.d.comb += [
             win.w_data.eq(rd.data.payload),
             win.w_en.eq(running & rd.data.valid & walk.more),
             rd.data.ready.eq(granted),
             cmd.words.eq(granted),
         ]
-        _finish(m, cmd, running, ~walk.more & ~rd.busy)
+        _finish(m, cmd, running, ~walk.more & ~landing & ~rd.busy)
         return m
 
 
@@ -185,16 +190,16 @@ class StoreChannel(wiring.Component):
         cmd, win = self.cmd, self.win
         m.submodules.writer = wr = BurstWriter(max_burst=self.max_burst, addr_width=self.addr_width)
         wiring.connect(m, wr.mem, wiring.flipped(self.mem))
-        walk, running, granted = _channel(m, cmd, win, wr)
+        walk, running, granted, landing = _channel(m, cmd, win, wr)
         inflight = Signal()  # a granted read whose data arrives this cycle
         room = Signal()
         m.d.comb += [
-            room.eq(wr.space > Mux(inflight, 1, 0)),
+            room.eq(wr.space > landing + inflight),
             win.r_en.eq(running & walk.more & room),
             wr.data.payload.eq(win.r_data),
             wr.data.valid.eq(inflight),
             cmd.words.eq(inflight),
         ]
-        m.d.sync += inflight.eq(granted)
-        _finish(m, cmd, running, ~walk.more & ~inflight & ~wr.busy)
+        m.d.sync += inflight.eq(landing)
+        _finish(m, cmd, running, ~walk.more & ~landing & ~inflight & ~wr.busy)
         return m

@@ -12,8 +12,9 @@
 
 The controller (``controller.py``) runs programs from device memory on three queues with
 dependency tokens; the DMA (``dma.py``) moves strided 2-D blocks between device memory and the
-engines' windows. An engine's single window port is shared: the AXI4-Lite subordinate wins, and
-the load and store channels take turns when both want the same engine.
+engines' windows. An engine's single window port is shared: the AXI4-Lite subordinate wins, the
+DMA channels and the COPY unit take turns when more than one wants the same engine, and the
+winner's access reaches the engine through a register stage (see ``dma.WinPortSignature``).
 :class:`LinkTop` puts the host-link bridge in front: bytes in, bytes out, the same on a board's
 UART and in the Verilator harness; its ``mem`` port goes to the board's memory or the harness.
 """
@@ -136,6 +137,21 @@ class Accelerator(wiring.Component):
             m.d.comb += port.grant.eq(0)
         for i, eng in enumerate(engines):
             h = eng.host
+            # The arbiter's choice goes through a register stage into the engine's port, so no
+            # path runs from a requester's request through the arbiter into the engine's memory
+            # decode: the access reaches the engine the cycle after its grant, the engine's
+            # ``err`` goes back to its owner then, and read data is on ``r_data`` a cycle later.
+            a_addr, a_wdata = Signal(22, name=f"win{i}_addr"), Signal(32, name=f"win{i}_wdata")
+            a_wen, a_ren = Signal(name=f"win{i}_wen"), Signal(name=f"win{i}_ren")
+            a_who = Signal(range(len(ports) + 2), name=f"win{i}_who")  # 1: AXI4-Lite, 2+j: port j
+            s_who = Signal.like(a_who, name=f"win{i}_owner")
+            m.d.sync += [h.addr.eq(a_addr), h.w_data.eq(a_wdata), h.w_en.eq(a_wen),
+                         h.r_en.eq(a_ren), s_who.eq(a_who)]  # fmt: skip
+            with m.If(s_who == 1):
+                m.d.comb += ax_err.eq(h.err)
+            for j, (port, _) in enumerate(ports):
+                with m.If(s_who == j + 2):
+                    m.d.comb += port.err.eq(h.err)
             hits = []
             for j, (port, writes) in enumerate(ports):
                 hit = Signal(name=f"hit{i}_{j}")
@@ -143,18 +159,19 @@ class Accelerator(wiring.Component):
                 hits.append(hit)
             last = Signal(range(len(ports)), name=f"last{i}")  # round robin: last granted port
 
-            def grant(j, port=None, writes=None, h=h, last=last):
+            def grant(j, last=last, a=(a_addr, a_wdata, a_wen, a_ren, a_who)):
                 port, writes = ports[j]
-                m.d.comb += [h.addr.eq(port.addr), port.grant.eq(1), port.err.eq(h.err)]
+                addr, wdata, wen, ren, who = a
+                m.d.comb += [addr.eq(port.addr), port.grant.eq(1), who.eq(j + 2)]
                 if writes:
-                    m.d.comb += [h.w_data.eq(port.w_data), h.w_en.eq(1)]
+                    m.d.comb += [wdata.eq(port.w_data), wen.eq(1)]
                 else:
-                    m.d.comb += h.r_en.eq(1)
+                    m.d.comb += ren.eq(1)
                 m.d.sync += last.eq(j)
 
             with m.If(ax_sel == i + 1):
-                m.d.comb += [h.addr.eq(ax_addr), h.w_data.eq(ax_wdata), h.w_en.eq(ax_wen),
-                             h.r_en.eq(ax_ren), ax_err.eq(h.err)]  # fmt: skip
+                m.d.comb += [a_addr.eq(ax_addr), a_wdata.eq(ax_wdata), a_wen.eq(ax_wen),
+                             a_ren.eq(ax_ren), a_who.eq(1)]  # fmt: skip
             with m.Else():
                 with m.Switch(last):
                     for k in range(len(ports)):
@@ -288,8 +305,10 @@ class Accelerator(wiring.Component):
                             m.next = "MEMW_A"
                     with m.Elif(sel != 0):
                         m.d.comb += [ax_sel.eq(sel), ax_addr.eq(waddr), ax_wdata.eq(d), ax_wen.eq(1)]
-                        with m.If((sel > len(engines)) | ax_err):
-                            m.d.sync += bresp.eq(Mux(sel > len(engines), AXI_DECERR, AXI_SLVERR))
+                        with m.If(sel > len(engines)):
+                            m.d.sync += bresp.eq(AXI_DECERR)
+                        with m.Else():
+                            m.next = "WIN_W"  # the engine answers through the window stage
                     with m.Elif(a == REG["CTRL"]):
                         m.d.comb += [
                             ctrl.clear.eq(d[ctrl_bits["clear_error"]]),
@@ -355,8 +374,10 @@ class Accelerator(wiring.Component):
                         for i in range(len(engines)):
                             with m.If(sel == i + 1):
                                 m.d.sync += from_eng.eq(1 << i)
-                        with m.If((sel > len(engines)) | ax_err):
-                            m.d.sync += rresp.eq(Mux(sel > len(engines), AXI_DECERR, AXI_SLVERR))
+                        with m.If(sel > len(engines)):
+                            m.d.sync += rresp.eq(AXI_DECERR)
+                        with m.Else():
+                            m.next = "WIN_R"  # the engine answers through the window stage
                     with m.Elif((a >= CONFIG_ROM_BASE) & (a < CONFIG_ROM_BASE + CONFIG_ROM_BYTES)):
                         word = (a - CONFIG_ROM_BASE)[2:]
                         with m.If(word < len(rom_words)):
@@ -406,6 +427,14 @@ class Accelerator(wiring.Component):
                         in_mem.eq(1),
                     ]
                     m.next = "RRESP"
+            with m.State("WIN_W"):
+                with m.If(ax_err):
+                    m.d.sync += bresp.eq(AXI_SLVERR)
+                m.next = "BRESP"
+            with m.State("WIN_R"):
+                with m.If(ax_err):
+                    m.d.sync += rresp.eq(AXI_SLVERR)
+                m.next = "RDATA"
             with m.State("BRESP"):
                 m.d.comb += [axi.bvalid.eq(1), axi.bresp.eq(bresp)]
                 with m.If(axi.bready):
